@@ -1,0 +1,256 @@
+"""The command line: ``reportgen audit | demo | layers | cam | compare | visualize``.
+
+User errors print one line (``reportgen: error: ...``) and exit with status 2; a failed
+quality gate exits with 3 after the report is written; an unexpected failure prints one
+line and exits with 1 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from reportgen import __version__
+from reportgen.config import AuditConfig, parse_floats, parse_gates, parse_size
+from reportgen.errors import GateFailed, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_GATE_FAILED = 3
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
+AUDIT_GATES = ("accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line with our prefix and exit status."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and preprocessing")
+    g.add_argument("--size", type=parse_size, metavar="N|HxW", help="input side (default: read from the model where it is fixed)")
+    g.add_argument("--mean", type=lambda s: parse_floats(s, "--mean"), metavar="R,G,B", help="normalisation mean (default: ImageNet 0.485,0.456,0.406, or the model's own)")
+    g.add_argument("--std", type=lambda s: parse_floats(s, "--std"), metavar="R,G,B", help="normalisation std (default: ImageNet 0.229,0.224,0.225, or the model's own)")
+    g.add_argument("--resize", choices=("stretch", "crop"), default="stretch", help="stretch: whole image to the input size (default); crop: shorter side to size/0.875, centre crop")
+    g.add_argument("--arch", metavar="NAME", help="torchvision architecture of a state_dict file (e.g. resnet18)")
+    g.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled nn.Module (runs code from the file; only for files you trust)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model (default: auto, CUDA when present)")
+    g.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default: 32)")
+
+
+def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "audit",
+        help="audit a model on an image folder: report.html + report.json",
+        description="Run MODEL over every image under IMAGES and write a self-contained HTML report plus a JSON sidecar.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help="ONNX, TorchScript, torch.export (.pt2) or state_dict file")
+    p.add_argument("images", type=Path, metavar="IMAGES", help="folder with one sub-folder per class, or a flat folder of images")
+    p.add_argument("-o", "--output", type=Path, default=Path("report.html"), metavar="HTML", help="report path; the JSON goes beside it with the same stem (default: report.html)")
+    _add_model_options(p)
+    g = p.add_argument_group("what to audit")
+    g.add_argument("--layers", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], metavar="A,B,...", help="layers to audit (default: input, end of each spatial stage, penultimate, logits; see `reportgen layers`)")
+    g.add_argument("--labels", type=Path, metavar="FILE", help="class names in output order, one per line")
+    g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
+    g.add_argument("--features", type=Path, metavar="NPZ", help="features cache (default: <report>.features.npz beside the report)")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the features cache")
+    g = p.add_argument_group("nearest neighbours and t-SNE")
+    g.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
+    g.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean", help="feature-space distance (default: euclidean)")
+    g.add_argument("--reference", type=Path, metavar="DIR", help="labeled folder the neighbours come from (e.g. the training set); default: the audited folder, leaving the query out")
+    g.add_argument("--queries-per-class", type=int, default=3, metavar="N", help="kNN queries per class (default: 3), plus misclassified images")
+    g.add_argument("--max-queries", type=int, default=60, metavar="N", help="cap on kNN queries shown (default: 60)")
+    g.add_argument("--tsne-max-points", type=int, default=10000, metavar="N", help="above this many images t-SNE embeds a stratified sample (default: 10000)")
+    g.add_argument("--no-tsne", action="store_true", help="skip the t-SNE section")
+    g = p.add_argument_group("Grad-CAM and galleries")
+    g.add_argument("--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="CAM method (default: gradcam)")
+    g.add_argument("--cam-layer", metavar="NAME", help="tensor the CAM explains (default: the last tensor with spatial extent)")
+    g.add_argument("--gallery-size", type=int, default=6, metavar="N", help="images per gallery (default: 6; 0 turns galleries off)")
+    g.add_argument("--channels", type=int, default=8, metavar="N", help="channels in the channel view (default: 8; 0 turns it off)")
+    g = p.add_argument_group("gates and output")
+    g.add_argument("--fail-under", type=lambda s: parse_gates(s, "--fail-under", AUDIT_GATES), default={}, metavar="NAME=V,...",
+                   help=f"exit with status 3 after writing the report when a metric is below V ({', '.join(AUDIT_GATES)})")  # fmt: skip
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_audit)
+    return p
+
+
+def _config_from(args: argparse.Namespace) -> AuditConfig:
+    return AuditConfig(
+        model=args.model,
+        images=args.images,
+        output=args.output,
+        size=args.size,
+        mean=args.mean,
+        std=args.std,
+        resize=args.resize,
+        layers=args.layers,
+        labels=args.labels,
+        arch=args.arch,
+        trust_pickle=args.trust_pickle,
+        device=args.device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        features=args.features,
+        use_cache=not args.no_cache,
+        quiet=args.quiet,
+        k=args.k,
+        metric=args.metric,
+        reference=args.reference,
+        queries_per_class=args.queries_per_class,
+        max_queries=args.max_queries,
+        tsne_max_points=args.tsne_max_points,
+        tsne=not args.no_tsne,
+        cam=args.cam,
+        cam_layer=args.cam_layer,
+        gallery_size=args.gallery_size,
+        channels=args.channels,
+        fail_under=args.fail_under,
+    )
+
+
+def run_audit(cfg: AuditConfig) -> int:
+    """Audit, write the report, then apply the gates."""
+    from reportgen.pipeline import audit
+    from reportgen.progress import note
+    from reportgen.render import write_report
+
+    result, figures = audit(cfg)
+    write_report(result, figures, cfg.output, cfg.json_path)
+    note(f"wrote {cfg.output} and {cfg.json_path}", not cfg.quiet)
+    failures = []
+    values = {
+        "accuracy": result.accuracy,
+        "top5_accuracy": result.metrics.top5_accuracy if result.metrics else None,
+        "balanced_accuracy": result.metrics.balanced_accuracy if result.metrics else None,
+        "macro_f1": result.metrics.macro_f1 if result.metrics else None,
+    }
+    for name, threshold in cfg.fail_under.items():
+        value = values[name]
+        if value is None:
+            failures.append(f"{name} is not available (no labeled images matched the model's classes)")
+        elif value < threshold:
+            failures.append(f"{name} {value:.4f} < {threshold}")
+    if failures:
+        raise GateFailed("; ".join(failures))
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    return run_audit(_config_from(args))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from reportgen.resources import sample_dir
+
+    sample = sample_dir()
+    out_dir: Path = args.output
+    cfg = AuditConfig(
+        model=sample / "model.onnx",
+        images=sample / "images",
+        output=out_dir / "report.html",
+        seed=0,
+        quiet=args.quiet,
+        device=args.device,
+    )
+    return run_audit(cfg)
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from reportgen.models import default_layers, last_spatial_layer, load_model
+    from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER
+
+    adapter = load_model(args.model, device=args.device, arch=args.arch, trust_pickle=args.trust_pickle)
+    info = adapter.info
+    size = args.size or info.input_size_hint or info.embedded.input_size
+    if size is None:
+        raise UserError("the model does not fix its input size; pass --size")
+    adapter.prepare(tuple(size))
+    layers = adapter.layers()
+    chosen = set(default_layers(layers, adapter.num_outputs))
+    cam = last_spatial_layer(layers)
+    print(f"# {args.model} ({info.format}), input {size[0]}x{size[1]}, {adapter.num_outputs} outputs")
+    print("# * audited by default   c Grad-CAM's default target")
+    print(f"*  {INPUT_LAYER:<40} pixels, downsampled")
+    for layer in layers:
+        mark = ("*" if layer.name in chosen else " ") + ("c" if layer.name == cam else " ")
+        print(f"{mark} {layer.name:<40} {layer.op:<22} {layer.describe()}")
+    print(f"*  {LOGITS_LAYER:<40} output, {adapter.num_outputs}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="reportgen",
+        description="Audit an image classifier: one self-contained HTML report (plus JSON) of what it learned and where the data misleads it.",
+    )
+    parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _audit_parser(sub)
+
+    p = sub.add_parser("demo", help="build the report of the shipped sample", description="Audit the shipped sample model on the shipped sample images.")
+    p.add_argument("-o", "--output", type=Path, default=Path("reportgen-demo"), metavar="DIR", help="output folder (default: reportgen-demo)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("layers", help="list a model's tensors that can be audited", description="List the tensors of MODEL that --layers and --cam-layer accept, with their shapes.")
+    p.add_argument("model", type=Path, metavar="MODEL")
+    p.add_argument("--size", type=parse_size, metavar="N|HxW")
+    p.add_argument("--arch", metavar="NAME")
+    p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=_cmd_layers)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Commands defined in other modules register themselves here (cam, compare, visualize).
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``reportgen`` command."""
+    warnings.filterwarnings("ignore")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USER_ERROR
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"reportgen: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except GateFailed as exc:
+        print(f"reportgen: gate failed: {exc}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    except KeyboardInterrupt:
+        print("reportgen: interrupted; no report was written or replaced", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output piped into a closed reader (e.g. `| head`): not an error worth a message.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except MemoryError:
+        print("reportgen: error: out of memory; try a smaller --batch-size", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
+        if debug:
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"reportgen: internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -1,0 +1,159 @@
+"""The options of an audit, parsed and checked once, in one dataclass."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reportgen.errors import UserError
+
+CAM_METHODS = ("gradcam", "ablationcam", "scorecam")
+KNN_METRICS = ("euclidean", "cosine")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``224`` -> (224, 224); ``224x192`` -> (224, 192) as (height, width)."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"--size expects N or HxW (e.g. 224 or 224x192), got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(0 < v <= 8192 for v in values):
+        raise UserError(f"--size expects N or HxW with sides from 1 to 8192, got {text!r}")
+    return values[0], values[1]
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} expects a comma list of numbers, got {text!r}") from None
+    if len(values) not in (1, 3):
+        raise UserError(f"{option} expects 1 or 3 numbers, got {len(values)}")
+    return values
+
+
+def parse_gates(text: str, option: str, known: tuple[str, ...]) -> dict[str, float]:
+    """``accuracy=0.9,macro_f1=0.8`` -> {"accuracy": 0.9, "macro_f1": 0.8}."""
+    gates: dict[str, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise UserError(f"{option} expects NAME=VALUE with NAME one of {', '.join(known)}; got {part.strip()!r}")
+        try:
+            gates[name] = float(value)
+        except ValueError:
+            raise UserError(f"{option}: {name} needs a number, got {value.strip()!r}") from None
+    return gates
+
+
+def source_date_epoch() -> int | None:
+    """``SOURCE_DATE_EPOCH`` (reproducible builds): when set, timestamps come from it and
+    timings are left out of the report."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"SOURCE_DATE_EPOCH must be an integer, got {value!r}") from None
+
+
+@dataclass
+class AuditConfig:
+    """Everything ``reportgen audit`` accepts (see ``reportgen audit --help``)."""
+
+    model: Path
+    images: Path
+    output: Path = Path("report.html")
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: str = "stretch"
+    layers: list[str] | None = None
+    labels: Path | None = None
+    arch: str | None = None
+    trust_pickle: bool = False
+    device: str = "auto"
+    batch_size: int = 32
+    seed: int = 0
+    features: Path | None = None  # default: <output stem>.features.npz beside the report
+    use_cache: bool = True
+    quiet: bool = False
+    # kNN and t-SNE
+    k: int = 10
+    metric: str = "euclidean"
+    reference: Path | None = None
+    queries_per_class: int = 3
+    max_queries: int = 60
+    tsne_max_points: int = 10000
+    tsne: bool = True
+    # Grad-CAM and galleries
+    cam: str = "gradcam"
+    cam_layer: str | None = None
+    gallery_size: int = 6
+    channels: int = 8
+    channel_images: int = 5
+    # gates
+    fail_under: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        if self.k < 1:
+            raise UserError("-k must be at least 1")
+        if self.metric not in KNN_METRICS:
+            raise UserError(f"--metric must be one of {', '.join(KNN_METRICS)}")
+        if self.cam not in CAM_METHODS:
+            raise UserError(f"--cam must be one of {', '.join(CAM_METHODS)}")
+        if self.resize not in ("stretch", "crop"):
+            raise UserError("--resize must be stretch or crop")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError("--device must be auto, cpu or cuda")
+        if self.gallery_size < 0 or self.channels < 0 or self.channel_images < 1:
+            raise UserError("gallery and channel counts must not be negative")
+        if self.tsne_max_points < 10:
+            raise UserError("--tsne-max-points must be at least 10")
+        for name, std in (("--std", self.std),):
+            if std is not None and any(v <= 0 for v in std):
+                raise UserError(f"{name} values must be positive")
+
+    @property
+    def json_path(self) -> Path:
+        return self.output.with_suffix(".json")
+
+    @property
+    def cache_path(self) -> Path:
+        if self.features is not None:
+            return self.features
+        return self.output.with_name(self.output.stem + ".features.npz")
+
+    def extraction_options(self) -> dict[str, Any]:
+        """The options that change extracted features (part of the cache key)."""
+        return {
+            "size": list(self.size) if self.size else None,
+            "mean": list(self.mean) if self.mean else None,
+            "std": list(self.std) if self.std else None,
+            "resize": self.resize,
+            "layers": self.layers,
+            "arch": self.arch,
+        }
+
+    def recorded(self) -> dict[str, Any]:
+        """The configuration as recorded in the report (paths as given)."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[key] = value
+        out.pop("quiet", None)
+        return out

@@ -1,0 +1,448 @@
+"""The image folder: which files are images, their labels, and how each is decoded.
+
+Two layouts are understood:
+
+* **labeled** -- the root holds one sub-folder per class (torchvision's ``ImageFolder``);
+  files in nested folders belong to their top-level class folder; class order is the
+  sorted folder names.  Empty class folders still count as classes, so that output ``i``
+  of a model keeps meaning the ``i``-th class folder.
+* **flat** -- the root holds images and no sub-folder: the images are unlabeled.
+
+Files whose extension is not an image format are passed over silently, as are hidden
+files and folders.  Anything that looks like an image but cannot be decoded becomes a
+:class:`Skipped` entry with a readable reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from reportgen.errors import UserError
+
+Image.init()
+
+# Raster formats found in image datasets.  Formats that need external programs (EPS) or
+# are containers of other data (HDF5, GRIB, MPEG) are left out on purpose.
+_WANTED_EXTENSIONS = {
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".bmp", ".dib", ".tif",
+    ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k",
+    ".jpx", ".avif", ".qoi", ".psd", ".pcx", ".sgi", ".rgb", ".dds", ".icns",
+}  # fmt: skip
+IMAGE_EXTENSIONS = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items()
+    if ext in _WANTED_EXTENSIONS and fmt in Image.OPEN
+)  # fmt: skip
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was expected to be an image but could not be used."""
+
+    file: str  # path relative to the image root, POSIX separators
+    reason: str  # one readable line
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file found on disk (not yet decoded)."""
+
+    file: str  # path relative to the image root, POSIX separators
+    folder_class: int  # index into ImageDataset.folder_classes, -1 when unlabeled
+    size: int  # bytes
+    mtime_ns: int
+
+
+@dataclass
+class ImageDataset:
+    """The result of :func:`discover`: candidate images, folder classes, early skips."""
+
+    root: Path
+    labeled: bool
+    folder_classes: list[str]
+    records: list[ImageRecord]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def path(self, record: ImageRecord | str) -> Path:
+        rel = record.file if isinstance(record, ImageRecord) else record
+        return self.root / rel
+
+    def listing_key(self) -> list[tuple[str, int, int]]:
+        """(file, size, mtime) of every candidate: a cheap fingerprint for the cache."""
+        return [(r.file, r.size, r.mtime_ns) for r in self.records]
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _walk_files(top: Path) -> Iterator[Path]:
+    """Every non-hidden file below ``top`` in sorted order, following folder links once."""
+    seen: set[str] = set()
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            real = os.path.realpath(folder)
+            if real in seen:
+                continue
+            seen.add(real)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            if _is_hidden(entry.name):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(Path(entry.path))
+            else:
+                yield Path(entry.path)
+        stack.extend(reversed(subdirs))
+
+
+def _record(root: Path, path: Path, folder_class: int) -> ImageRecord | Skipped:
+    rel = path.relative_to(root).as_posix()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            return Skipped(rel, "broken symbolic link (its target does not exist)")
+        return Skipped(rel, "file disappeared while the folder was being read")
+    except OSError as exc:
+        return Skipped(rel, f"cannot read file: {exc.strerror or exc}")
+    if not stat.S_ISREG(st.st_mode):
+        return Skipped(rel, "not a regular file")
+    return ImageRecord(rel, folder_class, st.st_size, st.st_mtime_ns)
+
+
+def discover(root: str | os.PathLike[str]) -> ImageDataset:
+    """Find the images under ``root`` and their classes.
+
+    Parameters
+    ----------
+    root
+        A folder with one sub-folder per class, or a flat folder of unlabeled images.
+
+    Raises
+    ------
+    UserError
+        When ``root`` is not a folder or holds no image at all.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"not a folder: {root}")
+    try:
+        top = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise UserError(f"cannot read image folder {root}: {exc.strerror or exc}") from None
+    class_dirs = [e for e in top if not _is_hidden(e.name) and _safe_is_dir(e)]
+    labeled = bool(class_dirs)
+    records: list[ImageRecord] = []
+    skipped: list[Skipped] = []
+
+    def add(path: Path, folder_class: int) -> None:
+        item = _record(root, path, folder_class)
+        (records if isinstance(item, ImageRecord) else skipped).append(item)  # type: ignore[arg-type]
+
+    if labeled:
+        classes = [e.name for e in class_dirs]
+        for e in top:
+            if not _is_hidden(e.name) and not _safe_is_dir(e) and _is_image_name(e.name):
+                skipped.append(Skipped(e.name, "image outside any class folder"))
+        for index, entry in enumerate(class_dirs):
+            for path in _walk_files(Path(entry.path)):
+                if _is_image_name(path.name):
+                    add(path, index)
+    else:
+        classes = []
+        for e in top:
+            if not _is_hidden(e.name) and _is_image_name(e.name):
+                add(Path(e.path), -1)
+    if not records and not skipped:
+        raise UserError(f"no image files found under {root}")
+    return ImageDataset(root, labeled, classes, records, skipped)
+
+
+def _safe_is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded image becomes the model's input tensor.
+
+    ``resize='stretch'`` scales the whole image to ``size`` (nothing is cut off, which is
+    what an audit wants to see); ``'crop'`` scales the shorter side to ``size / 0.875``
+    and cuts the centre, as torchvision's ImageNet evaluation transform does.
+    """
+
+    size: tuple[int, int]  # (height, width)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    channels: int = 3
+    resize: str = "stretch"
+    channels_last: bool = False
+
+    def fingerprint(self) -> dict[str, object]:
+        return {
+            "size": list(self.size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "channels": self.channels,
+            "resize": self.resize,
+            "channels_last": self.channels_last,
+        }
+
+
+class DecodeError(Exception):
+    """An image file that cannot be used; the message is the reason shown to the user."""
+
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer or float grayscale to 8 bits, scaling rather than clipping."""
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        arr8 = arr.astype(np.float32) / 257.0
+    elif img.mode == "I":
+        top = float(arr.max()) if arr.size else 0.0
+        if top <= 255:
+            arr8 = arr.astype(np.float32)
+        elif top <= 65535:
+            arr8 = arr.astype(np.float32) / 257.0
+        else:
+            arr8 = arr.astype(np.float32) * (255.0 / top)
+    else:  # "F"
+        arr = np.nan_to_num(arr.astype(np.float32))
+        top = float(arr.max()) if arr.size else 0.0
+        arr8 = arr * 255.0 if top <= 1.0 else np.clip(arr, 0, 255)
+    return Image.fromarray(np.clip(np.rint(arr8), 0, 255).astype(np.uint8), "L")
+
+
+def to_display_mode(img: Image.Image, channels: int = 3) -> Image.Image:
+    """Convert any Pillow mode to RGB (or L for one channel) the way a viewer shows it.
+
+    Transparency is composited over white; 16-bit images are scaled, not clipped; CMYK
+    and palette images go through Pillow's own conversions.
+    """
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _to_8bit_gray(img)
+    if img.mode == "1":
+        img = img.convert("L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    return img
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not a recognised image format (the content is not an image)"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "image too large: its pixel count exceeds Pillow's decompression-bomb limit"
+    if "truncated" in text.lower():
+        return "truncated image data (the file ends early)"
+    if isinstance(exc, MemoryError):
+        return "image too large to decode in memory"
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"corrupt image data: {text or type(exc).__name__}"
+
+
+def open_image(path: Path, channels: int = 3, draft: tuple[int, int] | None = None) -> tuple[Image.Image, str]:
+    """Read, hash and decode one image file.
+
+    Returns the image in RGB (or L) with EXIF orientation applied, and the SHA-256 of the
+    file's bytes.  ``draft`` lets JPEG decode at a reduced scale no smaller than it.
+
+    Raises
+    ------
+    DecodeError
+        With a readable reason, for any file that cannot be used.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DecodeError("file disappeared before it could be read") from None
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        img = Image.open(io.BytesIO(data))
+        pixels = img.width * img.height
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and pixels > limit:
+            raise DecodeError(
+                f"image too large: {img.width}x{img.height} pixels exceeds Pillow's "
+                f"decompression-bomb limit of {limit}"
+            )
+        if draft is not None and img.format == "JPEG":
+            # Rotation may swap the sides, so ask for the larger side in both.
+            side = max(draft)
+            img.draft(img.mode if img.mode in ("RGB", "L") else None, (side, side))
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = to_display_mode(img, channels)
+    except DecodeError:
+        raise
+    except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError, EOFError) as exc:
+        raise DecodeError(_reason(exc)) from None
+    except Exception as exc:  # Pillow plugins raise assorted errors on hostile input
+        raise DecodeError(_reason(exc)) from None
+    if img.width < 1 or img.height < 1:
+        raise DecodeError("image has no pixels")
+    return img, digest
+
+
+def resize_for_model(img: Image.Image, pre: Preprocess) -> Image.Image:
+    """Scale (and for ``crop``, centre-cut) an image to the model's input size."""
+    height, width = pre.size
+    if pre.resize == "crop":
+        scale = max(height, width) / 0.875 / min(img.width, img.height)
+        new = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
+        img = img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        left = (img.width - width) // 2
+        top = (img.height - height) // 2
+        return img.crop((left, top, left + width, top + height))
+    if img.size == (width, height):
+        return img
+    return img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def to_tensor(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """Normalised float32 array, CHW (or HWC when the model is channels-last)."""
+    arr = np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    inv_std = 1.0 / np.asarray(pre.std, dtype=np.float32)
+    arr = (arr - mean) * inv_std
+    if not pre.channels_last:
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr)
+
+
+@dataclass
+class Batch:
+    """Decoded images ready for the model, with the failures met on the way."""
+
+    indices: list[int]  # positions in ImageDataset.records of the decoded images
+    pixels: np.ndarray  # (n, C, H, W) float32, or (n, H, W, C) when channels-last
+    sha256: list[str]
+    failures: list[tuple[int, str]]  # (position in records, reason)
+
+
+def load_one(path: Path, pre: Preprocess) -> tuple[np.ndarray, str]:
+    """Decode, resize and normalise one image."""
+    img, digest = open_image(path, pre.channels, draft=pre.size)
+    return to_tensor(resize_for_model(img, pre), pre), digest
+
+
+def _load_batch(root: Path, records: list[ImageRecord], indices: list[int], pre: Preprocess) -> Batch:
+    arrays: list[np.ndarray] = []
+    ok: list[int] = []
+    digests: list[str] = []
+    failures: list[tuple[int, str]] = []
+    for i in indices:
+        try:
+            arr, digest = load_one(root / records[i].file, pre)
+        except DecodeError as exc:
+            failures.append((i, str(exc)))
+            continue
+        arrays.append(arr)
+        ok.append(i)
+        digests.append(digest)
+    if arrays:
+        pixels = np.stack(arrays)
+    else:
+        shape = (0, *pre.size, pre.channels) if pre.channels_last else (0, pre.channels, *pre.size)
+        pixels = np.zeros(shape, np.float32)
+    return Batch(ok, pixels, digests, failures)
+
+
+def iter_batches(
+    dataset: ImageDataset,
+    pre: Preprocess,
+    batch_size: int,
+    workers: int | None = None,
+    indices: Iterable[int] | None = None,
+) -> Iterator[Batch]:
+    """Decode the dataset in order, in batches, on a thread pool, a few batches ahead.
+
+    Memory stays bounded by ``prefetch`` batches whatever the number of images: batches
+    are submitted only as earlier ones are consumed.
+    """
+    order = list(range(len(dataset.records))) if indices is None else list(indices)
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    # Split each batch over the workers so one batch decodes in parallel.
+    prefetch = 2
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: list[list[Future[Batch]]] = []
+        next_chunk = 0
+
+        def submit() -> None:
+            nonlocal next_chunk
+            chunk = chunks[next_chunk]
+            next_chunk += 1
+            step = max(1, -(-len(chunk) // workers))
+            parts = [chunk[j : j + step] for j in range(0, len(chunk), step)]
+            pending.append(
+                [pool.submit(_load_batch, dataset.root, dataset.records, part, pre) for part in parts]
+            )
+
+        while next_chunk < len(chunks) and len(pending) < prefetch:
+            submit()
+        while pending:
+            parts = [f.result() for f in pending.pop(0)]
+            if next_chunk < len(chunks):
+                submit()
+            yield _merge(parts, pre)
+
+
+def _merge(parts: list[Batch], pre: Preprocess) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(
+        [i for p in parts for i in p.indices],
+        np.concatenate([p.pixels for p in parts]),
+        [d for p in parts for d in p.sha256],
+        [f for p in parts for f in p.failures],
+    )

@@ -1,0 +1,221 @@
+"""One streamed pass over the images: outputs and pooled features of every layer.
+
+Decoding runs on a thread pool a couple of batches ahead of the model; features are
+written into arrays allocated once, so memory grows with the pooled features only.
+
+The cache (``--features PATH``) is an ``.npz`` file, read with ``allow_pickle=False``:
+
+==============  ==========================================================
+``meta``        JSON text: format version, cache key, layers, model info,
+                preprocessing, folder classes, skipped files
+``files``       relative paths of the decoded images (unicode array)
+``sha256``      SHA-256 of each decoded file
+``labels``      folder-class index per image, -1 when unlabeled (int64)
+``outputs``     raw model outputs, (N, K) float32
+``layer_<i>``   pooled features of layer i of ``meta.layers``, (N, D_i) float32
+==============  ==========================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reportgen import __version__
+from reportgen.data import ImageDataset, Preprocess, Skipped, iter_batches
+from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, downsample_pixels
+from reportgen.progress import progress
+from reportgen.util import atomic_write
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Features:
+    """Everything the analyses need from the model, one row per decoded image.
+
+    ``layers`` lists the audited layers in order; the pseudo-layers ``input`` (pixels)
+    and ``logits`` (the outputs) are included, so ``arrays[name]`` exists for each.
+    """
+
+    files: list[str]
+    labels: np.ndarray  # folder-class index, -1 unlabeled
+    sha256: list[str]
+    outputs: np.ndarray  # (N, K) raw outputs
+    layers: list[LayerInfo]
+    arrays: dict[str, np.ndarray]
+    skipped: list[Skipped] = field(default_factory=list)  # decode failures met here
+    seconds: float = 0.0
+    from_cache: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.files)
+
+    def subset(self, keep: np.ndarray) -> Features:
+        """The rows where ``keep`` is true (a boolean mask)."""
+        idx = np.flatnonzero(keep)
+        return Features(
+            files=[self.files[i] for i in idx],
+            labels=self.labels[idx],
+            sha256=[self.sha256[i] for i in idx],
+            outputs=self.outputs[idx],
+            layers=self.layers,
+            arrays={k: v[idx] for k, v in self.arrays.items()},
+            skipped=self.skipped,
+            seconds=self.seconds,
+            from_cache=self.from_cache,
+        )
+
+
+def extract(
+    dataset: ImageDataset,
+    adapter: ModelAdapter,
+    layers: list[LayerInfo],
+    pre: Preprocess,
+    *,
+    batch_size: int = 32,
+    show_progress: bool = True,
+) -> Features:
+    """Run the model over every image of ``dataset`` once.
+
+    ``layers`` may include the pseudo-layers :data:`INPUT_LAYER` and
+    :data:`LOGITS_LAYER`; every other name is tapped inside the runtime.
+    """
+    records = dataset.records
+    total = len(records)
+    tapped = [layer.name for layer in layers if layer.name not in (INPUT_LAYER, LOGITS_LAYER)]
+    arrays = {layer.name: np.empty((total, layer.dim), np.float32) for layer in layers if layer.name != LOGITS_LAYER}
+    outputs = np.empty((total, adapter.num_outputs), np.float32)
+    rows: list[int] = []
+    digests: list[str] = []
+    skipped: list[Skipped] = []
+    filled = 0
+    start = time.perf_counter()
+    bar = progress(total=total, desc="extract", unit="img", enabled=show_progress)
+    try:
+        for batch in iter_batches(dataset, pre, batch_size):
+            for i, reason in batch.failures:
+                skipped.append(Skipped(records[i].file, reason))
+            n = len(batch.indices)
+            if n:
+                scores, feats = adapter.extract(batch.pixels, tapped)
+                end = filled + n
+                outputs[filled:end] = scores
+                for name in tapped:
+                    arrays[name][filled:end] = feats[name]
+                if INPUT_LAYER in arrays:
+                    arrays[INPUT_LAYER][filled:end] = downsample_pixels(batch.pixels, pre.channels_last)
+                filled = end
+                rows.extend(batch.indices)
+                digests.extend(batch.sha256)
+            bar.update(n + len(batch.failures))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    outputs = outputs[:filled]
+    arrays = {k: v[:filled] for k, v in arrays.items()}
+    if LOGITS_LAYER in {layer.name for layer in layers}:
+        arrays[LOGITS_LAYER] = outputs
+    skipped.sort(key=lambda s: s.file)
+    return Features(
+        files=[records[i].file for i in rows],
+        labels=np.array([records[i].folder_class for i in rows], np.int64),
+        sha256=digests,
+        outputs=outputs,
+        layers=layers,
+        arrays=arrays,
+        skipped=skipped,
+        seconds=seconds,
+    )
+
+
+# ------------------------------------------------------------------ cache
+
+
+def cache_key(model_sha256: str, options: dict[str, Any], dataset: ImageDataset) -> dict[str, Any]:
+    """What must match for a cached extraction to be reused: the model's bytes, the
+    options that change features, and the listing (name, size, mtime) of the images."""
+    listing = hashlib.sha256(json.dumps(dataset.listing_key()).encode()).hexdigest()
+    return {
+        "model_sha256": model_sha256,
+        "options": options,
+        "listing_sha256": listing,
+        "root": str(dataset.root.resolve()),
+    }
+
+
+@dataclass
+class CachedRun:
+    """A cache file's content: the features and what produced them."""
+
+    features: Features
+    meta: dict[str, Any]
+
+
+def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Write the cache atomically (a crash leaves the previous cache intact)."""
+    meta = {
+        "format": CACHE_FORMAT,
+        "tool_version": __version__,
+        "key": key,
+        "layers": [{"name": layer.name, "shape": list(layer.shape), "op": layer.op} for layer in features.layers],
+        "skipped": [{"file": s.file, "reason": s.reason} for s in features.skipped],
+        "seconds": features.seconds,
+        **extra,
+    }
+    payload: dict[str, np.ndarray] = {
+        "meta": np.array(json.dumps(meta)),
+        "files": np.array(features.files, dtype=str),
+        "sha256": np.array(features.sha256, dtype=str),
+        "labels": features.labels.astype(np.int64),
+        "outputs": features.outputs.astype(np.float32),
+    }
+    for i, layer in enumerate(features.layers):
+        if layer.name != LOGITS_LAYER:
+            payload[f"layer_{i}"] = features.arrays[layer.name]
+
+    def write(fh: Any) -> None:
+        np.savez(fh, **payload)
+
+    atomic_write(path, write)
+
+
+def load_cache(path: Path, key: dict[str, Any]) -> CachedRun | None:
+    """The cached run at ``path`` if it exists and matches ``key``; otherwise None."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
+                return None
+            layers = [LayerInfo(d["name"], tuple(d["shape"]), d.get("op", "")) for d in meta["layers"]]
+            outputs = npz["outputs"]
+            arrays = {}
+            for i, layer in enumerate(layers):
+                arrays[layer.name] = outputs if layer.name == LOGITS_LAYER else npz[f"layer_{i}"]
+            features = Features(
+                files=[str(f) for f in npz["files"]],
+                labels=npz["labels"].astype(np.int64),
+                sha256=[str(s) for s in npz["sha256"]],
+                outputs=outputs,
+                layers=layers,
+                arrays=arrays,
+                skipped=[Skipped(s["file"], s["reason"]) for s in meta["skipped"]],
+                seconds=float(meta.get("seconds", 0.0)),
+                from_cache=True,
+            )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return CachedRun(features, meta)
+
+
+def default_cache_path(report: Path) -> Path:
+    return report.with_name(report.stem + ".features.npz")

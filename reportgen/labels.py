@@ -1,0 +1,96 @@
+"""Which model output is which class, and the ground truth of each image.
+
+Resolved in one place, in this order:
+
+1. ``--labels FILE``: one class name per line, in output order;
+2. class names embedded in the model (see ``models.base.EmbeddedMetadata``);
+3. the sorted class-folder names (torchvision's ``ImageFolder`` convention), when their
+   count equals the number of outputs.
+
+Otherwise outputs are named by index and no ground truth is claimed: a count mismatch
+is reported, never guessed.  With 1 or 2, a folder is matched to the output of the
+same name; folders with no such output keep their images out of the metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reportgen.errors import UserError
+
+
+@dataclass
+class ClassMap:
+    """The model's class names and each image's true output index."""
+
+    classes: list[str]  # one name per model output, in output order
+    source: str  # "--labels", "model metadata", "folder names", "output index"
+    folder_to_output: list[int]  # per folder class, its output index or -1
+    warnings: list[str] = field(default_factory=list)
+
+    def truth(self, folder_labels: np.ndarray) -> np.ndarray:
+        """Output index per image; -1 for unlabeled images or unmatched folders."""
+        if not self.folder_to_output:
+            return np.full(len(folder_labels), -1, np.int64)
+        lookup = np.array([*self.folder_to_output, -1], np.int64)
+        return lookup[np.where(folder_labels >= 0, folder_labels, len(self.folder_to_output))]
+
+
+def read_labels_file(path: str | Path) -> list[str]:
+    """Class names, one per non-empty line (UTF-8)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"labels file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read labels file {path}: {exc}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"labels file {path} holds no class names")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"labels file {path} names class {dup!r} twice")
+    return names
+
+
+def resolve_classes(
+    folder_classes: list[str],
+    num_outputs: int,
+    *,
+    labels: list[str] | None = None,
+    embedded: list[str] | None = None,
+) -> ClassMap:
+    """Decide the names of the model's outputs and map class folders onto them."""
+    if labels is not None:
+        if len(labels) != num_outputs:
+            raise UserError(f"--labels names {len(labels)} classes but the model has {num_outputs} outputs")
+        return _by_name(labels, "--labels", folder_classes)
+    if embedded is not None and len(embedded) == num_outputs:
+        return _by_name(embedded, "model metadata", folder_classes)
+    if not folder_classes:
+        return ClassMap([str(i) for i in range(num_outputs)], "output index", [])
+    if len(folder_classes) == num_outputs:
+        return ClassMap(list(folder_classes), "folder names", list(range(num_outputs)))
+    message = (
+        f"the image folder has {len(folder_classes)} class folders but the model has {num_outputs} outputs, "
+        "so outputs cannot be matched to folders; pass --labels FILE with one class name per output. "
+        "Accuracy and per-class metrics are left out."
+    )
+    return ClassMap([str(i) for i in range(num_outputs)], "output index", [-1] * len(folder_classes), [message])
+
+
+def _by_name(names: list[str], source: str, folder_classes: list[str]) -> ClassMap:
+    index = {name: i for i, name in enumerate(names)}
+    mapping = [index.get(folder, -1) for folder in folder_classes]
+    warnings = []
+    missing = [f for f, m in zip(folder_classes, mapping, strict=True) if m < 0]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        warnings.append(
+            f"{len(missing)} class folder(s) match no model output ({shown}); their images are left out of the metrics"
+        )
+    return ClassMap(list(names), source, mapping, warnings)

@@ -1,0 +1,394 @@
+"""ONNX models, run by ONNX Runtime.
+
+Taps are extra graph outputs; feature maps are averaged to vectors by ``GlobalAveragePool``
+nodes added to the graph, so full maps never leave the runtime.  For Grad-CAM the graph
+is cut at the target tensor into a body model and a head model (see :class:`OnnxSplit`);
+ONNX Runtime has no gradients, so the engine in ``analyses/cam.py`` differentiates the
+head numerically.
+
+This is the only module that imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from reportgen.errors import UserError
+from reportgen.models.base import (
+    EmbeddedMetadata,
+    LayerInfo,
+    ModelAdapter,
+    ModelInfo,
+    SplitModel,
+    run_in_batches_of,
+)
+
+METADATA_KEY = "reportgen"
+_DTYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
+_BATCH_PARAM = "reportgen_batch"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def resolve_providers(requested: str) -> tuple[str, list[str]]:
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if requested == "cuda" and not has_cuda:
+        raise UserError("--device cuda was asked for, but ONNX Runtime has no CUDA provider (install onnxruntime-gpu)")
+    if requested in ("cuda", "auto") and has_cuda:
+        return "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return "cpu", ["CPUExecutionProvider"]
+
+
+def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
+    """Read an ONNX file and describe its input; sessions are made in :meth:`prepare`."""
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        raise UserError(f"cannot read ONNX model {path.name}: {_one_line(exc)}") from None
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise UserError(f"the ONNX model has {len(inputs)} inputs; reportgen needs exactly one image input")
+    if not graph.output:
+        raise UserError("the ONNX model has no output")
+    inp = inputs[0]
+    elem = inp.type.tensor_type.elem_type
+    if elem not in _DTYPES:
+        raise UserError(f"the ONNX model's input has element type {TensorProto.DataType.Name(elem)}; expected a float tensor")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise UserError(f"the ONNX model's input has rank {len(dims)}; expected an image batch (N, C, H, W)")
+    channels_last = dims[1] not in (1, 3) and dims[3] in (1, 3)
+    channels = (dims[3] if channels_last else dims[1]) or 3
+    spatial = (dims[1], dims[2]) if channels_last else (dims[2], dims[3])
+    size_hint = (spatial[0], spatial[1]) if all(spatial) else None
+    fixed_batch = dims[0] if dims[0] else None
+    props = {p.key: p.value for p in model.metadata_props}
+    embedded = EmbeddedMetadata.parse(props.get(METADATA_KEY))
+    properties = {
+        "opset": ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import),
+        "ir_version": str(model.ir_version),
+    }
+    if model.producer_name:
+        properties["producer"] = f"{model.producer_name} {model.producer_version}".strip()
+    if model.doc_string:
+        properties["doc_string"] = model.doc_string[:500]
+    for key, value in props.items():
+        if key != METADATA_KEY:
+            properties[f"metadata.{key}"] = value[:500]
+    dev, providers = resolve_providers(device)
+    info = ModelInfo(
+        path=path,
+        format="onnx",
+        runtime=f"onnxruntime {ort.__version__} ({providers[0]})",
+        device=dev,
+        channels=int(channels),
+        channels_last=channels_last,
+        input_size_hint=size_hint or embedded.input_size,
+        fixed_batch=fixed_batch,
+        static_size=size_hint is not None,
+        embedded=embedded,
+        properties=properties,
+    )
+    return OnnxAdapter(info, model, inp.name, np.dtype(_DTYPES[elem]), providers)
+
+
+class OnnxAdapter(ModelAdapter):
+    """An ONNX model with its extraction session."""
+
+    def __init__(self, info: ModelInfo, model: onnx.ModelProto, input_name: str, dtype: np.dtype, providers: list[str]):
+        self.info = info
+        self.model = model
+        self.input_name = input_name
+        self.output_name = model.graph.output[0].name
+        self.dtype = dtype
+        self.providers = providers
+        self._layers: list[LayerInfo] = []
+        self._shapes: dict[str, tuple[int, ...]] = {}  # per-image shapes of batched tensors
+        self._dtypes: dict[str, np.dtype] = {}
+        self._num_outputs = 0
+        self._sessions: dict[tuple[str, ...], tuple[ort.InferenceSession, list[str]]] = {}
+        self.batch: int | None = info.fixed_batch
+
+    # -- preparation
+
+    def _fixed_size_model(self, size: tuple[int, int]) -> onnx.ModelProto:
+        model = copy.deepcopy(self.model)
+        for inp in model.graph.input:
+            if inp.name != self.input_name:
+                continue
+            dims = inp.type.tensor_type.shape.dim
+            sides = (1, 2) if self.info.channels_last else (2, 3)
+            for axis, value in zip(sides, size, strict=True):
+                dims[axis].Clear()
+                dims[axis].dim_value = value
+        return model
+
+    def session(self, model: onnx.ModelProto, *, optimize: bool = True) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"ONNX Runtime cannot load the model: {_one_line(exc)}") from None
+
+    def prepare(self, size: tuple[int, int]) -> None:
+        self.size = size
+        self.fixed = self._fixed_size_model(size)
+        graph = self.fixed.graph
+        reachable = {self.input_name}
+        order: list[tuple[str, str]] = []
+        for node in graph.node:
+            if any(i in reachable for i in node.input if i):
+                for out in node.output:
+                    if out:
+                        reachable.add(out)
+                        order.append((out, node.op_type))
+        probe = copy.deepcopy(self.fixed)
+        existing = {o.name for o in probe.graph.output}
+        for name, _ in order:
+            if name not in existing:
+                probe.graph.output.append(onnx.ValueInfoProto(name=name))
+        names = [o.name for o in probe.graph.output]
+        session = self.session(probe, optimize=False)
+        batches = [self.batch] if self.batch else [2, 1]
+        results = None
+        error: BaseException | None = None
+        probe_batch = 0
+        example = np.zeros(0, self.dtype)
+        for batch in batches:
+            shape = (batch, *size, self.info.channels) if self.info.channels_last else (batch, self.info.channels, *size)
+            example = np.random.default_rng(0).standard_normal(shape).astype(self.dtype)
+            try:
+                results = session.run(names, {self.input_name: example})
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+                continue
+            if self.batch is None and batch == 1:
+                self.batch = 1  # declared dynamic, but only batch 1 runs
+            probe_batch = batch
+            break
+        if results is None:
+            assert error is not None
+            raise UserError(
+                f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s): {_one_line(error)}"
+            )
+        values = dict(zip(names, results, strict=True))
+        scores = values[self.output_name]
+        if scores.ndim > 2 and all(s == 1 for s in scores.shape[2:]):
+            scores = scores.reshape(scores.shape[0], scores.shape[1])
+        if scores.ndim != 2:
+            raise UserError(f"the model's output has shape {scores.shape}; expected one score per class (N, K)")
+        self._num_outputs = int(scores.shape[1])
+        outputs = {o.name for o in graph.output}
+        for name, op in order:
+            value = values.get(name)
+            if (
+                isinstance(value, np.ndarray)
+                and value.dtype.kind == "f"
+                and value.ndim >= 1
+                and value.shape[0] == probe_batch
+            ):
+                self._shapes[name] = tuple(int(s) for s in value.shape[1:])
+                self._dtypes[name] = value.dtype
+                if name not in outputs and 1 <= value.ndim - 1 <= 3:
+                    self._layers.append(LayerInfo(name, self._shapes[name], op))
+        self._shapes[self.input_name] = tuple(int(s) for s in example.shape[1:])
+        self._dtypes[self.input_name] = self.dtype
+
+    # -- queries
+
+    def layers(self) -> list[LayerInfo]:
+        return list(self._layers)
+
+    @property
+    def num_outputs(self) -> int:
+        return self._num_outputs
+
+    def _check(self, name: str) -> None:
+        if name not in self._shapes or name == self.input_name:
+            raise UserError(f"no layer named {name!r} in this model (see `reportgen layers MODEL`)")
+
+    # -- running
+
+    def _extraction_session(self, layers: tuple[str, ...]) -> tuple[ort.InferenceSession, list[str]]:
+        cached = self._sessions.get(layers)
+        if cached:
+            return cached
+        model = copy.deepcopy(self.fixed)
+        graph = model.graph
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        out_names = [self.output_name]
+        for i, name in enumerate(layers):
+            self._check(name)
+            rank = len(self._shapes[name])
+            pooled = f"reportgen/pool/{i}"
+            if rank == 3:
+                graph.node.append(helper.make_node("GlobalAveragePool", [name], [pooled + "/gap"]))
+                graph.node.append(helper.make_node("Flatten", [pooled + "/gap"], [pooled], axis=1))
+            elif rank == 2:
+                if opset >= 18:
+                    axes = pooled + "/axes"
+                    graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+                    graph.node.append(helper.make_node("ReduceMean", [name, axes], [pooled], keepdims=0))
+                else:
+                    graph.node.append(helper.make_node("ReduceMean", [name], [pooled], axes=[1], keepdims=0))
+            else:
+                pooled = name
+            graph.output.append(onnx.ValueInfoProto(name=pooled))
+            out_names.append(pooled)
+        entry = (self.session(model), out_names)
+        self._sessions[layers] = entry
+        return entry
+
+    def _run(self, session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        keys = list(feeds)
+        return run_in_batches_of(
+            lambda arrays: session.run(names, dict(zip(keys, arrays, strict=True))),
+            [feeds[k] for k in keys],
+            self.batch,
+        )
+
+    def extract(self, pixels: np.ndarray, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        session, names = self._extraction_session(tuple(layers))
+        outs = self._run(session, names, {self.input_name: pixels.astype(self.dtype, copy=False)})
+        scores = outs[0]
+        scores = scores.reshape(scores.shape[0], -1).astype(np.float32, copy=False)
+        feats = {name: out.reshape(out.shape[0], -1).astype(np.float32, copy=False) for name, out in zip(layers, outs[1:], strict=True)}
+        return scores, feats
+
+    def split(self, layer: str) -> OnnxSplit:
+        self._check(layer)
+        if len(self._shapes[layer]) != 3:
+            raise UserError(f"layer {layer!r} has shape {self._shapes[layer]}; a CAM needs a feature map (C, H, W)")
+        return OnnxSplit(self, layer)
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for g in graphs:
+            produced = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for inner in g.node:
+                produced.update(inner.output)
+            for inner in g.node:
+                names.update(i for i in inner.input if i and i not in produced)
+                names.update(_subgraph_inputs(inner))
+    return names
+
+
+def _node_inputs(node: onnx.NodeProto) -> set[str]:
+    return {i for i in node.input if i} | _subgraph_inputs(node)
+
+
+class OnnxSplit(SplitModel):
+    """An ONNX graph cut at tensor A into two runnable models.
+
+    The head holds every node that depends on A and is needed for the output.  What else
+    it reads from the body travels in ``rest`` (per-image tensors only); values that are
+    not per-image (shapes, constants) are recomputed in the head, so the head runs on
+    any batch size the original model does.
+    """
+
+    differentiable = False
+
+    def __init__(self, adapter: OnnxAdapter, layer: str):
+        self.adapter = adapter
+        self.layer = layer
+        graph = adapter.fixed.graph
+        nodes = list(graph.node)
+        producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+        initializers = {i.name for i in graph.initializer}
+        # Nodes the output needs.
+        needed_nodes: set[int] = set()
+        stack = [adapter.output_name]
+        while stack:
+            value = stack.pop()
+            i = producer.get(value)
+            if i is None or i in needed_nodes:
+                continue
+            needed_nodes.add(i)
+            stack.extend(_node_inputs(nodes[i]))
+        # Of those, the ones that depend on A.
+        depends = {layer}
+        head: set[int] = set()
+        for i, node in enumerate(nodes):
+            if i in needed_nodes and _node_inputs(node) & depends:
+                head.add(i)
+                depends.update(o for o in node.output if o)
+        batched = adapter._shapes
+        while True:
+            produced = {o for i in head for o in nodes[i].output}
+            reads = {v for i in head for v in _node_inputs(nodes[i])} - produced - initializers - {layer}
+            move = {producer[v] for v in reads if v not in batched and v in producer}
+            if not move - head:
+                break
+            head |= move
+        missing = [v for v in reads if v not in batched and v not in producer]
+        if missing:
+            raise UserError(f"cannot cut the graph at {layer!r}: the head reads {missing[0]!r}, which is not a tensor")
+        self.rest_names = sorted(reads, key=lambda v: producer.get(v, -1))
+        head_nodes = [nodes[i] for i in sorted(head)]
+        self.body_session = adapter.session(self._body_model([layer, *self.rest_names]))
+        self.head_session = adapter.session(self._head_model(head_nodes, [layer, *self.rest_names]))
+
+    def _body_model(self, outputs: list[str]) -> onnx.ModelProto:
+        model = copy.deepcopy(self.adapter.fixed)
+        del model.graph.output[:]
+        for name in outputs:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+        return model
+
+    def _head_model(self, head_nodes: list[onnx.NodeProto], inputs: list[str]) -> onnx.ModelProto:
+        adapter = self.adapter
+        source = adapter.fixed
+        used = set().union(*(_node_inputs(n) for n in head_nodes)) if head_nodes else set()
+        batch_dim: Any = adapter.batch if adapter.batch else _BATCH_PARAM
+        graph_inputs = []
+        for name in inputs:
+            elem = helper.np_dtype_to_tensor_dtype(adapter._dtypes[name])
+            graph_inputs.append(helper.make_tensor_value_info(name, elem, [batch_dim, *adapter._shapes[name]]))
+        graph = helper.make_graph(
+            head_nodes,
+            "reportgen_head",
+            graph_inputs,
+            [onnx.ValueInfoProto(name=adapter.output_name)],
+            initializer=[i for i in source.graph.initializer if i.name in used],
+        )
+        model = helper.make_model(graph, opset_imports=list(source.opset_import), ir_version=source.ir_version)
+        model.functions.extend(source.functions)
+        return model
+
+    def _feeds(self, activations: np.ndarray, rest: list[np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {self.layer: activations.astype(self.adapter._dtypes[self.layer], copy=False)}
+        for name, value in zip(self.rest_names, rest, strict=True):
+            feeds[name] = value
+        return feeds
+
+    def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
+        names = [self.layer, *self.rest_names]
+        outs = self.adapter._run(self.body_session, names, {self.adapter.input_name: pixels.astype(self.adapter.dtype, copy=False)})
+        return outs[0].astype(np.float32, copy=False), outs[1:]
+
+    def take(self, rest: Any, index: np.ndarray) -> Any:
+        return [value[index] for value in rest]
+
+    def head(self, activations: np.ndarray, rest: Any) -> np.ndarray:
+        (out,) = self.adapter._run(self.head_session, [self.adapter.output_name], self._feeds(activations, rest))
+        return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)

@@ -1,0 +1,619 @@
+"""PyTorch models: TorchScript, ``torch.export`` programs, state_dicts, trusted pickles.
+
+Every torch format is brought to one form, an ``ExportedProgram`` in functional ATen
+(``run_decompositions({})``, so no op mutates its input), and run node by node by a small
+executor.  That gives every format the same things for free: taps on any tensor (a
+TorchScript module has no hooks once loaded), the same tensor names whatever the source,
+and a cut at any tensor for Grad-CAM, where the part before the cut runs without autograd
+and the gradient flows from the score back to the cut and no further.
+
+This is the only module that imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+
+from reportgen.errors import UserError
+from reportgen.models.base import (
+    EmbeddedMetadata,
+    LayerInfo,
+    ModelAdapter,
+    ModelInfo,
+    SplitModel,
+    run_in_batches_of,
+)
+
+EXTRA_FILE = "reportgen.json"
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA device")
+    return requested
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def sniff_torch_format(path: Path) -> str | None:
+    """``torchscript``, ``torch.export``, ``torch.save`` (zip) or ``legacy`` (old pickle)."""
+    names = _zip_names(path)
+    if names:
+        if any(n.endswith("archive_format") for n in names) or any("/models/" in n and n.endswith(".json") for n in names):
+            return "torch.export"
+        if any("/code/" in n for n in names) or any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch.save"
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return None
+    return "legacy" if head[:1] == b"\x80" else None
+
+
+def load_torch_model(
+    path: Path,
+    kind: str,
+    *,
+    arch: str | None,
+    trust_pickle: bool,
+    device: str,
+) -> TorchAdapter:
+    """Load any torch format into a :class:`TorchAdapter` (not yet prepared)."""
+    device = resolve_device(device)
+    embedded = EmbeddedMetadata()
+    size_hint: tuple[int, int] | None = None
+    channels = 3
+    fixed_batch: int | None = None
+    if kind == "torchscript":
+        extra = {EXTRA_FILE: ""}
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception as exc:  # noqa: BLE001 - any failure here is a bad file
+            raise UserError(f"cannot load TorchScript model {path.name}: {_one_line(exc)}") from None
+        scripted.eval()
+        embedded = EmbeddedMetadata.parse(extra.get(EXTRA_FILE))
+        fmt = "torchscript"
+
+        def build(size: tuple[int, int], ch: int) -> torch.export.ExportedProgram:
+            from torch._export.converter import TS2EPConverter
+
+            example = torch.zeros(2, ch, *size)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return TS2EPConverter(scripted, (example,)).convert()
+
+    elif kind == "torch.export":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.load(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"cannot load torch.export program {path.name}: {_one_line(exc)}") from None
+        fmt = "torch.export"
+        shape = _placeholder_shape(program)
+        if shape is not None and len(shape) == 4:
+            channels = shape[1] if isinstance(shape[1], int) else 3
+            fixed_batch = shape[0]
+            if isinstance(shape[2], int) and isinstance(shape[3], int):
+                size_hint = (shape[2], shape[3])
+
+        def build(size: tuple[int, int], ch: int) -> torch.export.ExportedProgram:
+            return program
+
+    elif kind in ("torch.save", "legacy"):
+        module, fmt, size_hint = _load_saved(path, arch=arch, trust_pickle=trust_pickle)
+        module.eval()
+
+        def build(size: tuple[int, int], ch: int) -> torch.export.ExportedProgram:
+            return _export_module(module, size, ch)
+
+    else:  # pragma: no cover - dispatcher guards this
+        raise UserError(f"not a torch model file: {path.name}")
+
+    info = ModelInfo(
+        path=path,
+        format=fmt,
+        runtime=f"torch {torch.__version__}",
+        device=device,
+        channels=channels,
+        channels_last=False,
+        input_size_hint=size_hint or embedded.input_size,
+        fixed_batch=fixed_batch,
+        static_size=fmt == "torch.export" and size_hint is not None,
+        embedded=embedded,
+        properties={},
+    )
+    if arch:
+        info.properties["architecture"] = arch
+    return TorchAdapter(info, build)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _placeholder_shape(program: torch.export.ExportedProgram) -> tuple[Any, ...] | None:
+    users = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    if len(users) != 1:
+        raise UserError(f"the exported program takes {len(users)} inputs; reportgen needs exactly one image input")
+    name = users[0].arg.name
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name == name:
+            val = node.meta.get("val")
+            if val is None:
+                return None
+            return tuple(int(d) if isinstance(d, int) or _is_static(d) else None for d in val.shape)
+    return None
+
+
+def _is_static(d: Any) -> bool:
+    try:
+        int(d)
+        return not isinstance(d, torch.SymInt)
+    except (TypeError, ValueError):
+        return False
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+        if obj and all(isinstance(k, str) for k in obj) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            prefix = "module."
+            if all(k.startswith(prefix) for k in obj):
+                obj = {k[len(prefix) :]: v for k, v in obj.items()}
+            return obj
+    return None
+
+
+def _load_saved(path: Path, *, arch: str | None, trust_pickle: bool) -> tuple[torch.nn.Module, str, tuple[int, int] | None]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - weights_only refuses arbitrary objects
+        if not trust_pickle:
+            raise UserError(
+                f"{path.name} holds pickled Python objects (such as a whole nn.Module); loading it "
+                "could run arbitrary code, so reportgen refuses. Re-run with --trust-pickle only if "
+                "you trust where the file came from, or export the model (ONNX, TorchScript, torch.export)"
+            ) from None
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001
+            raise UserError(f"cannot load {path.name}: {_one_line(exc2)}") from None
+        del exc
+    if isinstance(obj, torch.nn.Module):
+        if not trust_pickle:  # pragma: no cover - weights_only cannot produce a module
+            raise UserError(f"{path.name} is a pickled module; pass --trust-pickle to load it")
+        return obj, "pickle", None
+    state = _unwrap_state_dict(obj)
+    if state is None:
+        raise UserError(
+            f"{path.name} is a torch.save file but holds neither a state_dict nor an nn.Module"
+        )
+    if not arch:
+        raise UserError(
+            f"{path.name} holds a state_dict (weights only); name its architecture with --arch "
+            "(a torchvision model name, e.g. --arch resnet18)"
+        )
+    return _build_arch(arch, state), "state_dict", _arch_input_size(arch)
+
+
+def _build_arch(arch: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    import torchvision
+
+    if arch not in torchvision.models.list_models():
+        raise UserError(f"unknown --arch {arch!r}: not a torchvision model name (see torchvision.models.list_models())")
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.ndim >= 2]
+    if not weights:
+        raise UserError("the state_dict holds no layer weights")
+    num_classes = int(weights[-1].shape[0])
+    kwargs: dict[str, Any] = {"weights": None, "num_classes": num_classes}
+    if arch.startswith(("inception", "googlenet")):
+        kwargs["aux_logits"] = any(k.startswith(("AuxLogits.", "aux1.", "aux2.")) for k in state)
+        kwargs["init_weights"] = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torchvision.models.get_model(arch, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot build torchvision {arch}: {_one_line(exc)}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(" ".join(first[:3]).split())[:300]
+        raise UserError(f"the state_dict does not fit torchvision {arch}: {detail}") from None
+    return model
+
+
+def _arch_input_size(arch: str) -> tuple[int, int] | None:
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(arch)
+        crop = list(weights)[0].transforms().crop_size
+        side = int(crop[0])
+        return (side, side)
+    except Exception:  # noqa: BLE001 - metadata only; fall back to asking the user
+        return None
+
+
+def _export_module(module: torch.nn.Module, size: tuple[int, int], channels: int) -> torch.export.ExportedProgram:
+    example = torch.zeros(2, channels, *size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot trace the model into a graph (torch.export failed): {_one_line(exc)}") from None
+
+
+# ------------------------------------------------------------------ execution
+
+
+def _pool(t: torch.Tensor) -> torch.Tensor:
+    """Feature maps and token sequences averaged to one vector per image."""
+    if t.ndim >= 4:
+        return t.mean(dim=tuple(range(2, t.ndim)))
+    if t.ndim == 3:
+        return t.mean(dim=1)
+    return t
+
+
+class _Executor:
+    """Runs an FX graph node by node, tapping and cutting where asked.
+
+    ``torch.fx.Interpreter`` would do, but recomputes nothing we can skip and frees
+    nothing early; this keeps a per-node list of values that die after it.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        self.gm = gm
+        self.nodes = list(gm.graph.nodes)
+        self.attrs = {n: _fetch_attr(gm, n.target) for n in self.nodes if n.op == "get_attr"}
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+
+    def run(
+        self,
+        nodes: Iterable[torch.fx.Node],
+        env: dict[torch.fx.Node, Any],
+        inputs: list[Any] | None = None,
+        on_value: Callable[[torch.fx.Node, Any], Any] | None = None,
+        keep: set[torch.fx.Node] | None = None,
+    ) -> Any:
+        nodes = list(nodes)
+        last_use: dict[torch.fx.Node, int] = {}
+        for i, node in enumerate(nodes):
+            for src in node.all_input_nodes:
+                last_use[src] = i
+        keep = keep or set()
+        pending = list(inputs or [])
+        result = None
+        for i, node in enumerate(nodes):
+            op = node.op
+            if op == "placeholder":
+                value = pending.pop(0)
+            elif op == "get_attr":
+                value = self.attrs[node]
+            elif op == "output":
+                result = torch.fx.node.map_arg(node.args[0], lambda n: env[n])
+                break
+            else:
+                args = torch.fx.node.map_arg(node.args, lambda n: env[n])
+                kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
+                if op == "call_function":
+                    value = node.target(*args, **kwargs)
+                elif op == "call_method":
+                    obj, *rest = args
+                    value = getattr(obj, node.target)(*rest, **kwargs)
+                else:  # call_module
+                    value = self.gm.get_submodule(node.target)(*args, **kwargs)
+            if on_value is not None:
+                replaced = on_value(node, value)
+                if replaced is not None:
+                    value = replaced
+            env[node] = value
+            for src in node.all_input_nodes:
+                if last_use.get(src) == i and src not in keep and src.op != "get_attr":
+                    env.pop(src, None)
+        return result
+
+
+def _fetch_attr(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _first_tensor(value: Any) -> torch.Tensor:
+    leaves, _ = torch.utils._pytree.tree_flatten(value)
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            return leaf
+    raise UserError("the model returned no tensor")
+
+
+def _as_scores(out: torch.Tensor) -> torch.Tensor:
+    if out.ndim > 2 and all(s == 1 for s in out.shape[2:]):
+        out = out.reshape(out.shape[0], out.shape[1])
+    if out.ndim == 1:
+        out = out[:, None]
+    if out.ndim != 2:
+        raise UserError(f"the model's output has shape {tuple(out.shape)}; expected one score per class (N, K)")
+    return out
+
+
+class TorchAdapter(ModelAdapter):
+    """Any torch model, run from its functional ATen graph."""
+
+    def __init__(self, info: ModelInfo, build: Callable[[tuple[int, int], int], torch.export.ExportedProgram]):
+        self.info = info
+        self._build = build
+        self._layers: list[LayerInfo] = []
+        self._batched: set[str] = set()
+        self._num_outputs = 0
+        self._exec: _Executor | None = None
+        self._by_name: dict[str, torch.fx.Node] = {}
+        self.device = torch.device(info.device)
+
+    # -- preparation
+
+    def prepare(self, size: tuple[int, int]) -> None:
+        program = self._build(size, self.info.channels)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = program.run_decompositions({})
+                if self.device.type != "cpu":
+                    from torch.export.passes import move_to_device_pass
+
+                    program = move_to_device_pass(program, self.device)
+                gm = program.module()
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"cannot prepare the model graph: {_one_line(exc)}") from None
+        for p in gm.parameters():
+            p.requires_grad_(False)
+        self._exec = _Executor(gm)
+        placeholders = [n for n in self._exec.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise UserError(f"the model takes {len(placeholders)} inputs; reportgen needs exactly one image input")
+        self._by_name = {n.name: n for n in self._exec.nodes}
+        self._discover(placeholders[0], size)
+
+    def _discover(self, placeholder: torch.fx.Node, size: tuple[int, int]) -> None:
+        assert self._exec is not None
+        depends = {placeholder}
+        for node in self._exec.nodes:
+            if any(src in depends for src in node.all_input_nodes):
+                depends.add(node)
+        batch = self.info.fixed_batch or 2
+        shapes: dict[torch.fx.Node, tuple[int, ...]] = {}
+
+        def record(node: torch.fx.Node, value: Any) -> None:
+            if (
+                node in depends
+                and isinstance(value, torch.Tensor)
+                and value.is_floating_point()
+                and value.ndim >= 1
+                and value.shape[0] == batch
+            ):
+                shapes[node] = tuple(int(s) for s in value.shape[1:])
+
+        generator = torch.Generator().manual_seed(0)
+        example = torch.randn(batch, self.info.channels, *size, generator=generator).to(self.device)
+        try:
+            with torch.inference_mode():
+                out = self._exec.run(self._exec.nodes, {}, [example], on_value=record)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(
+                f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s): {_one_line(exc)}"
+            ) from None
+        scores = _as_scores(_first_tensor(out))
+        self._num_outputs = int(scores.shape[1])
+        output_nodes = {n for n in self._exec.nodes if n.op == "output"}
+        self._batched = {n.name for n in shapes}
+        self._layers = [
+            LayerInfo(node.name, shape, _op_name(node))
+            for node, shape in shapes.items()
+            if node.op != "placeholder" and 1 <= len(shape) <= 3 and not (node.users.keys() <= output_nodes)
+        ]
+
+    # -- queries
+
+    def layers(self) -> list[LayerInfo]:
+        return list(self._layers)
+
+    @property
+    def num_outputs(self) -> int:
+        return self._num_outputs
+
+    def _node(self, name: str) -> torch.fx.Node:
+        node = self._by_name.get(name)
+        if node is None or name not in self._batched:
+            raise UserError(f"no layer named {name!r} in this model (see `reportgen layers MODEL`)")
+        return node
+
+    # -- running
+
+    def extract(self, pixels: np.ndarray, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        assert self._exec is not None, "prepare() first"
+        wanted = {self._node(name): name for name in layers}
+
+        def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+            assert self._exec is not None
+            captured: dict[str, torch.Tensor] = {}
+
+            def tap(node: torch.fx.Node, value: Any) -> None:
+                name = wanted.get(node)
+                if name is not None:
+                    captured[name] = _pool(value).float()
+
+            x = torch.from_numpy(arrays[0]).to(self.device, non_blocking=True)
+            with torch.inference_mode():
+                out = self._exec.run(self._exec.nodes, {}, [x], on_value=tap)
+                scores = _as_scores(_first_tensor(out)).float()
+            return [scores.cpu().numpy()] + [captured[name].cpu().numpy() for name in layers]
+
+        outs = run_in_batches_of(run, [pixels], self.info.fixed_batch)
+        return outs[0], dict(zip(layers, outs[1:], strict=True))
+
+    def split(self, layer: str) -> TorchSplit:
+        assert self._exec is not None, "prepare() first"
+        return TorchSplit(self, self._node(layer))
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    target = node.target
+    if node.op == "call_function":
+        if target is operator.getitem:
+            src = node.args[0]
+            return _op_name(src) if isinstance(src, torch.fx.Node) else "getitem"
+        name = getattr(target, "__name__", str(target))
+        return name.split(".")[0].lstrip("_")
+    return str(target)
+
+
+class TorchSplit(SplitModel):
+    """A torch graph cut at one node; the head is differentiated by autograd.
+
+    The head holds the nodes after the cut.  What it reads from before the cut
+    (skip connections) travels in ``rest``; values before the cut that are not per-image
+    tensors (a batch size read by ``sym_size``, say) are recomputed in the head so the
+    head accepts any batch size.
+    """
+
+    differentiable = True
+
+    def __init__(self, adapter: TorchAdapter, target: torch.fx.Node):
+        assert adapter._exec is not None
+        self.adapter = adapter
+        self.layer = target.name
+        self.target = target
+        ex = adapter._exec
+        nodes = ex.nodes
+        cut = ex.index[target]
+        body = nodes[: cut + 1]
+        head = [n for n in nodes[cut + 1 :] if n.op != "placeholder"]
+        head_set = set(head)
+        batched = adapter._batched
+        moved: set[torch.fx.Node] = set()
+        needed = self._inputs_from_body(head, head_set)
+        changed = True
+        while changed:
+            changed = False
+            for node in list(needed):
+                if node is target or node.op in ("get_attr", "placeholder"):
+                    continue
+                if node.name not in batched and node not in moved:
+                    moved.add(node)
+                    changed = True
+            needed = self._inputs_from_body(head + sorted(moved, key=ex.index.__getitem__), head_set | moved)
+        self.head_nodes = sorted(head_set | moved, key=ex.index.__getitem__)
+        self.rest_nodes = sorted(
+            (n for n in needed if n is not target and n.op != "get_attr"), key=ex.index.__getitem__
+        )
+        self.body_nodes = body
+
+    @staticmethod
+    def _inputs_from_body(head: list[torch.fx.Node], head_set: set[torch.fx.Node]) -> set[torch.fx.Node]:
+        return {src for n in head for src in n.all_input_nodes if src not in head_set}
+
+    def _run_body(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[torch.fx.Node, torch.Tensor]]:
+        ex = self.adapter._exec
+        assert ex is not None
+        env: dict[torch.fx.Node, Any] = {}
+        keep = set(self.rest_nodes) | {self.target}
+        ex.run(self.body_nodes, env, [x], keep=keep)
+        rest = {n: env[n] for n in self.rest_nodes}
+        return env[self.target], rest
+
+    def _run_head(self, a: torch.Tensor, rest: dict[torch.fx.Node, Any]) -> torch.Tensor:
+        ex = self.adapter._exec
+        assert ex is not None
+        env: dict[torch.fx.Node, Any] = dict(rest)
+        env[self.target] = a
+        out = ex.run(self.head_nodes, env, keep=set(rest) | {self.target})
+        return _as_scores(_first_tensor(out))
+
+    def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
+        x = torch.from_numpy(pixels).to(self.adapter.device)
+        with torch.inference_mode():
+            a, rest = self._run_body(x)
+        return a.float().cpu().numpy(), rest
+
+    def take(self, rest: Any, index: np.ndarray) -> Any:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        out = {}
+        for node, value in rest.items():
+            if isinstance(value, torch.Tensor) and node.name in self.adapter._batched:
+                out[node] = value[idx.to(value.device)]
+            else:
+                out[node] = value
+        return out
+
+    def head(self, activations: np.ndarray, rest: Any) -> np.ndarray:
+        a = torch.from_numpy(np.ascontiguousarray(activations)).to(self.adapter.device)
+        with torch.inference_mode():
+            return self._run_head(a, rest).float().cpu().numpy()
+
+    def head_gradient(self, activations: np.ndarray, rest: Any, targets: np.ndarray) -> np.ndarray:
+        device = self.adapter.device
+        a = torch.from_numpy(np.ascontiguousarray(activations)).to(device).requires_grad_(True)
+        # Values from the body were made under inference_mode; clone them into normal
+        # tensors so autograd accepts them as constants.
+        rest = {n: (v.clone() if isinstance(v, torch.Tensor) else v) for n, v in rest.items()}
+        with torch.enable_grad():
+            scores = self._run_head(a, rest)
+            picked = scores.gather(1, torch.as_tensor(targets, device=device).long()[:, None]).sum()
+            (grad,) = torch.autograd.grad(picked, a)
+        return grad.float().cpu().numpy()
+
+    def gradcam_inputs(self, pixels: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Activations, gradients and scores in one pass: body without autograd, head with."""
+        x = torch.from_numpy(pixels).to(self.adapter.device)
+        with torch.no_grad():
+            a, rest = self._run_body(x)
+        a = a.detach().requires_grad_(True)
+        with torch.enable_grad():
+            scores = self._run_head(a, rest)
+            picked = scores.gather(1, torch.as_tensor(targets, device=a.device).long()[:, None]).sum()
+            (grad,) = torch.autograd.grad(picked, a)
+        return a.detach().float().cpu().numpy(), grad.float().cpu().numpy(), scores.detach().float().cpu().numpy()
+
+
+def save_metadata_extra(meta: dict[str, Any]) -> dict[str, str]:
+    """The ``_extra_files`` argument that embeds reportgen hints in a TorchScript file."""
+    return {EXTRA_FILE: json.dumps(meta)}

@@ -1,0 +1,293 @@
+"""``audit``: the whole run, top to bottom, in the order of the report's sections."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import numpy as np
+
+from reportgen import __version__
+from reportgen.analyses.metrics import class_balance, classification_metrics, to_probabilities
+from reportgen.config import AuditConfig, source_date_epoch
+from reportgen.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, Preprocess, Skipped, discover
+from reportgen.errors import UserError
+from reportgen.extract import Features, cache_key, extract, load_cache, save_cache
+from reportgen.labels import ClassMap, read_labels_file, resolve_classes
+from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, default_layers, load_model
+from reportgen.models.base import ModelInfo, input_layer_info
+from reportgen.progress import note
+from reportgen.report import AuditResult, DatasetSummary, Figures, LayerSummary, ModelSummary, Prediction
+from reportgen.util import file_sha256
+
+
+class Clock:
+    """Seconds spent per phase, in the order the phases ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+class ModelHandle:
+    """Loads and prepares the model on first use, so a cached run may never load it."""
+
+    def __init__(self, cfg: AuditConfig):
+        self.cfg = cfg
+        self._adapter: ModelAdapter | None = None
+        self.size: tuple[int, int] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._adapter is not None
+
+    def open(self) -> ModelAdapter:
+        if self._adapter is None:
+            self._adapter = load_model(
+                self.cfg.model, device=self.cfg.device, arch=self.cfg.arch, trust_pickle=self.cfg.trust_pickle
+            )
+        return self._adapter
+
+    def prepared(self, size: tuple[int, int]) -> ModelAdapter:
+        adapter = self.open()
+        if self.size != size:
+            adapter.prepare(size)
+            self.size = size
+        return adapter
+
+
+def resolve_preprocess(cfg: AuditConfig, info: ModelInfo) -> Preprocess:
+    """Input size, mean and std: the command line first, then the model, then defaults."""
+    size = cfg.size or info.input_size_hint or info.embedded.input_size
+    if size is None:
+        raise UserError("the model does not fix its input size; pass --size (e.g. --size 224)")
+    if info.static_size and info.input_size_hint and cfg.size and tuple(cfg.size) != tuple(info.input_size_hint):
+        h, w = info.input_size_hint
+        raise UserError(f"the model only accepts {h}x{w} inputs, but --size asks for {cfg.size[0]}x{cfg.size[1]}")
+    channels = info.channels
+    if channels not in (1, 3):
+        raise UserError(f"the model expects {channels} input channels; reportgen feeds RGB (3) or grayscale (1) images")
+    default_mean = IMAGENET_MEAN if channels == 3 else (float(np.mean(IMAGENET_MEAN)),)
+    default_std = IMAGENET_STD if channels == 3 else (float(np.mean(IMAGENET_STD)),)
+    mean = cfg.mean or info.embedded.mean or default_mean
+    std = cfg.std or info.embedded.std or default_std
+    if len(mean) == 1:
+        mean = mean * channels
+    if len(std) == 1:
+        std = std * channels
+    if len(mean) != channels or len(std) != channels:
+        raise UserError(f"--mean and --std need 1 or {channels} values for a {channels}-channel model")
+    return Preprocess(
+        size=(int(size[0]), int(size[1])),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        channels=channels,
+        resize=cfg.resize,
+        channels_last=info.channels_last,
+    )
+
+
+def resolve_layers(requested: list[str] | None, adapter: ModelAdapter, pre: Preprocess) -> list[LayerInfo]:
+    """The audited layers in graph order, the pixel layer first and the logits last."""
+    available = adapter.layers()
+    by_name = {layer.name: layer for layer in available}
+    names = requested or default_layers(available, adapter.num_outputs)
+    unknown = [n for n in names if n not in by_name and n not in (INPUT_LAYER, LOGITS_LAYER)]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], list(by_name), n=3)
+        extra = f"; did you mean {', '.join(hint)}?" if hint else "; `reportgen layers MODEL` lists them"
+        raise UserError(f"no layer named {unknown[0]!r} in this model{extra}")
+    order = {layer.name: i for i, layer in enumerate(available)}
+    chosen: list[LayerInfo] = []
+    if INPUT_LAYER in names:
+        chosen.append(input_layer_info(pre.channels, pre.size))
+    chosen += [by_name[n] for n in sorted({n for n in names if n in by_name}, key=order.__getitem__)]
+    if LOGITS_LAYER in names:
+        chosen.append(LayerInfo(LOGITS_LAYER, (adapter.num_outputs,), "output"))
+    return chosen
+
+
+def _check_output_location(cfg: AuditConfig) -> None:
+    root = cfg.images.resolve()
+    for path in (cfg.output, cfg.json_path, cfg.cache_path):
+        target = path.resolve()
+        if target == root or root in target.parents:
+            raise UserError(f"{path} is inside the image folder; reportgen writes nothing there, choose another -o / --features")
+
+
+def drop_nonfinite(features: Features) -> tuple[Features, list[Skipped]]:
+    """Images for which the model produced NaN or inf leave the analyses, with a reason."""
+    bad = ~np.isfinite(features.outputs).all(axis=1)
+    where = np.where(bad, "the output", "")
+    for layer in features.layers:
+        array = features.arrays[layer.name]
+        layer_bad = ~np.isfinite(array).all(axis=1)
+        where = np.where(layer_bad & ~bad, f"layer {layer.name}", where)
+        bad |= layer_bad
+    if not bad.any():
+        return features, []
+    skipped = [
+        Skipped(features.files[i], f"the model produced NaN or infinite values (in {where[i]})") for i in np.flatnonzero(bad)
+    ]
+    return features.subset(~bad), skipped
+
+
+def dataset_sha256(files: list[str], digests: list[str]) -> str:
+    """SHA-256 over the sorted (path, content hash) pairs of the audited images."""
+    h = hashlib.sha256()
+    for f, d in sorted(zip(files, digests, strict=True)):
+        h.update(f"{f}\0{d}\n".encode())
+    return h.hexdigest()
+
+
+def _model_meta(adapter: ModelAdapter, pre: Preprocess) -> dict:
+    info = adapter.info
+    return {
+        "format": info.format,
+        "runtime": info.runtime,
+        "device": info.device,
+        "channels": info.channels,
+        "num_outputs": adapter.num_outputs,
+        "properties": info.properties,
+        "embedded_classes": info.embedded.classes,
+        "preprocess": pre.fingerprint(),
+    }
+
+
+def _extract_or_load(
+    cfg: AuditConfig, dataset: ImageDataset, handle: ModelHandle, model_sha: str, clock: Clock
+) -> tuple[Features, dict, Preprocess]:
+    key = cache_key(model_sha, cfg.extraction_options(), dataset)
+    cached = load_cache(cfg.cache_path, key) if cfg.use_cache else None
+    if cached is not None:
+        note(f"reusing the features cache {cfg.cache_path}", not cfg.quiet)
+        meta = cached.meta["model"]
+        p = meta["preprocess"]
+        pre = Preprocess(
+            size=tuple(p["size"]), mean=tuple(p["mean"]), std=tuple(p["std"]), channels=p["channels"],
+            resize=p["resize"], channels_last=p["channels_last"],
+        )  # fmt: skip
+        return cached.features, meta, pre
+    with clock("load model"):
+        adapter = handle.open()
+        pre = resolve_preprocess(cfg, adapter.info)
+        adapter = handle.prepared(pre.size)
+        layers = resolve_layers(cfg.layers, adapter, pre)
+    with clock("extract"):
+        features = extract(dataset, adapter, layers, pre, batch_size=cfg.batch_size, show_progress=not cfg.quiet)
+    meta = _model_meta(adapter, pre)
+    if cfg.use_cache and features.n:
+        save_cache(cfg.cache_path, features, key, {"model": meta})
+    return features, meta, pre
+
+
+def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
+    """Run a whole audit and return its result and pictures (nothing is written here)."""
+    from reportgen.render import build_figures
+
+    clock = Clock()
+    epoch = source_date_epoch()
+    _check_output_location(cfg)
+    with clock("discover"):
+        dataset = discover(cfg.images)
+    with clock("hash model"):
+        if not cfg.model.is_file():
+            raise UserError(f"model file not found: {cfg.model}")
+        model_sha = file_sha256(cfg.model)
+    handle = ModelHandle(cfg)
+    features, meta, pre = _extract_or_load(cfg, dataset, handle, model_sha, clock)
+    skipped = sorted([*dataset.skipped, *features.skipped], key=lambda s: s.file)
+    features, nonfinite = drop_nonfinite(features)
+    skipped = sorted(skipped + nonfinite, key=lambda s: s.file)
+    if features.n == 0:
+        raise UserError(f"none of the {len(dataset.records)} image files under {cfg.images} could be used")
+
+    labels = read_labels_file(cfg.labels) if cfg.labels else None
+    class_map: ClassMap = resolve_classes(
+        dataset.folder_classes, meta["num_outputs"], labels=labels, embedded=meta.get("embedded_classes")
+    )
+    with clock("metrics"):
+        probs, output_kind = to_probabilities(features.outputs)
+        truth = class_map.truth(features.labels)
+        pred = probs.argmax(axis=1)
+        metrics = classification_metrics(truth, probs, class_map.classes)
+        balance = class_balance(truth, pred, class_map.classes)
+    folder_names = dataset.folder_classes
+    predictions = [
+        Prediction(
+            file=f,
+            label=folder_names[lab] if lab >= 0 else None,
+            truth=int(t),
+            pred=int(p),
+            score=float(probs[i, p]),
+        )
+        for i, (f, lab, t, p) in enumerate(zip(features.files, features.labels, truth, pred, strict=True))
+    ]
+    warnings = list(class_map.warnings)
+    empty = [c for i, c in enumerate(folder_names) if not np.any(features.labels == i)]
+    if empty:
+        warnings.append(f"{len(empty)} class folder(s) have no usable image: {', '.join(empty[:10])}")
+    if not dataset.labeled:
+        warnings.append("the image folder has no class sub-folders: images are unlabeled, so predicted classes are shown instead of accuracy")
+
+    layers = [LayerSummary(layer.name, tuple(layer.shape), layer.dim, layer.op) for layer in features.layers]
+    result = AuditResult(
+        tool_version=__version__,
+        generated_at=_timestamp(epoch),
+        options=cfg.recorded(),
+        model=ModelSummary(
+            path=str(cfg.model),
+            format=meta["format"],
+            sha256=model_sha,
+            input_size=tuple(pre.size),
+            channels=pre.channels,
+            runtime=meta["runtime"],
+            device=meta["device"],
+            output_kind=output_kind,
+            num_outputs=meta["num_outputs"],
+            properties=meta["properties"],
+        ),
+        dataset=DatasetSummary(
+            root=str(cfg.images),
+            labeled=dataset.labeled,
+            n_images=features.n,
+            n_candidates=len(dataset.records) + len(dataset.skipped),
+            folder_classes=folder_names,
+            sha256=dataset_sha256(features.files, features.sha256),
+        ),
+        classes=class_map.classes,
+        class_source=class_map.source,
+        preprocessing=pre.fingerprint(),
+        layers=layers,
+        predictions=predictions,
+        metrics=metrics,
+        balance=balance,
+        skipped=skipped,
+        warnings=warnings,
+        timings=None,
+        throughput=None,
+        features_from_cache=features.from_cache,
+    )
+    with clock("figures"):
+        figures = build_figures(result, dataset.root)
+    if epoch is None:
+        result.timings = {k: round(v, 3) for k, v in clock.seconds.items()}
+        if not features.from_cache and features.seconds > 0:
+            result.throughput = {"extraction_images_per_s": features.n / features.seconds}
+    return result, figures
+
+
+def _timestamp(epoch: int | None) -> str:
+    moment = datetime.fromtimestamp(epoch, UTC) if epoch is not None else datetime.now(UTC)
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")

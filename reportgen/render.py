@@ -1,0 +1,165 @@
+"""The last stage: pictures from the result, then one HTML file and its JSON sidecar.
+
+The HTML is self-contained: CSS and JavaScript are read from the templates folder and
+inlined, pictures are ``data:`` URIs, and a Content-Security-Policy forbids the page any
+network access.  Jinja autoescapes everything (file, class and layer names come from
+disk or from the model and are untrusted) and fails on undefined names.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from reportgen import figures as plots
+from reportgen.report import AuditResult, Figures, to_json
+from reportgen.resources import templates_dir
+from reportgen.util import atomic_write_bytes
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _mime(data: bytes) -> str:
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    return "image/png"
+
+
+# ------------------------------------------------------------------ filters
+
+
+def fmt_pct(value: float | None, digits: int = 1) -> str:
+    """0.8734 -> '87.3%'; None -> '–'."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    return f"{100.0 * value:.{digits}f}%"
+
+
+def fmt_num(value: float | None, digits: int = 3) -> str:
+    """A float with ``digits`` decimals; integers as they are; None -> '–'."""
+    if value is None:
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if not np.isfinite(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    return f"{value / 60:.1f} min"
+
+
+def fmt_bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"  # pragma: no cover
+
+
+def environment() -> jinja2.Environment:
+    """The one Jinja environment: autoescape on for every template, undefined is an error."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["pct"] = fmt_pct
+    env.filters["num"] = fmt_num
+    env.filters["seconds"] = fmt_seconds
+    env.filters["filesize"] = fmt_bytes
+    return env
+
+
+def _asset(name: str) -> str:
+    return (templates_dir() / name).read_text(encoding="utf-8")
+
+
+def csp(script: str) -> str:
+    """A policy that allows only this page's own inline script and style, and data: images."""
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    return (
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+        f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'; connect-src 'none'"
+    )
+
+
+# ------------------------------------------------------------------ figures
+
+
+def build_figures(result: AuditResult, root: Path) -> Figures:
+    """Every picture the HTML shows, from the numbers in ``result``."""
+    figs = Figures()
+    if result.metrics is not None:
+        figs.images["confusion"] = plots.confusion_figure(result.metrics.confusion, result.classes)
+    figs.images["balance"] = plots.balance_figure(result.classes, result.balance.true_counts, result.balance.predicted_counts)
+    return figs
+
+
+# ------------------------------------------------------------------ HTML
+
+
+def _top_confusions(result: AuditResult, limit: int = 15) -> list[dict[str, Any]]:
+    if result.metrics is None:
+        return []
+    cm = result.metrics.confusion.copy()
+    np.fill_diagonal(cm, 0)
+    rows = cm.sum(axis=1)
+    order = np.argsort(-cm, axis=None, kind="stable")[:limit]
+    out = []
+    for flat in order:
+        i, j = divmod(int(flat), cm.shape[1])
+        if cm[i, j] == 0:
+            break
+        support = int(result.metrics.confusion[i].sum())
+        out.append({"true": result.classes[i], "pred": result.classes[j], "count": int(cm[i, j]),
+                    "share": cm[i, j] / support if support else 0.0, "errors": int(rows[i])})  # fmt: skip
+    return out
+
+
+def render_html(result: AuditResult, figures: Figures) -> str:
+    """The report as one HTML string."""
+    env = environment()
+    script = _asset("report.js")
+    images = {name: data_uri(data, _mime(data)) for name, data in figures.images.items()}
+    page_data = {"thumbs": figures.thumbs}
+    template = env.get_template("report.html.j2")
+    return template.render(
+        r=result,
+        fig=images,
+        css=_asset("report.css"),
+        script=script,
+        csp=csp(script),
+        page_data=page_data,
+        top_confusions=_top_confusions(result),
+        show_full_confusion=result.metrics is not None and len(result.classes) <= 30,
+    )
+
+
+def write_report(result: AuditResult, figures: Figures, html_path: Path, json_path: Path) -> None:
+    """Write the JSON sidecar, then the HTML, each atomically."""
+    payload = json.dumps(to_json(result), indent=1, ensure_ascii=False, allow_nan=False, sort_keys=False)
+    html = render_html(result, figures)
+    atomic_write_bytes(json_path, (payload + "\n").encode("utf-8"))
+    atomic_write_bytes(html_path, html.encode("utf-8"))

@@ -1,0 +1,184 @@
+"""The audit's result: one object that both the HTML and the JSON are rendered from.
+
+:class:`AuditResult` is filled by ``pipeline.audit``; :func:`to_json` turns it into the
+documented JSON sidecar.  Pictures (plots, thumbnails) are kept apart in
+:class:`Figures`, since the JSON holds numbers only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from reportgen.analyses.metrics import ClassBalance, ClassificationMetrics
+from reportgen.data import Skipped
+from reportgen.util import round_floats
+
+JSON_SCHEMA_VERSION = 1
+
+
+@dataclass
+class ModelSummary:
+    path: str
+    format: str
+    sha256: str
+    input_size: tuple[int, int]
+    channels: int
+    runtime: str
+    device: str
+    output_kind: str  # "logits" or "probabilities"
+    num_outputs: int
+    properties: dict[str, str]
+
+
+@dataclass
+class DatasetSummary:
+    root: str
+    labeled: bool
+    n_images: int  # decoded and audited
+    n_candidates: int  # image files found, decoded or not
+    folder_classes: list[str]
+    sha256: str
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    shape: tuple[int, ...]
+    dim: int
+    op: str
+    knn_accuracy: float | None = None
+    knn_agreement: float | None = None
+    tsne_trustworthiness: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Prediction:
+    file: str
+    label: str | None  # folder class name
+    truth: int  # output index of the true class, -1 unknown
+    pred: int
+    score: float  # probability of the predicted class
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.truth < 0 else self.truth == self.pred
+
+
+@dataclass
+class AuditResult:
+    """Everything the report says, as numbers and names."""
+
+    tool_version: str
+    generated_at: str | None
+    options: dict[str, Any]
+    model: ModelSummary
+    dataset: DatasetSummary
+    classes: list[str]
+    class_source: str
+    preprocessing: dict[str, Any]
+    layers: list[LayerSummary]
+    predictions: list[Prediction]
+    metrics: ClassificationMetrics | None
+    balance: ClassBalance
+    skipped: list[Skipped]
+    warnings: list[str]
+    timings: dict[str, float] | None
+    throughput: dict[str, float] | None
+    features_from_cache: bool = False
+    sections: dict[str, Any] = field(default_factory=dict)  # later analyses, by name
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.metrics is None else self.metrics.accuracy
+
+
+@dataclass
+class Figures:
+    """PNG/GIF bytes and thumbnails for the HTML only."""
+
+    images: dict[str, bytes] = field(default_factory=dict)  # name -> PNG or GIF bytes
+    thumbs: dict[str, str] = field(default_factory=dict)  # file -> data URI
+
+
+def _metrics_json(result: AuditResult) -> dict[str, Any]:
+    m = result.metrics
+    if m is None:
+        return {"accuracy": None, "top5_accuracy": None, "confusion_matrix": None, "per_class": None}
+    return {
+        "accuracy": m.accuracy,
+        "top5_accuracy": m.top5_accuracy,
+        "balanced_accuracy": m.balanced_accuracy,
+        "macro_f1": m.macro_f1,
+        "n_evaluated": m.n,
+        "confusion_matrix": m.confusion.tolist(),
+        "per_class": [
+            {"class": c.name, "precision": c.precision, "recall": c.recall, "f1": c.f1, "support": c.support, "predicted": c.predicted}
+            for c in m.per_class
+        ],
+    }
+
+
+def to_json(result: AuditResult) -> dict[str, Any]:
+    """The JSON sidecar (see the README's "JSON sidecar" section for every key)."""
+    classes = result.classes
+    out: dict[str, Any] = {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "tool_version": result.tool_version,
+        "generated_at": result.generated_at,
+        "options": result.options,
+        "model": {
+            "path": result.model.path,
+            "format": result.model.format,
+            "sha256": result.model.sha256,
+            "input_size": list(result.model.input_size),
+            "channels": result.model.channels,
+            "runtime": result.model.runtime,
+            "device": result.model.device,
+            "output_kind": result.model.output_kind,
+            "num_outputs": result.model.num_outputs,
+            "properties": result.model.properties,
+        },
+        "dataset": {
+            "root": result.dataset.root,
+            "labeled": result.dataset.labeled,
+            "n_images": result.dataset.n_images,
+            "n_candidates": result.dataset.n_candidates,
+            "classes": result.dataset.folder_classes,
+            "sha256": result.dataset.sha256,
+        },
+        "classes": classes,
+        "class_source": result.class_source,
+        "preprocessing": result.preprocessing,
+        **_metrics_json(result),
+        "class_balance": {
+            "true_counts": result.balance.true_counts,
+            "predicted_counts": result.balance.predicted_counts,
+            "imbalance_ratio": result.balance.imbalance_ratio,
+        },
+        "predictions": [
+            {"file": p.file, "label": p.label, "pred": classes[p.pred], "score": p.score} for p in result.predictions
+        ],
+        "skipped": [{"file": s.file, "reason": s.reason} for s in result.skipped],
+        "layers": [
+            {
+                "name": layer.name,
+                "shape": list(layer.shape),
+                "dim": layer.dim,
+                "op": layer.op,
+                "knn_accuracy": layer.knn_accuracy,
+                "knn_agreement": layer.knn_agreement,
+                "tsne_trustworthiness": layer.tsne_trustworthiness,
+            }
+            for layer in result.layers
+        ],
+        "warnings": result.warnings,
+        "features_from_cache": result.features_from_cache,
+        "timings": result.timings,
+        "throughput": result.throughput,
+    }
+    for name, section in result.sections.items():
+        to_dict = getattr(section, "to_json", None)
+        out[name] = to_dict() if to_dict else section
+    return round_floats(out)
