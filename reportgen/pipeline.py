@@ -198,12 +198,12 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
 
     clock = Clock()
     epoch = source_date_epoch()
-    _check_output_location(cfg)
+    if not cfg.model.is_file():
+        raise UserError(f"model file not found: {cfg.model}")
     with clock("discover"):
         dataset = discover(cfg.images)
+    _check_output_location(cfg)
     with clock("hash model"):
-        if not cfg.model.is_file():
-            raise UserError(f"model file not found: {cfg.model}")
         model_sha = file_sha256(cfg.model)
     handle = ModelHandle(cfg)
     features, meta, pre = _extract_or_load(cfg, dataset, handle, model_sha, clock)

@@ -169,16 +169,9 @@ def _placeholder_shape(program: torch.export.ExportedProgram) -> tuple[Any, ...]
             val = node.meta.get("val")
             if val is None:
                 return None
-            return tuple(int(d) if isinstance(d, int) or _is_static(d) else None for d in val.shape)
+            # Never call int() on a SymInt: that specialises the program to its example size.
+            return tuple(d if isinstance(d, int) else None for d in val.shape)
     return None
-
-
-def _is_static(d: Any) -> bool:
-    try:
-        int(d)
-        return not isinstance(d, torch.SymInt)
-    except (TypeError, ValueError):
-        return False
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:

@@ -1,0 +1,108 @@
+"""Shared fixtures: the shipped sample, image builders, tiny models, CLI runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data"
+ARTIFACTS = ROOT / "test-artifacts"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def make_image(path: Path, size: tuple[int, int] = (40, 30), color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB", fmt: str | None = None, **save: Any) -> Path:
+    """Write a solid image (``size`` is width, height) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new(mode, size, color)
+    img.save(path, format=fmt, **save)
+    return path
+
+
+def jpeg_bytes(size: tuple[int, int] = (40, 30), color: tuple[int, int, int] = (10, 120, 240)) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600) -> CliResult:
+    """Run ``python -m reportgen`` in a subprocess, as a user would."""
+    import os
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "reportgen", *[str(a) for a in args]],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_no_traceback(result: CliResult) -> None:
+    assert "Traceback" not in result.err, result.err
+    assert "Traceback" not in result.out, result.out
+
+
+@pytest.fixture(scope="session")
+def sample() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict[str, Any]:
+    return json.loads((SAMPLE / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def sample_audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The sample audited once per model format, shared by the tests that read reports."""
+    out: dict[str, Path] = {}
+    base = tmp_path_factory.mktemp("sample_audits")
+    for fmt, model in (("onnx", "model.onnx"), ("torchscript", "model.ts")):
+        html = base / fmt / "report.html"
+        result = run_cli("audit", SAMPLE / model, SAMPLE / "images", "-o", html, "--quiet", "--device", "cpu")
+        assert result.code == 0, result.err
+        out[fmt] = html
+    return out
+
+
+def load_json(html: Path) -> dict[str, Any]:
+    return json.loads(html.with_suffix(".json").read_text())
+
+
+@pytest.fixture()
+def copy_sample(tmp_path: Path) -> Path:
+    """A writable copy of the sample images."""
+    dst = tmp_path / "images"
+    shutil.copytree(SAMPLE / "images", dst)
+    return dst
