@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # never open a window, whatever the environment says
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -121,3 +122,138 @@ def layer_curve_figure(names: Sequence[str], series: dict[str, Sequence[float | 
 
 def heat_colormap() -> ListedColormap:
     return matplotlib.colormaps["jet"]
+
+
+# ------------------------------------------------------------------ t-SNE
+
+
+FRAME = 440  # side of a t-SNE frame, px
+KEY_MS = 1400  # how long the animation rests on each layer
+TWEEN_MS = 70
+TWEENS = 8
+
+
+def _palette(k: int) -> list[int]:
+    """P-mode palette: 0 white, 1 black, 2 light grey, 3 dark grey, then class colours."""
+    base = [(255, 255, 255), (0, 0, 0), (225, 228, 232), (75, 85, 99)]
+    colours = [tuple(int(round(c * 255)) for c in rgb) for rgb in class_colors(max(1, min(k, 252)))]
+    flat: list[int] = []
+    for rgb in base + colours:
+        flat.extend(rgb)
+    return flat + [0] * (768 - len(flat))
+
+
+def _font(size: int):  # noqa: ANN202 - PIL font type varies with FreeType availability
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def tsne_frame(
+    points: np.ndarray | None,
+    colours: np.ndarray,
+    wrong: np.ndarray,
+    k: int,
+    title: str,
+    subtitle: str = "",
+    limit: float = 3.0,
+) -> Image.Image:
+    """One frame: points coloured by class, misclassified ringed in black, a title bar."""
+    from PIL import ImageDraw
+
+    top = 44
+    img = Image.new("P", (FRAME, FRAME + top), 0)
+    img.putpalette(_palette(k))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, FRAME, top - 1], fill=2)
+    draw.text((10, 5), title[:60], fill=1, font=_font(16))
+    if subtitle:
+        draw.text((10, 25), subtitle[:80], fill=3, font=_font(12))
+    if points is None:
+        draw.text((20, top + FRAME // 2 - 10), "no embedding at this layer", fill=3, font=_font(14))
+        return img
+    n = len(points)
+    radius = 4.0 if n <= 500 else 3.0 if n <= 2000 else 2.0 if n <= 6000 else 1.5
+    margin = 10 + radius
+    scale = (FRAME - 2 * margin) / (2 * limit)
+    px = np.clip(margin + (points[:, 0] + limit) * scale, margin, FRAME - margin)
+    py = np.clip(top + margin + (limit - points[:, 1]) * scale, top + margin, top + FRAME - margin)
+    order = np.lexsort((np.arange(n), wrong))  # misclassified drawn last, on top
+    for i in order:
+        x, y = px[i], py[i]
+        fill = 4 + int(colours[i]) % 252 if colours[i] >= 0 else 3
+        if wrong[i]:
+            r = radius + 1.5
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=1)
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill)
+    return img
+
+
+def _limit(frames: list[np.ndarray | None]) -> float:
+    values = np.concatenate([np.abs(f).ravel() for f in frames if f is not None]) if any(f is not None for f in frames) else np.ones(1)
+    return float(values.max()) * 1.04 or 1.0
+
+
+def tsne_animation(
+    layers: list[str],
+    embeddings: list[np.ndarray | None],
+    subtitles: list[str],
+    colours: np.ndarray,
+    wrong: np.ndarray,
+    k: int,
+) -> tuple[bytes, list[int]]:
+    """Animated GIF stepping through the layers: a key frame per layer (held
+    ``KEY_MS``), with ``TWEENS`` in-between frames where points glide from one layer's
+    position to the next.  Returns the GIF and the indices of the key frames."""
+    limit = _limit(embeddings)
+    frames: list[Image.Image] = []
+    durations: list[int] = []
+    keys: list[int] = []
+    total = len(layers)
+    for i, (name, emb) in enumerate(zip(layers, embeddings, strict=True)):
+        title = f"{i + 1}/{total}  {name}"
+        keys.append(len(frames))
+        frames.append(tsne_frame(emb, colours, wrong, k, title, subtitles[i], limit))
+        durations.append(KEY_MS)
+        nxt = embeddings[i + 1] if i + 1 < total else None
+        if emb is not None and nxt is not None:
+            for t in range(1, TWEENS + 1):
+                s = t / (TWEENS + 1)
+                s = s * s * (3 - 2 * s)  # smoothstep: ease in and out
+                frames.append(tsne_frame((1 - s) * emb + s * nxt, colours, wrong, k, f"{title}  →  {layers[i + 1]}", "", limit))
+                durations.append(TWEEN_MS)
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=False, disposal=1)
+    return buf.getvalue(), keys
+
+
+def tsne_grid(layers: list[str], embeddings: list[np.ndarray | None], subtitles: list[str], colours: np.ndarray, wrong: np.ndarray, k: int) -> bytes:
+    """All layers side by side, same colours as the animation."""
+    n = len(layers)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig = _new_figure(3.2 * cols, 3.4 * rows)
+    palette = class_colors(max(1, min(k, 252)))
+    limit = _limit(embeddings)
+    count = len(colours)
+    size = 14 if count <= 500 else 6 if count <= 2000 else 2
+    for i, (name, emb) in enumerate(zip(layers, embeddings, strict=True)):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{_short(name, 28)}\n{subtitles[i]}", fontsize=8)
+        if emb is None:
+            ax.text(0.5, 0.5, "no embedding", ha="center", va="center", transform=ax.transAxes, color=MUTED)
+            continue
+        c = palette[np.where(colours >= 0, colours % len(palette), 0)]
+        ok = ~wrong
+        ax.scatter(emb[ok, 0], emb[ok, 1], s=size, c=c[ok], linewidths=0)
+        if wrong.any():
+            ax.scatter(emb[wrong, 0], emb[wrong, 1], s=size * 2.2, c=c[wrong], edgecolors="black", linewidths=0.6)
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_aspect("equal")
+    return to_png(fig)

@@ -279,13 +279,141 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         throughput=None,
         features_from_cache=features.from_cache,
     )
+    layer_by_layer(result, features, probs, truth, pred, class_map, cfg, handle, pre, meta, clock)
     with clock("figures"):
-        figures = build_figures(result, dataset.root)
+        figures = build_figures(result, dataset.root, cfg.reference)
     if epoch is None:
         result.timings = {k: round(v, 3) for k, v in clock.seconds.items()}
         if not features.from_cache and features.seconds > 0:
             result.throughput = {"extraction_images_per_s": features.n / features.seconds}
     return result, figures
+
+
+def _reference_features(
+    cfg: AuditConfig, handle: ModelHandle, pre: Preprocess, layers: list[LayerInfo], model_sha: str
+) -> tuple[Features, list[str]]:
+    """Features of the ``--reference`` folder, with the same model, layers and cache rules."""
+    assert cfg.reference is not None
+    ref = discover(cfg.reference)
+    if not ref.labeled:
+        raise UserError(f"--reference {cfg.reference} must be a labeled folder (one sub-folder per class)")
+    options = {**cfg.extraction_options(), "layers": [layer.name for layer in layers], "role": "reference"}
+    key = cache_key(model_sha, options, ref)
+    path = cfg.cache_path.with_name(cfg.cache_path.name.replace(".npz", "") + ".reference.npz")
+    cached = load_cache(path, key) if cfg.use_cache else None
+    if cached is not None:
+        return cached.features, ref.folder_classes
+    adapter = handle.prepared(pre.size)
+    features = extract(ref, adapter, layers, pre, batch_size=cfg.batch_size, show_progress=not cfg.quiet)
+    features, _ = drop_nonfinite(features)
+    if cfg.use_cache and features.n:
+        save_cache(path, features, key, {"model": _model_meta(adapter, pre)})
+    return features, ref.folder_classes
+
+
+def _deep_layers(names: list[str]) -> tuple[list[str], str]:
+    """The layers the suspects read: the last two feature layers (not the pixels, not the
+    logits) for mislabels, the last of them for near-duplicates; the logits as fallback."""
+    inner = [n for n in names if n not in (INPUT_LAYER, LOGITS_LAYER)]
+    deep = inner[-2:] if inner else [n for n in names if n == LOGITS_LAYER]
+    return deep, (deep[-1] if deep else names[-1])
+
+
+def layer_by_layer(
+    result: AuditResult,
+    features: Features,
+    probs: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    class_map: ClassMap,
+    cfg: AuditConfig,
+    handle: ModelHandle,
+    pre: Preprocess,
+    meta: dict,
+    clock: Clock,
+) -> None:
+    """kNN tables and per-layer kNN accuracy, suspects, and the t-SNE of every layer."""
+    from reportgen.analyses.knn import knn_search, layer_knn
+    from reportgen.analyses.suspects import merge_pairs, mislabel_scores, near_duplicates
+    from reportgen.analyses.tsne import tsne_layers
+    from reportgen.sections import ImageSet, TsneSection, build_knn_section, build_suspects_section, choose_queries
+
+    names = [layer.name for layer in features.layers]
+    if not names:
+        return
+    vocab = list(result.dataset.folder_classes)
+    labels = features.labels.copy()
+    audited = ImageSet(features.files, labels)
+    ref_set = audited
+    reference_arrays = None
+    ref_labels = labels
+    if cfg.reference is not None:
+        with clock("reference"):
+            ref_features, ref_classes = _reference_features(cfg, handle, pre, features.layers, result.model.sha256)
+        for c in ref_classes:
+            if c not in vocab:
+                vocab.append(c)
+        ref_labels = np.array([vocab.index(ref_classes[i]) for i in ref_features.labels], np.int64)
+        ref_set = ImageSet(ref_features.files, ref_labels, reference=True)
+        reference_arrays = ref_features.arrays
+        result.sections["reference"] = {"root": str(cfg.reference), "n_images": ref_features.n, "classes": ref_classes}
+
+    with clock("knn"):
+        knn = {}
+        for name in names:
+            knn[name] = layer_knn(
+                features.arrays[name], labels, cfg.k, metric=cfg.metric,
+                reference=None if reference_arrays is None else reference_arrays[name],
+                reference_labels=ref_labels, layer=name,
+            )  # fmt: skip
+    for summary in result.layers:
+        summary.knn_accuracy = knn[summary.name].accuracy
+        summary.knn_agreement = knn[summary.name].agreement
+
+    predicted = [class_map.classes[p] for p in pred]
+    wrong = (truth >= 0) & (pred != truth)
+    groups = labels if result.dataset.labeled else pred
+    rows = choose_queries(labels, groups, wrong, probs[np.arange(len(pred)), pred], cfg.queries_per_class, cfg.max_queries, cfg.seed)
+    inner = [n for n in names if n not in (INPUT_LAYER, LOGITS_LAYER)]
+    key_layers = [n for n in (names[0], inner[len(inner) // 2] if inner else None, _deep_layers(names)[1]) if n]
+    key_layers = list(dict.fromkeys(key_layers))
+    source = "leave-one-out within the audited folder" if cfg.reference is None else f"the reference folder {cfg.reference}"
+    result.sections["knn"] = build_knn_section(
+        knn, names, key_layers, rows, audited, ref_set, vocab, predicted, wrong, groups, cfg.k, cfg.metric, source
+    )
+
+    deep, dup_layer = _deep_layers(names)
+    p_label = np.where(truth >= 0, probs[np.arange(len(truth)), np.maximum(truth, 0)], np.nan)
+    with clock("suspects"):
+        mislabels = mislabel_scores(labels, p_label, [knn[n].neighbours for n in deep], ref_labels)
+        dup_ratio = 0.25
+        dup_layers = list(dict.fromkeys(n for n in (INPUT_LAYER, dup_layer) if n in knn))
+        found = []
+        for name in dup_layers:
+            if reference_arrays is None:
+                pairs, _ = near_duplicates(knn[name].neighbours, dup_ratio, layer=name)
+                found.append(pairs)
+            else:
+                # Within the audited folder, and across into the reference (leakage).
+                own = knn_search(features.arrays[name], features.arrays[name], 1, metric=cfg.metric, query_rows=np.arange(features.n))
+                scale = float(np.median(own.distances[:, 0])) if own.indices.shape[1] else 0.0
+                found.append(near_duplicates(own, dup_ratio, scale=scale, layer=name)[0])
+                found.append(near_duplicates(knn[name].neighbours, dup_ratio, cross=True, scale=scale, layer=name)[0])
+        dups = merge_pairs(*found)
+    suspects = build_suspects_section(
+        mislabels, dups, knn, deep, dup_layers, dup_ratio, audited, ref_set, vocab, predicted
+    )
+    result.sections["suspects"] = suspects
+
+    if cfg.tsne:
+        with clock("tsne"):
+            colour = labels if result.dataset.labeled else pred
+            tsne = tsne_layers(features.arrays, names, colour, seed=cfg.seed, max_points=cfg.tsne_max_points)
+        for summary in result.layers:
+            summary.tsne_trustworthiness = tsne.trustworthiness.get(summary.name)
+            summary.note = tsne.notes.get(summary.name, "")
+        colour_names = vocab if result.dataset.labeled else class_map.classes
+        result.sections["tsne"] = TsneSection(tsne, colour[tsne.rows], wrong[tsne.rows], colour_names)
 
 
 def _timestamp(epoch: int | None) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from reportgen import figures as plots
 from reportgen.report import AuditResult, Figures, to_json
 from reportgen.resources import templates_dir
+from reportgen.thumbs import thumbnails
 from reportgen.util import atomic_write_bytes
 
 
@@ -108,13 +109,50 @@ def csp(script: str) -> str:
 # ------------------------------------------------------------------ figures
 
 
-def build_figures(result: AuditResult, root: Path) -> Figures:
+def build_figures(result: AuditResult, root: Path, reference_root: Path | None = None) -> Figures:
     """Every picture the HTML shows, from the numbers in ``result``."""
     figs = Figures()
     if result.metrics is not None:
         figs.images["confusion"] = plots.confusion_figure(result.metrics.confusion, result.classes)
     figs.images["balance"] = plots.balance_figure(result.classes, result.balance.true_counts, result.balance.predicted_counts)
+    sections = result.sections
+    if any(layer.knn_accuracy is not None or layer.tsne_trustworthiness is not None for layer in result.layers):
+        series = {
+            "kNN accuracy (leave-one-out)": [layer.knn_accuracy for layer in result.layers],
+            "neighbour label agreement": [layer.knn_agreement for layer in result.layers],
+            "t-SNE trustworthiness": [layer.tsne_trustworthiness for layer in result.layers],
+        }
+        series = {k: v for k, v in series.items() if any(x is not None for x in v)}
+        figs.images["layer_curve"] = plots.layer_curve_figure([layer.name for layer in result.layers], series, "score")
+    tsne = sections.get("tsne")
+    if tsne is not None:
+        r = tsne.result
+        embeddings = [r.embeddings.get(name) for name in r.layers]
+        shape = {layer.name: layer for layer in result.layers}
+        subtitles = []
+        for name in r.layers:
+            t = r.trustworthiness.get(name)
+            dims = "x".join(str(v) for v in shape[name].shape) if name in shape else ""
+            subtitles.append(f"{dims}" + (f" · trustworthiness {t:.3f}" if t is not None else f" · {r.notes.get(name, '')}"))
+        k = len(tsne.class_names)
+        gif, keys = plots.tsne_animation(r.layers, embeddings, subtitles, tsne.labels, tsne.misclassified, k)
+        figs.images["tsne_gif"] = gif
+        figs.images["tsne_grid"] = plots.tsne_grid(r.layers, embeddings, subtitles, tsne.labels, tsne.misclassified, k)
+        figs.meta["tsne_key_frames"] = keys
+    wanted: set[str] = set()
+    for section in sections.values():
+        wanted |= getattr(section, "thumb_keys", lambda: set())()
+    figs.thumbs = thumbnails(wanted, root, reference_root)
     return figs
+
+
+def class_swatches(names: list[str]) -> list[dict[str, str]]:
+    """Legend entries: the hex colour each class has in the t-SNE pictures."""
+    colours = plots.class_colors(max(1, min(len(names), 252)))
+    return [
+        {"name": name, "colour": "#%02x%02x%02x" % tuple(int(round(c * 255)) for c in colours[i % len(colours)])}
+        for i, name in enumerate(names)
+    ]
 
 
 # ------------------------------------------------------------------ HTML
@@ -153,6 +191,7 @@ def render_html(result: AuditResult, figures: Figures) -> str:
         csp=csp(script),
         page_data=page_data,
         top_confusions=_top_confusions(result),
+        swatches=class_swatches(result.sections["tsne"].class_names) if "tsne" in result.sections else [],
         show_full_confusion=result.metrics is not None and len(result.classes) <= 30,
     )
 

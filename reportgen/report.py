@@ -87,7 +87,7 @@ class AuditResult:
     timings: dict[str, float] | None
     throughput: dict[str, float] | None
     features_from_cache: bool = False
-    sections: dict[str, Any] = field(default_factory=dict)  # later analyses, by name
+    sections: dict[str, Any] = field(default_factory=dict)  # kNN, t-SNE, suspects, galleries, ... by name
 
     @property
     def accuracy(self) -> float | None:
@@ -99,7 +99,8 @@ class Figures:
     """PNG/GIF bytes and thumbnails for the HTML only."""
 
     images: dict[str, bytes] = field(default_factory=dict)  # name -> PNG or GIF bytes
-    thumbs: dict[str, str] = field(default_factory=dict)  # file -> data URI
+    thumbs: dict[str, str] = field(default_factory=dict)  # thumbnail key -> data URI
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. the GIF's key frame indices
 
 
 def _metrics_json(result: AuditResult) -> dict[str, Any]:
@@ -179,6 +180,7 @@ def to_json(result: AuditResult) -> dict[str, Any]:
         "throughput": result.throughput,
     }
     for name, section in result.sections.items():
-        to_dict = getattr(section, "to_json", None)
-        out[name] = to_dict() if to_dict else section
+        # A section object names its own top-level JSON keys; plain data goes under its name.
+        items = getattr(section, "json_items", None)
+        out.update(items() if items else {name: section})
     return round_floats(out)

@@ -1,0 +1,217 @@
+"""Exact k-nearest-neighbour search, blockwise, and the per-layer kNN summaries.
+
+The search computes squared Euclidean distances with one float32 matrix product per
+block of queries, keeps a few more candidates than asked, recomputes their distances in
+float64 and sorts them by (distance, index).  A row whose float32 boundary is too close
+to call is searched again in float64, so the result is the exact neighbour list; memory
+stays bounded by the block size whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+_EPS32 = float(np.finfo(np.float32).eps)
+BLOCK_BYTES = 64 << 20  # distance block held at once per worker
+
+
+@dataclass
+class Neighbours:
+    """k nearest reference rows for each query row, nearest first."""
+
+    indices: np.ndarray  # (Q, k) int64 rows of the reference
+    distances: np.ndarray  # (Q, k) float64; Euclidean, or cosine distance (1 - cos)
+
+
+def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    """Rows as float64 (exact distances are computed in float64); unit rows for cosine."""
+    x = np.asarray(x, dtype=np.float64)
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return x
+
+
+def knn_search(
+    queries: np.ndarray,
+    reference: np.ndarray,
+    k: int,
+    *,
+    metric: str = "euclidean",
+    query_rows: np.ndarray | None = None,
+    workers: int | None = None,
+) -> Neighbours:
+    """Exact k nearest neighbours of every query among the reference rows.
+
+    Parameters
+    ----------
+    queries, reference
+        (Q, D) and (N, D) feature arrays.
+    k
+        Neighbours per query; capped at the number of available reference rows.
+    metric
+        ``euclidean`` or ``cosine``.
+    query_rows
+        When the queries are rows of ``reference`` (leave-one-out), their row numbers:
+        each query's own row is never its neighbour.
+
+    Ties in distance are broken by the lower reference row.
+    """
+    queries = _prepare(queries, metric)
+    reference = _prepare(reference, metric)
+    n_q, dim = queries.shape
+    n_ref = reference.shape[0]
+    k = max(0, min(k, n_ref - (1 if query_rows is not None else 0)))
+    if k == 0 or n_q == 0:
+        return Neighbours(np.zeros((n_q, 0), np.int64), np.zeros((n_q, 0)))
+    q_sq = np.einsum("ij,ij->i", queries, queries)
+    r_sq = np.einsum("ij,ij->i", reference, reference)
+    # [q, 1] . [-2r, |r|^2] = |r|^2 - 2 q.r: the ranking key, from one float32 product.
+    q_aug = np.empty((n_q, dim + 1), np.float32)
+    q_aug[:, :-1] = queries
+    q_aug[:, -1] = 1.0
+    r_aug = np.empty((n_ref, dim + 1), np.float32)
+    r_aug[:, :-1] = -2.0 * reference
+    r_aug[:, -1] = r_sq
+    # A bound on the float32 rounding of that key (a dot product of dim + 1 terms).
+    err = 4.0 * np.sqrt(dim + 1.0) * _EPS32 * (q_sq + float(r_sq.max()) + 1.0)
+    block = max(1, min(n_q, BLOCK_BYTES // (4 * n_ref)))
+    out_idx = np.empty((n_q, k), np.int64)
+    out_dist = np.empty((n_q, k), np.float64)
+    local = threading.local()
+
+    def exact_sq(rows: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """Squared distances of each row to its candidates, in float64, in slices so the
+        gathered candidate vectors stay within a few MB."""
+        out = np.empty(cand.shape, np.float64)
+        step = max(1, (8 << 20) // (8 * cand.shape[1] * max(1, dim)))
+        for s in range(0, len(rows), step):
+            diff = reference[cand[s : s + step]] - queries[rows[s : s + step]][:, None, :]
+            out[s : s + step] = np.einsum("bmd,bmd->bm", diff, diff)
+        return out
+
+    def run(start: int) -> None:
+        stop = min(n_q, start + block)
+        b = stop - start
+        rows = np.arange(start, stop)
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = np.empty((block, n_ref), np.float32)
+        key = buf[:b]
+        np.matmul(q_aug[start:stop], r_aug.T, out=key)
+        if query_rows is not None:
+            key[np.arange(b), query_rows[start:stop]] = np.inf
+        # Every true neighbour has key <= (k-th smallest key) + 2 err: keep all of those.
+        kth = np.partition(key, k - 1, axis=1)[:, k - 1] if k < n_ref else key.max(axis=1)
+        threshold = kth + 2.0 * err[start:stop]
+        flat = np.flatnonzero(key <= threshold[:, None])
+        owner, cols = np.divmod(flat, n_ref)
+        counts = np.bincount(owner, minlength=b)
+        width = int(counts.max())
+        if width > 8 * k + 64:
+            # Massive ties (e.g. identical features): exact keys for the whole block.
+            cand = np.broadcast_to(np.arange(n_ref), (b, n_ref))
+            sq = np.maximum(q_sq[start:stop, None] + r_sq[None, :] - 2.0 * queries[start:stop] @ reference.T, 0.0)
+        else:
+            # Pad rows to the widest candidate list; padding gets an infinite distance.
+            cand = np.zeros((b, width), np.int64)
+            slot = np.arange(len(cols)) - np.repeat(np.cumsum(counts) - counts, counts)
+            cand[owner, slot] = cols
+            sq = exact_sq(rows, cand)
+            sq[np.arange(width)[None, :] >= counts[:, None]] = np.inf
+        if query_rows is not None:
+            sq = np.where(cand == query_rows[start:stop, None], np.inf, sq)
+        order = np.lexsort((np.broadcast_to(cand, sq.shape), sq), axis=1)[:, :k]
+        out_idx[start:stop] = np.take_along_axis(np.broadcast_to(cand, sq.shape), order, axis=1)
+        out_dist[start:stop] = np.take_along_axis(sq, order, axis=1)
+
+    starts = list(range(0, n_q, block))
+    workers = workers or min(len(starts), os.cpu_count() or 1)
+    # One BLAS thread per worker: the partitions and masks run in parallel with products.
+    with threadpool_limits(limits=1 if workers > 1 else None, user_api="blas"):
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(run, starts))
+        else:
+            for s in starts:
+                run(s)
+    dist = np.sqrt(np.maximum(out_dist, 0.0))
+    if metric == "cosine":
+        dist = dist * dist / 2.0  # |a - b|^2 / 2 = 1 - cos for unit vectors
+    return Neighbours(out_idx, dist)
+
+
+def majority_vote(neighbour_labels: np.ndarray) -> np.ndarray:
+    """The most common label per row; a tie goes to the tied label met first (nearest).
+
+    ``neighbour_labels`` is (N, k) of non-negative ints, nearest first; -1 entries are
+    ignored.  Rows with no usable neighbour get -1.
+    """
+    n, k = neighbour_labels.shape
+    out = np.full(n, -1, np.int64)
+    if k == 0:
+        return out
+    top = int(neighbour_labels.max(initial=-1)) + 1
+    if top == 0:
+        return out
+    counts = np.zeros((n, top), np.int64)
+    first = np.full((n, top), k, np.int64)
+    for j in range(k - 1, -1, -1):
+        lab = neighbour_labels[:, j]
+        ok = lab >= 0
+        rows = np.flatnonzero(ok)
+        counts[rows, lab[ok]] += 1
+        first[rows, lab[ok]] = j
+    # Highest count first, then the label whose nearest occurrence is nearest.
+    score = counts * (k + 1) + (k - first)
+    best = score.argmax(axis=1)
+    has = counts.max(axis=1) > 0
+    out[has] = best[has]
+    return out
+
+
+@dataclass
+class LayerKnn:
+    """Leave-one-out kNN of every image at one layer, and what it says about labels."""
+
+    layer: str
+    neighbours: Neighbours  # rows of the reference (the audited set itself without --reference)
+    accuracy: float | None  # majority vote of the neighbours' labels == own label
+    agreement: float | None  # mean share of neighbours carrying the image's own label
+
+
+def layer_knn(
+    features: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    *,
+    metric: str = "euclidean",
+    reference: np.ndarray | None = None,
+    reference_labels: np.ndarray | None = None,
+    layer: str = "",
+) -> LayerKnn:
+    """kNN of every row, from the reference set or (without one) leaving the row out.
+
+    ``labels`` (and ``reference_labels``) are ints, -1 for unlabeled rows; accuracy and
+    agreement are over the labeled rows, or None when there are none.
+    """
+    if reference is None:
+        nb = knn_search(features, features, k, metric=metric, query_rows=np.arange(len(features)))
+        ref_labels = labels
+    else:
+        nb = knn_search(features, reference, k, metric=metric)
+        ref_labels = reference_labels if reference_labels is not None else np.full(len(reference), -1)
+    accuracy = agreement = None
+    known = labels >= 0
+    if nb.indices.shape[1] and known.any():
+        nl = ref_labels[nb.indices]
+        vote = majority_vote(nl)
+        accuracy = float(np.mean(vote[known] == labels[known]))
+        agreement = float(np.mean((nl[known] == labels[known, None]).mean(axis=1)))
+    return LayerKnn(layer, nb, accuracy, agreement)

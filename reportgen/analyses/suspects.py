@@ -1,0 +1,118 @@
+"""Suspected mislabels and near-duplicates, from the kNN of the deep layers.
+
+**Mislabel score** of a labeled image (``mislabel_scores``)::
+
+    disagreement = mean over the deep layers of the share of its k neighbours whose
+                   label differs from its own
+    score        = (disagreement + (1 - p_label)) / 2
+
+where ``p_label`` is the model's probability of the image's own label.  An image is a
+suspect when most of its deep neighbours carry another label (disagreement > 0.5) *and*
+the model gives its label less than even odds (p_label < 0.5).  The suggested label is
+the majority label of its neighbours at the deepest layer.
+
+**Near-duplicates** (``near_duplicates``): pairs whose distance at a layer is below
+``ratio`` times the median nearest-neighbour distance of the set at that layer -- far
+closer than two different images usually are.  Identical feature vectors always
+qualify.  The pipeline looks at two layers: the pixels (the same picture re-encoded,
+resized or brightened; measured on the sample, such twins sit at 0.15 x the median
+while the closest distinct images sit above 0.6 x) and the penultimate layer (the same
+content framed differently), and merges the pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from reportgen.analyses.knn import Neighbours, majority_vote
+
+
+@dataclass
+class Mislabel:
+    row: int  # row in the features
+    label: int  # the image's own label
+    suggested: int  # majority label of its deep neighbours
+    score: float
+    disagreement: float
+    p_label: float
+
+
+def mislabel_scores(
+    labels: np.ndarray,
+    probs_of_label: np.ndarray,
+    deep_neighbours: list[Neighbours],
+    reference_labels: np.ndarray,
+) -> list[Mislabel]:
+    """Suspects ranked by score, highest first (ties by row).
+
+    ``labels``: own label per row (-1 unlabeled, never a suspect); ``probs_of_label``:
+    the model's probability of that label (NaN when the label is not a model class);
+    ``deep_neighbours``: neighbour lists at the deep layers, deepest last, indexing
+    ``reference_labels``.
+    """
+    if not deep_neighbours or deep_neighbours[0].indices.shape[1] == 0:
+        return []
+    shares = []
+    for nb in deep_neighbours:
+        neighbour_labels = reference_labels[nb.indices]
+        valid = neighbour_labels >= 0
+        differs = (neighbour_labels != labels[:, None]) & valid
+        shares.append(differs.sum(axis=1) / np.maximum(valid.sum(axis=1), 1))
+    disagreement = np.mean(shares, axis=0)
+    suggested = majority_vote(reference_labels[deep_neighbours[-1].indices])
+    p = np.where(np.isfinite(probs_of_label), probs_of_label, 0.0)
+    score = (disagreement + (1.0 - p)) / 2.0
+    candidates = np.flatnonzero((labels >= 0) & (disagreement > 0.5) & (p < 0.5) & (suggested >= 0) & (suggested != labels))
+    order = candidates[np.lexsort((candidates, -score[candidates]))]
+    return [
+        Mislabel(int(i), int(labels[i]), int(suggested[i]), float(score[i]), float(disagreement[i]), float(p[i]))
+        for i in order
+    ]
+
+
+@dataclass
+class DuplicatePair:
+    a: int  # row in the audited set
+    b: int  # row in the audited set, or in the reference set when ``cross``
+    distance: float
+    cross: bool = False
+    layer: str = ""
+    ratio: float = 0.0  # distance / median nearest-neighbour distance
+
+
+def near_duplicates(
+    nb: Neighbours, ratio: float = 0.25, *, cross: bool = False, scale: float | None = None, layer: str = ""
+) -> tuple[list[DuplicatePair], float]:
+    """Pairs closer than ``ratio`` x the median nearest-neighbour distance.
+
+    ``nb`` holds each row's neighbours (leave-one-out within one set, or into a
+    reference set when ``cross``).  Returns the pairs, closest first, and the threshold.
+    Within one set each pair is reported once (a < b).
+    """
+    if nb.indices.shape[1] == 0:
+        return [], 0.0
+    nearest = nb.distances[:, 0]
+    scale = float(np.median(nearest)) if scale is None else scale
+    threshold = ratio * scale
+    pairs: dict[tuple[int, int], float] = {}
+    rows, cols = np.nonzero((nb.distances <= threshold) | (nb.distances == 0.0))
+    for r, c in zip(rows, cols, strict=True):
+        a, b = int(r), int(nb.indices[r, c])
+        key = (a, b) if cross else (min(a, b), max(a, b))
+        pairs[key] = float(nb.distances[r, c])
+    ordered = sorted(pairs.items(), key=lambda item: (item[1], item[0]))
+    return [DuplicatePair(a, b, d, cross, layer, d / scale if scale > 0 else 0.0) for (a, b), d in ordered], threshold
+
+
+def merge_pairs(*groups: list[DuplicatePair]) -> list[DuplicatePair]:
+    """Union of pair lists found at several layers; a pair found twice keeps its
+    smallest ratio.  Ordered by ratio, then names."""
+    best: dict[tuple[int, int, bool], DuplicatePair] = {}
+    for group in groups:
+        for pair in group:
+            key = (pair.a, pair.b, pair.cross)
+            if key not in best or pair.ratio < best[key].ratio:
+                best[key] = pair
+    return sorted(best.values(), key=lambda p: (p.ratio, p.a, p.b))

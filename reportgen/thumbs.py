@@ -1,0 +1,39 @@
+"""Thumbnails: small JPEG data URIs of the images a report shows, one per image."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from reportgen.data import DecodeError, open_image
+
+THUMB = 96
+
+
+def thumbnail(path: Path, side: int = THUMB) -> bytes:
+    """JPEG bytes of the image (as a viewer shows it) fitted inside ``side`` x ``side``."""
+    try:
+        img, _ = open_image(path, 3, draft=(side, side))
+    except DecodeError:
+        img = Image.new("RGB", (side, side), (200, 200, 200))
+    img.thumbnail((side, side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=82, optimize=True)
+    return buf.getvalue()
+
+
+def thumbnail_uri(path: Path, side: int = THUMB) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail(path, side)).decode("ascii")
+
+
+def thumbnails(keys: set[str], audited_root: Path, reference_root: Path | None) -> dict[str, str]:
+    """Data URIs for thumbnail keys ``a:<file>`` (audited folder) and ``r:<file>`` (reference)."""
+    out: dict[str, str] = {}
+    for key in sorted(keys):
+        kind, _, rel = key.partition(":")
+        root = reference_root if kind == "r" and reference_root is not None else audited_root
+        out[key] = thumbnail_uri(root / rel)
+    return out

@@ -1,0 +1,99 @@
+"""Exact kNN against scikit-learn's brute force, and the per-layer summaries."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import load_json
+from sklearn.neighbors import NearestNeighbors
+
+from reportgen.analyses.knn import knn_search, layer_knn, majority_vote
+
+
+@pytest.fixture(scope="module")
+def sample_features(sample_audits) -> dict[str, np.ndarray]:  # noqa: ANN001
+    npz = np.load(sample_audits["onnx"].with_name("report.features.npz"))
+    meta = json.loads(str(npz["meta"]))
+    out = {}
+    for i, layer in enumerate(meta["layers"]):
+        out[layer["name"]] = npz["outputs"] if layer["name"] == "logits" else npz[f"layer_{i}"]
+    out["__labels__"] = npz["labels"]
+    return out
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_neighbours_equal_scikit_learn_brute_force_on_every_layer(sample_features: dict[str, np.ndarray], metric: str) -> None:
+    for name, x in sample_features.items():
+        if name.startswith("__"):
+            continue
+        ours = knn_search(x, x, 10, metric=metric, query_rows=np.arange(len(x)))
+        ref_d, ref_i = NearestNeighbors(n_neighbors=10, algorithm="brute", metric=metric).fit(x).kneighbors()
+        assert np.array_equal(ours.indices, ref_i), name
+        assert np.allclose(ours.distances, ref_d, rtol=1e-4, atol=1e-5), name
+
+
+def test_reference_search_and_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((700, 33)).astype(np.float32)
+    queries = rng.standard_normal((150, 33)).astype(np.float32)
+    import reportgen.analyses.knn as knn_module
+
+    monkeypatch.setattr(knn_module, "BLOCK_BYTES", 4 * 700 * 7)  # blocks of 7 queries
+    ours = knn_search(queries, ref, 5)
+    ref_d, ref_i = NearestNeighbors(n_neighbors=5, algorithm="brute").fit(ref).kneighbors(queries)
+    assert np.array_equal(ours.indices, ref_i) and np.allclose(ours.distances, ref_d, atol=1e-5)
+
+
+def test_duplicates_ties_and_tiny_sets() -> None:
+    x = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [5.0, 5.0]], np.float32)
+    nb = knn_search(x, x, 10, query_rows=np.arange(4))
+    assert nb.indices.shape == (4, 3)  # fewer images than k: all the others
+    assert list(nb.indices[0]) == [1, 2, 3]  # ties broken by the lower row, never itself
+    assert np.allclose(nb.distances[0], [0, 0, np.sqrt(50)])
+    constant = np.ones((50, 8), np.float32)
+    nb = knn_search(constant, constant, 10, query_rows=np.arange(50))
+    assert np.all(np.isfinite(nb.distances)) and np.all(nb.distances == 0)
+    assert all(i not in row for i, row in enumerate(nb.indices))
+    single = knn_search(x[:1], x[:1], 10, query_rows=np.arange(1))
+    assert single.indices.shape == (1, 0)
+
+
+def test_majority_vote_matches_a_knn_classifier_and_breaks_ties_by_nearest() -> None:
+    labels = np.array([[1, 2, 2, 1, 3], [0, 4, 4, 0, 4], [-1, -1, -1, -1, -1]])
+    assert list(majority_vote(labels)) == [1, 4, -1]  # row 0: 1 and 2 tie, 1 is nearer
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 6))
+    y = rng.integers(0, 3, 300)
+    knn = layer_knn(x, y, 7)
+    _, idx = NearestNeighbors(n_neighbors=8, algorithm="brute").fit(x).kneighbors(x)
+    loo = np.array([np.bincount(y[row[1:]], minlength=3).argmax() for row in idx])
+    # Where the vote is not tied, ours equals the plain majority of the 7 neighbours.
+    counts = np.array([np.sort(np.bincount(y[row[1:]], minlength=3))[::-1] for row in idx])
+    clear = counts[:, 0] > counts[:, 1]
+    ours = majority_vote(y[knn.neighbours.indices])
+    assert np.array_equal(ours[clear], loo[clear])
+    assert knn.accuracy == pytest.approx(np.mean(ours == y))
+
+
+def test_unlabeled_rows_give_no_accuracy() -> None:
+    x = np.random.default_rng(0).standard_normal((20, 3))
+    knn = layer_knn(x, np.full(20, -1), 3)
+    assert knn.accuracy is None and knn.agreement is None
+
+
+def test_per_layer_summary_in_json(sample_audits) -> None:  # noqa: ANN001
+    for fmt in ("onnx", "torchscript"):
+        data = load_json(sample_audits[fmt])
+        accs = [layer["knn_accuracy"] for layer in data["layers"]]
+        assert all(a is not None and 0 <= a <= 1 for a in accs)
+        assert accs[-2] > accs[0] + 0.3  # deep features separate the classes far better than pixels
+        knn = data["knn"]
+        assert list(knn) == [layer["name"] for layer in data["layers"]]
+        first = next(iter(knn.values()))
+        assert 6 <= len(first) <= 60
+        entry = first[0]
+        assert set(entry) == {"query", "neighbours"} and len(entry["neighbours"]) == 10
+        assert set(entry["neighbours"][0]) == {"file", "distance", "label"}
+        assert all(n["file"] != entry["query"] for n in entry["neighbours"])
