@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from reportgen import __version__
@@ -210,13 +210,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=_cmd_layers)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser(
+        "cam",
+        help="the activation map of one image (Grad-CAM, Ablation-CAM or Score-CAM)",
+        description="Explain one prediction: OUT.npy gets the map (HxW float32 in [0, 1] at the model's input resolution), OUT.png the overlay.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL")
+    p.add_argument("image", type=Path, metavar="IMAGE")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="a .npy or .png file")
+    p.add_argument("--layer", metavar="NAME", help="tensor to explain (default: the last tensor with spatial extent)")
+    p.add_argument("--target", metavar="CLASS", help="class name or output index (default: the predicted class)")
+    p.add_argument("--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="method (default: gradcam)")
+    p.add_argument("--labels", type=Path, metavar="FILE", help="class names in output order, one per line")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_cam)
     return parser
 
 
-# Commands defined in other modules register themselves here (cam, compare, visualize).
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _cmd_cam(args: argparse.Namespace) -> int:
+    from reportgen.explain import explain_image, write_explanation
+
+    if not args.image.is_file():
+        raise UserError(f"image not found: {args.image}")
+    cfg = AuditConfig(
+        model=args.model, images=args.image.parent, size=args.size, mean=args.mean, std=args.std, resize=args.resize,
+        arch=args.arch, trust_pickle=args.trust_pickle, device=args.device, batch_size=args.batch_size, labels=args.labels,
+    )  # fmt: skip
+    exp, _ = explain_image(cfg, args.image, layer=args.layer, target=args.target, method=args.cam)
+    write_explanation(exp, args.image, args.output, cfg.resize)
+    print(f"reportgen: {exp.method} of class {exp.target_name} (output {exp.target}, score {exp.score:.4g}) at {exp.layer} -> {args.output}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -280,6 +280,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         features_from_cache=features.from_cache,
     )
     layer_by_layer(result, features, probs, truth, pred, class_map, cfg, handle, pre, meta, clock)
+    galleries_and_channels(result, features, probs, truth, pred, class_map, cfg, handle, pre, dataset, clock)
     with clock("figures"):
         figures = build_figures(result, dataset.root, cfg.reference)
     if epoch is None:
@@ -414,6 +415,154 @@ def layer_by_layer(
             summary.note = tsne.notes.get(summary.name, "")
         colour_names = vocab if result.dataset.labeled else class_map.classes
         result.sections["tsne"] = TsneSection(tsne, colour[tsne.rows], wrong[tsne.rows], colour_names)
+
+
+def _load_pixels(dataset: ImageDataset, files: list[str], pre: Preprocess) -> dict[str, np.ndarray]:
+    """Model inputs of a few images, decoded again (the extraction pass kept none)."""
+    from reportgen.data import DecodeError, load_one
+
+    out = {}
+    for f in files:
+        try:
+            out[f] = load_one(dataset.root / f, pre)[0]
+        except DecodeError:
+            continue  # changed on disk since extraction; its tile shows no overlay
+    return out
+
+
+def _small(cam: np.ndarray, side: int = 128) -> np.ndarray:
+    """Maps are kept at most ``side`` px for the overlays (thumbnails are 96 px)."""
+    from reportgen.analyses.cam import resize_bilinear
+
+    h, w = cam.shape
+    if max(h, w) <= side:
+        return cam.astype(np.float32)
+    scale = side / max(h, w)
+    return resize_bilinear(cam[None], (max(1, round(h * scale)), max(1, round(w * scale))))[0]
+
+
+def galleries_and_channels(
+    result: AuditResult,
+    features: Features,
+    probs: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    class_map: ClassMap,
+    cfg: AuditConfig,
+    handle: ModelHandle,
+    pre: Preprocess,
+    dataset: ImageDataset,
+    clock: Clock,
+) -> None:
+    """Per-class galleries with CAM overlays, and the channel view of the CAM layer."""
+    from reportgen.analyses.cam import compute_cam
+    from reportgen.analyses.channels import top_channels
+    from reportgen.analyses.galleries import class_galleries
+    from reportgen.models import last_spatial_layer
+    from reportgen.sections import (
+        ChannelEntry,
+        ChannelsSection,
+        ChannelTile,
+        ClassGallery,
+        GalleriesSection,
+        GalleryTile,
+        overlay_key,
+        thumb_key,
+    )
+
+    if cfg.gallery_size <= 0 and cfg.channels <= 0:
+        return
+    with clock("load model"):
+        adapter = handle.prepared(pre.size)
+    layer = cfg.cam_layer or last_spatial_layer(adapter.layers())
+    split = None
+    note = ""
+    if layer is None:
+        note = "the model has no tensor with spatial extent, so no activation map can be drawn"
+    else:
+        try:
+            split = adapter.split(layer)
+        except UserError as exc:
+            if cfg.cam_layer:
+                raise
+            note = f"no CAM: {exc}"
+    classes = class_map.classes
+    folder = result.dataset.folder_classes
+
+    def tile(row: int, cls: int, keys: dict[tuple[int, int], str]) -> GalleryTile:
+        t = int(truth[row])
+        return GalleryTile(
+            features.files[row], thumb_key(features.files[row]), keys.get((row, cls)), float(probs[row, cls]),
+            classes[pred[row]], classes[t] if t >= 0 else (folder[features.labels[row]] if features.labels[row] >= 0 else None),
+            None if t < 0 else bool(pred[row] == t),
+        )  # fmt: skip
+
+    if cfg.gallery_size > 0:
+        galleries = class_galleries(probs, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
+        pairs = sorted({(row, g.cls) for g in galleries for row in (*g.max, *g.min, *g.wrong)})
+        maps: dict[str, np.ndarray] = {}
+        keys: dict[tuple[int, int], str] = {}
+        if split is not None and pairs:
+            with clock("cam"):
+                pixels = _load_pixels(dataset, sorted({features.files[r] for r, _ in pairs}), pre)
+                todo = [(r, c) for r, c in pairs if features.files[r] in pixels]
+                run_model = lambda x: adapter.extract(x, [])[0]  # noqa: E731 - Score-CAM's forward pass
+                for start in range(0, len(todo), cfg.batch_size):
+                    chunk = todo[start : start + cfg.batch_size]
+                    batch = np.stack([pixels[features.files[r]] for r, _ in chunk])
+                    cams = compute_cam(cfg.cam, split, batch, np.array([c for _, c in chunk]), pre.size,
+                                       run_model=run_model, batch_size=cfg.batch_size, channels_last=pre.channels_last)  # fmt: skip
+                    for (r, c), cam in zip(chunk, cams.maps, strict=True):
+                        key = overlay_key("cam", c, features.files[r])
+                        keys[(r, c)] = key
+                        maps[key] = _small(cam)
+        section = GalleriesSection(
+            cfg.cam if split is not None else None,
+            layer if split is not None else None,
+            [
+                ClassGallery(g.cls, classes[g.cls], [tile(r, g.cls, keys) for r in g.max],
+                             [tile(r, g.cls, keys) for r in g.min], [tile(r, g.cls, keys) for r in g.wrong])  # fmt: skip
+                for g in galleries
+            ],
+            cfg.gallery_size,
+            note,
+            maps,
+        )
+        result.sections["galleries"] = section
+
+    if cfg.channels > 0 and split is not None:
+        if layer not in features.arrays:
+            result.sections["channels"] = ChannelsSection(layer, [], f"the layer {layer} is not among the audited layers; add it to --layers to see its channels")
+            return
+        with clock("channels"):
+            picks = top_channels(features.arrays[layer], cfg.channels, cfg.channel_images)
+            rows = sorted({r for p in picks for r in p.rows})
+            pixels = _load_pixels(dataset, [features.files[r] for r in rows], pre)
+            ok = [r for r in rows if features.files[r] in pixels]
+            activation = {}
+            for start in range(0, len(ok), cfg.batch_size):
+                chunk = ok[start : start + cfg.batch_size]
+                a, _ = split.body(np.stack([pixels[features.files[r]] for r in chunk]))
+                for r, maps_r in zip(chunk, a, strict=True):
+                    activation[r] = maps_r
+            from reportgen.analyses.cam import resize_bilinear
+
+            entries = []
+            ch_maps: dict[str, np.ndarray] = {}
+            for p in picks:
+                stack = [activation[r][p.channel] for r in p.rows if r in activation]
+                # One scale per channel: its strongest response over its top images is 1.
+                top = max((float(np.max(m)) for m in stack), default=0.0)
+                tiles = []
+                for r, value in zip(p.rows, p.activations, strict=True):
+                    key = None
+                    if r in activation and top > 0:
+                        key = overlay_key("ch", p.channel, features.files[r])
+                        m = np.clip(activation[r][p.channel] / top, 0, 1)
+                        ch_maps[key] = _small(resize_bilinear(m[None], pre.size)[0])
+                    tiles.append(ChannelTile(features.files[r], thumb_key(features.files[r]), key, value))
+                entries.append(ChannelEntry(p.channel, p.variance, tiles))
+        result.sections["channels"] = ChannelsSection(layer, entries, "", ch_maps)
 
 
 def _timestamp(epoch: int | None) -> str:

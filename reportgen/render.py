@@ -20,6 +20,7 @@ import numpy as np
 from reportgen import figures as plots
 from reportgen.report import AuditResult, Figures, to_json
 from reportgen.resources import templates_dir
+from reportgen.overlay import overlay_thumbnail
 from reportgen.thumbs import thumbnails
 from reportgen.util import atomic_write_bytes
 
@@ -143,6 +144,11 @@ def build_figures(result: AuditResult, root: Path, reference_root: Path | None =
     for section in sections.values():
         wanted |= getattr(section, "thumb_keys", lambda: set())()
     figs.thumbs = thumbnails(wanted, root, reference_root)
+    resize = str(result.preprocessing.get("resize", "stretch"))
+    for section in sections.values():
+        for key, cam in sorted(getattr(section, "overlay_maps", dict)().items()):
+            file = key.split(":", 2)[2]
+            figs.thumbs[key] = overlay_thumbnail(root / file, cam, resize)
     return figs
 
 

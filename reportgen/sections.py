@@ -290,3 +290,101 @@ def build_suspects_section(
             )  # fmt: skip
         )
     return SuspectsSection(entries, dups, deep_layers, dup_layers, dup_ratio)
+
+
+# ------------------------------------------------------------------ galleries and channels
+
+
+def overlay_key(kind: str, index: int, file: str) -> str:
+    """Key of a heat-map overlay thumbnail: ``cam:<class>:<file>`` or ``ch:<channel>:<file>``."""
+    return f"{kind}:{index}:{file}"
+
+
+@dataclass
+class GalleryTile:
+    file: str
+    thumb: str
+    overlay: str | None  # overlay thumbnail key, None when no map could be computed
+    score: float  # probability of the gallery's class
+    predicted: str
+    truth: str | None
+    correct: bool | None
+
+
+@dataclass
+class ClassGallery:
+    index: int
+    name: str
+    max: list[GalleryTile]
+    min: list[GalleryTile]
+    wrong: list[GalleryTile]
+    cue_mass: float | None = None  # unused unless a caller measures it
+
+
+@dataclass
+class GalleriesSection:
+    """Max/min-activating and confidently-wrong images per class, with CAM overlays."""
+
+    method: str | None  # CAM method, None when no map could be made
+    layer: str | None
+    classes: list[ClassGallery]
+    size: int
+    note: str = ""
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # overlay key -> (H, W) map
+
+    def thumb_keys(self) -> set[str]:
+        return {t.thumb for g in self.classes for t in (*g.max, *g.min, *g.wrong)}
+
+    def overlay_maps(self) -> dict[str, np.ndarray]:
+        return self.maps
+
+    def json_items(self) -> dict[str, Any]:
+        def tiles(items: list[GalleryTile]) -> list[dict[str, Any]]:
+            return [{"file": t.file, "score": t.score, "pred": t.predicted} for t in items]
+
+        return {
+            "galleries": {g.name: {"max": tiles(g.max), "min": tiles(g.min), "wrong": tiles(g.wrong)} for g in self.classes},
+            "cam": {"method": self.method, "layer": self.layer, "note": self.note or None},
+        }
+
+
+@dataclass
+class ChannelTile:
+    file: str
+    thumb: str
+    overlay: str | None
+    activation: float
+
+
+@dataclass
+class ChannelEntry:
+    channel: int
+    variance: float
+    tiles: list[ChannelTile]
+
+
+@dataclass
+class ChannelsSection:
+    layer: str
+    channels: list[ChannelEntry]
+    note: str = ""
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def thumb_keys(self) -> set[str]:
+        return {t.thumb for c in self.channels for t in c.tiles}
+
+    def overlay_maps(self) -> dict[str, np.ndarray]:
+        return self.maps
+
+    def json_items(self) -> dict[str, Any]:
+        return {
+            "channels": {
+                "layer": self.layer,
+                "note": self.note or None,
+                "items": [
+                    {"channel": c.channel, "variance": c.variance,
+                     "top": [{"file": t.file, "activation": t.activation} for t in c.tiles]}  # fmt: skip
+                    for c in self.channels
+                ],
+            }
+        }

@@ -310,6 +310,9 @@ class _Executor:
             for src in node.all_input_nodes:
                 last_use[src] = i
         keep = keep or set()
+        # Parameters are available to any slice of the graph (a head needs its weights).
+        for node, value in self.attrs.items():
+            env.setdefault(node, value)
         pending = list(inputs or [])
         result = None
         for i, node in enumerate(nodes):

@@ -1,0 +1,204 @@
+"""Class activation maps on every model format: Grad-CAM, Ablation-CAM, Score-CAM.
+
+All three weight the channels of one feature map A (N, C, h, w) and sum them::
+
+    cam = ReLU(sum_c w_c A_c), upsampled (bilinear) to the input and scaled to [0, 1]
+
+* **Grad-CAM**: w_c = spatial mean of d score / d A_c.  With autograd (torch formats) it
+  comes from one backward pass through the head only.  Without (ONNX Runtime), it is the
+  directional derivative of the score along a uniform bump of channel c divided by h*w,
+  which central differences over 2C perturbed copies of A give in one batched run of
+  the head -- exact for heads that are linear in A (global pooling + linear layers),
+  and exact up to rounding elsewhere unless a bump crosses a ReLU kink.
+* **Ablation-CAM**: w_c = (score - score with channel c zeroed) / score (head runs only).
+* **Score-CAM**: w = softmax over c of the score of the input masked by each upsampled,
+  [0, 1]-scaled A_c (C full forward passes per image; no gradient at all).
+
+A map whose weighted sum is zero everywhere is all zeros, never NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from reportgen.models.base import SplitModel
+
+CAM_METHODS = ("gradcam", "ablationcam", "scorecam")
+COPY_BUDGET = 64 << 20  # bytes of perturbed activations sent to the head at once
+
+
+@dataclass
+class CamResult:
+    """Maps for a batch of images and the score each map explains."""
+
+    method: str
+    layer: str
+    maps: np.ndarray  # (N, H, W) float32 in [0, 1], at the model's input resolution
+    weights: np.ndarray  # (N, C) channel weights
+    targets: np.ndarray  # (N,) output index explained
+    scores: np.ndarray  # (N,) model output at the target (before any softmax)
+    activations: np.ndarray | None = None  # (N, C, h, w), kept when asked for
+
+
+def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) -> (N, H, W), bilinear with half-pixel centres and edge clamping (the
+    convention of OpenCV's INTER_LINEAR and of ``torch`` with ``align_corners=False``)."""
+    n, h, w = maps.shape
+    out_h, out_w = size
+
+    def axis(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = (np.arange(dst) + 0.5) * (src / dst) - 0.5
+        pos = np.clip(pos, 0, src - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, src - 1)
+        return lo, hi, (pos - lo).astype(np.float32)
+
+    y0, y1, wy = axis(h, out_h)
+    x0, x1, wx = axis(w, out_w)
+    m = maps.astype(np.float32)
+    rows = m[:, y0, :] * (1 - wy)[None, :, None] + m[:, y1, :] * wy[None, :, None]
+    return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
+
+
+def normalise(maps: np.ndarray) -> np.ndarray:
+    """Each map shifted to start at 0 and scaled to end at 1; flat maps become zeros."""
+    low = maps.min(axis=(1, 2), keepdims=True)
+    shifted = maps - low
+    high = shifted.max(axis=(1, 2), keepdims=True)
+    return np.divide(shifted, high, out=np.zeros_like(shifted), where=high > 0).astype(np.float32)
+
+
+def combine(activations: np.ndarray, weights: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """ReLU of the weighted channel sum, upsampled and normalised."""
+    cam = np.einsum("nc,nchw->nhw", weights.astype(np.float32), activations.astype(np.float32))
+    cam = np.maximum(cam, 0.0)
+    return normalise(resize_bilinear(cam, size))
+
+
+def _head_on_copies(split: SplitModel, rest: object, row: int, copies: np.ndarray) -> np.ndarray:
+    """Head outputs for copies of one image's activations, in chunks within the budget."""
+    per_copy = copies[0].nbytes
+    step = max(1, COPY_BUDGET // max(1, per_copy))
+    outs = []
+    for start in range(0, len(copies), step):
+        chunk = copies[start : start + step]
+        index = np.full(len(chunk), row)
+        outs.append(split.head(chunk, split.take(rest, index)))
+    return np.concatenate(outs)
+
+
+def finite_difference_weights(split: SplitModel, activations: np.ndarray, rest: object, targets: np.ndarray) -> np.ndarray:
+    """Grad-CAM weights (spatial mean of the gradient) by central differences of the head."""
+    n, c, h, w = activations.shape
+    weights = np.zeros((n, c), np.float64)
+    for i in range(n):
+        a = activations[i]
+        # A bump small against the activations, large against float32 rounding of the score.
+        step = 1e-3 * max(float(np.abs(a).max()), 1e-6)
+        copies = np.repeat(a[None], 2 * c, axis=0)
+        for ch in range(c):
+            copies[2 * ch, ch] += step
+            copies[2 * ch + 1, ch] -= step
+        out = _head_on_copies(split, rest, i, copies).astype(np.float64)
+        t = int(targets[i])
+        diff = out[0::2, t] - out[1::2, t]
+        weights[i] = diff / (2.0 * step) / (h * w)
+    return weights
+
+
+def ablation_weights(split: SplitModel, activations: np.ndarray, rest: object, targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Ablation-CAM weights: relative drop of the score when each channel is zeroed."""
+    n, c, _, _ = activations.shape
+    weights = np.zeros((n, c), np.float64)
+    for i in range(n):
+        copies = np.repeat(activations[i][None], c, axis=0)
+        copies[np.arange(c), np.arange(c)] = 0.0
+        out = _head_on_copies(split, rest, i, copies).astype(np.float64)
+        base = float(scores[i])
+        drop = base - out[:, int(targets[i])]
+        weights[i] = drop / base if base != 0 else drop
+    return weights
+
+
+def score_weights(
+    run_model: Callable[[np.ndarray], np.ndarray],
+    pixels: np.ndarray,
+    activations: np.ndarray,
+    targets: np.ndarray,
+    batch_size: int,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Score-CAM weights: softmax over channels of the score of each masked input."""
+    n, c, _, _ = activations.shape
+    size = pixels.shape[1:3] if channels_last else pixels.shape[2:4]
+    weights = np.zeros((n, c), np.float64)
+    for i in range(n):
+        masks = normalise(resize_bilinear(activations[i], size))  # (C, H, W) in [0, 1]
+        scores = np.empty(c, np.float64)
+        for start in range(0, c, batch_size):
+            m = masks[start : start + batch_size]
+            if channels_last:
+                masked = pixels[i][None] * m[:, :, :, None]
+            else:
+                masked = pixels[i][None] * m[:, None, :, :]
+            scores[start : start + len(m)] = run_model(masked.astype(np.float32))[:, int(targets[i])]
+        shifted = np.exp(scores - scores.max())
+        weights[i] = shifted / shifted.sum()
+    return weights
+
+
+def compute_cam(
+    method: str,
+    split: SplitModel,
+    pixels: np.ndarray,
+    targets: np.ndarray | None,
+    size: tuple[int, int],
+    *,
+    run_model: Callable[[np.ndarray], np.ndarray] | None = None,
+    batch_size: int = 32,
+    channels_last: bool = False,
+    keep_activations: bool = False,
+) -> CamResult:
+    """Maps of ``method`` for a batch of input tensors.
+
+    ``targets`` are output indices; None explains each image's top-scoring output.
+    ``run_model`` (full forward pass, input -> outputs) is needed by Score-CAM only.
+    """
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}")
+    if method == "gradcam" and split.differentiable:
+        if targets is None:
+            activations, rest = split.body(pixels)
+            targets = split.head(activations, rest).argmax(axis=1)
+        targets = np.asarray(targets, np.int64)
+        # One pass: the body without autograd, the head with it.
+        activations, grads, outputs = split.gradcam_inputs(pixels, targets)  # type: ignore[attr-defined]
+        weights = grads.astype(np.float64).mean(axis=(2, 3))
+    else:
+        activations, rest = split.body(pixels)
+        outputs = split.head(activations, rest)
+        targets = outputs.argmax(axis=1) if targets is None else np.asarray(targets, np.int64)
+        scores_now = outputs[np.arange(len(targets)), targets]
+        if method == "gradcam":
+            weights = finite_difference_weights(split, activations, rest, targets)
+        elif method == "ablationcam":
+            weights = ablation_weights(split, activations, rest, targets, scores_now)
+        else:
+            if run_model is None:
+                raise ValueError("Score-CAM needs run_model")
+            weights = score_weights(run_model, pixels, activations, targets, batch_size, channels_last)
+    scores = outputs[np.arange(len(targets)), targets]
+    maps = combine(activations, weights, size)
+    return CamResult(method, split.layer, maps, weights.astype(np.float32), targets, scores.astype(np.float32),
+                     activations if keep_activations else None)  # fmt: skip
+
+
+def mass_in_box(maps: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Share of each map's total in the pixel box (x0, y0, x1, y1), x1/y1 exclusive."""
+    x0, y0, x1, y1 = box
+    total = maps.sum(axis=(1, 2))
+    inside = maps[:, y0:y1, x0:x1].sum(axis=(1, 2))
+    return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)

@@ -1,0 +1,56 @@
+"""Which images each class gallery shows (the MATLAB examples' max/min-activating images).
+
+For class c, with ``probs[:, c]`` the model's probability of c:
+
+* **max** -- images of class c with the highest probability of c (what the model is
+  surest of);
+* **min** -- images of class c with the lowest probability of c (what it finds least
+  like its own class: unusual views, under-represented cases, mislabels);
+* **wrong** -- images of *other* classes with the highest probability of c (the
+  confidently wrong: shortcuts and look-alikes).
+
+For an unlabeled folder, max and min are taken among the images predicted as c, and
+there is no wrong gallery.  Ties are broken by row, so the choice is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Gallery:
+    """Row numbers of one class's three galleries, best first."""
+
+    cls: int
+    max: list[int]
+    min: list[int]
+    wrong: list[int]
+
+
+def _top(rows: np.ndarray, scores: np.ndarray, n: int, highest: bool) -> list[int]:
+    if len(rows) == 0 or n <= 0:
+        return []
+    key = -scores[rows] if highest else scores[rows]
+    order = np.lexsort((rows, key))
+    return [int(r) for r in rows[order[:n]]]
+
+
+def class_galleries(probs: np.ndarray, truth: np.ndarray, n: int, labeled: bool) -> list[Gallery]:
+    """The three galleries of every class (every model output)."""
+    pred = probs.argmax(axis=1)
+    out = []
+    for c in range(probs.shape[1]):
+        score = probs[:, c]
+        if labeled:
+            own = np.flatnonzero(truth == c)
+            others = np.flatnonzero((truth >= 0) & (truth != c))
+        else:
+            own = np.flatnonzero(pred == c)
+            others = np.zeros(0, np.int64)
+        highest = _top(own, score, n, highest=True)
+        lowest = _top(own, score, n, highest=False)
+        out.append(Gallery(c, highest, lowest, _top(others, score, n, highest=True)))
+    return out

@@ -1,0 +1,86 @@
+"""``reportgen cam``: the activation map of one image, for any model format."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reportgen.analyses.cam import compute_cam
+from reportgen.config import AuditConfig
+from reportgen.data import DecodeError, load_one, open_image
+from reportgen.errors import UserError
+from reportgen.labels import read_labels_file
+from reportgen.models import ModelAdapter, last_spatial_layer, load_model
+from reportgen.overlay import overlay
+from reportgen.pipeline import resolve_preprocess
+from reportgen.util import atomic_write, atomic_write_bytes
+
+
+@dataclass
+class Explanation:
+    map: np.ndarray  # (H, W) float32 in [0, 1] at the model's input resolution
+    layer: str
+    method: str
+    target: int
+    target_name: str
+    score: float  # model output at the target
+
+
+def resolve_target(text: str | None, names: list[str] | None, num_outputs: int) -> int | None:
+    """A class given by name (from --labels or the model's metadata) or by output index."""
+    if text is None:
+        return None
+    if names and text in names:
+        return names.index(text)
+    try:
+        index = int(text)
+    except ValueError:
+        known = f"; known names: {', '.join(names[:10])}{' ...' if names and len(names) > 10 else ''}" if names else ""
+        raise UserError(f"--target {text!r} is neither a class name nor an output index{known}") from None
+    if not 0 <= index < num_outputs:
+        raise UserError(f"--target {index} is out of range: the model has {num_outputs} outputs")
+    return index
+
+
+def explain_image(cfg: AuditConfig, image: Path, *, layer: str | None, target: str | None, method: str) -> tuple[Explanation, ModelAdapter]:
+    """Compute the map of ``method`` for one image file."""
+    adapter = load_model(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
+    pre = resolve_preprocess(cfg, adapter.info)
+    adapter.prepare(pre.size)
+    layer = layer or last_spatial_layer(adapter.layers())
+    if layer is None:
+        raise UserError("the model has no tensor with spatial extent; name one with --layer")
+    names = read_labels_file(cfg.labels) if cfg.labels else adapter.info.embedded.classes
+    index = resolve_target(target, names, adapter.num_outputs)
+    try:
+        pixels, _ = load_one(image, pre)
+    except DecodeError as exc:
+        raise UserError(f"cannot use {image}: {exc}") from None
+    split = adapter.split(layer)
+    result = compute_cam(
+        method, split, pixels[None], None if index is None else np.array([index]), pre.size,
+        run_model=lambda x: adapter.extract(x, [])[0], batch_size=cfg.batch_size, channels_last=pre.channels_last,
+    )  # fmt: skip
+    t = int(result.targets[0])
+    name = names[t] if names and t < len(names) else str(t)
+    return Explanation(result.maps[0], layer, method, t, name, float(result.scores[0])), adapter
+
+
+def write_explanation(exp: Explanation, image: Path, out: Path, resize: str) -> None:
+    """``.npy``: the map (H x W float32); ``.png``: the overlay on the image as shown."""
+    suffix = out.suffix.lower()
+    if suffix == ".npy":
+        atomic_write(out, lambda fh: np.save(fh, exp.map.astype(np.float32)))
+    elif suffix == ".png":
+        try:
+            img, _ = open_image(image)
+        except DecodeError as exc:
+            raise UserError(f"cannot use {image}: {exc}") from None
+        buf = io.BytesIO()
+        overlay(img, exp.map, resize).save(buf, format="PNG")
+        atomic_write_bytes(out, buf.getvalue())
+    else:
+        raise UserError(f"-o must end in .npy (the map) or .png (the overlay), got {out.name!r}")

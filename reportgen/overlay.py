@@ -1,0 +1,66 @@
+"""Heat-map overlays: a class activation map laid over the image it explains.
+
+The map covers the model's input, which is the whole image stretched (``--resize
+stretch``) or its centre crop (``crop``); it is mapped back onto the image as shown, so
+the overlay lines up with the plain thumbnail beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from PIL import Image
+
+from reportgen.analyses.cam import resize_bilinear
+from reportgen.data import DecodeError, open_image
+
+_JET = (matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def map_onto_image(cam: np.ndarray, width: int, height: int, resize: str) -> np.ndarray:
+    """The (H, W) input-resolution map as a (height, width) map over the displayed image;
+    NaN where the model did not look (outside a centre crop)."""
+    if resize != "crop":
+        return resize_bilinear(cam[None], (height, width))[0]
+    in_h, in_w = cam.shape
+    scale = max(in_h, in_w) / 0.875 / min(width, height)
+    new_w, new_h = max(in_w, round(width * scale)), max(in_h, round(height * scale))
+    left, top = (new_w - in_w) // 2, (new_h - in_h) // 2
+    x0, y0 = left * width / new_w, top * height / new_h
+    box_w, box_h = in_w * width / new_w, in_h * height / new_h
+    out = np.full((height, width), np.nan, np.float32)
+    xa, ya = int(round(x0)), int(round(y0))
+    bw, bh = max(1, int(round(box_w))), max(1, int(round(box_h)))
+    patch = resize_bilinear(cam[None], (bh, bw))[0]
+    out[ya : ya + bh, xa : xa + bw] = patch[: max(0, height - ya), : max(0, width - xa)]
+    return out
+
+
+def overlay(img: Image.Image, cam: np.ndarray, resize: str, image_weight: float = 0.5) -> Image.Image:
+    """``image_weight`` x image + (1 - image_weight) x jet(map), as pytorch-grad-cam's
+    ``show_cam_on_image``; outside the model's view the image is dimmed instead."""
+    rgb = np.asarray(img.convert("RGB"), np.float32)
+    m = map_onto_image(cam, img.width, img.height, resize)
+    outside = np.isnan(m)
+    heat = _JET[np.clip(np.nan_to_num(m) * 255, 0, 255).astype(np.uint8)].astype(np.float32)
+    out = image_weight * rgb + (1 - image_weight) * heat
+    out[outside] = rgb[outside] * 0.35
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+
+
+def overlay_thumbnail(path: Path, cam: np.ndarray, resize: str, side: int = 96) -> str:
+    """Data URI of the overlay of ``cam`` on the image at ``path``, fitted in ``side``."""
+    try:
+        img, _ = open_image(path, 3, draft=(2 * side, 2 * side))
+    except DecodeError:
+        img = Image.new("RGB", (side, side), (200, 200, 200))
+    img.thumbnail((2 * side, 2 * side), Image.Resampling.BILINEAR)
+    pic = overlay(img, cam, resize)
+    pic.thumbnail((side, side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    pic.save(buf, format="JPEG", quality=82, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
