@@ -35,13 +35,39 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and preprocessing")
-    g.add_argument("--size", type=parse_size, metavar="N|HxW", help="input side (default: read from the model where it is fixed)")
-    g.add_argument("--mean", type=lambda s: parse_floats(s, "--mean"), metavar="R,G,B", help="normalisation mean (default: ImageNet 0.485,0.456,0.406, or the model's own)")
-    g.add_argument("--std", type=lambda s: parse_floats(s, "--std"), metavar="R,G,B", help="normalisation std (default: ImageNet 0.229,0.224,0.225, or the model's own)")
-    g.add_argument("--resize", choices=("stretch", "crop"), default="stretch", help="stretch: whole image to the input size (default); crop: shorter side to size/0.875, centre crop")
+    g.add_argument(
+        "--size", type=parse_size, metavar="N|HxW", help="input side (default: read from the model where it is fixed)"
+    )
+    g.add_argument(
+        "--mean",
+        type=lambda s: parse_floats(s, "--mean"),
+        metavar="R,G,B",
+        help="normalisation mean (default: ImageNet 0.485,0.456,0.406, or the model's own)",
+    )
+    g.add_argument(
+        "--std",
+        type=lambda s: parse_floats(s, "--std"),
+        metavar="R,G,B",
+        help="normalisation std (default: ImageNet 0.229,0.224,0.225, or the model's own)",
+    )
+    g.add_argument(
+        "--resize",
+        choices=("stretch", "crop"),
+        default="stretch",
+        help="stretch: whole image to the input size (default); crop: shorter side to size/0.875, centre crop",
+    )
     g.add_argument("--arch", metavar="NAME", help="torchvision architecture of a state_dict file (e.g. resnet18)")
-    g.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled nn.Module (runs code from the file; only for files you trust)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model (default: auto, CUDA when present)")
+    g.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled nn.Module (runs code from the file; only for files you trust)",
+    )
+    g.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run the model (default: auto, CUDA when present)",
+    )
     g.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default: 32)")
 
 
@@ -51,32 +77,89 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="audit a model on an image folder: report.html + report.json",
         description="Run MODEL over every image under IMAGES and write a self-contained HTML report plus a JSON sidecar.",
     )
-    p.add_argument("model", type=Path, metavar="MODEL", help="ONNX, TorchScript, torch.export (.pt2) or state_dict file")
-    p.add_argument("images", type=Path, metavar="IMAGES", help="folder with one sub-folder per class, or a flat folder of images")
-    p.add_argument("-o", "--output", type=Path, default=Path("report.html"), metavar="HTML", help="report path; the JSON goes beside it with the same stem (default: report.html)")
+    p.add_argument(
+        "model", type=Path, metavar="MODEL", help="ONNX, TorchScript, torch.export (.pt2) or state_dict file"
+    )
+    p.add_argument(
+        "images", type=Path, metavar="IMAGES", help="folder with one sub-folder per class, or a flat folder of images"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("report.html"),
+        metavar="HTML",
+        help="report path; the JSON goes beside it with the same stem (default: report.html)",
+    )
     _add_model_options(p)
     g = p.add_argument_group("what to audit")
-    g.add_argument("--layers", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], metavar="A,B,...", help="layers to audit (default: input, end of each spatial stage, penultimate, logits; see `reportgen layers`)")
+    g.add_argument(
+        "--layers",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        metavar="A,B,...",
+        help="layers to audit (default: input, end of each spatial stage, penultimate, logits; see `reportgen layers`)",
+    )
     g.add_argument("--labels", type=Path, metavar="FILE", help="class names in output order, one per line")
     g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
-    g.add_argument("--features", type=Path, metavar="NPZ", help="features cache (default: <report>.features.npz beside the report)")
+    g.add_argument(
+        "--features", type=Path, metavar="NPZ", help="features cache (default: <report>.features.npz beside the report)"
+    )
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the features cache")
     g = p.add_argument_group("nearest neighbours and t-SNE")
     g.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
-    g.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean", help="feature-space distance (default: euclidean)")
-    g.add_argument("--reference", type=Path, metavar="DIR", help="labeled folder the neighbours come from (e.g. the training set); default: the audited folder, leaving the query out")
-    g.add_argument("--queries-per-class", type=int, default=3, metavar="N", help="kNN queries per class (default: 3), plus misclassified images")
+    g.add_argument(
+        "--metric",
+        choices=("euclidean", "cosine"),
+        default="euclidean",
+        help="feature-space distance (default: euclidean)",
+    )
+    g.add_argument(
+        "--reference",
+        type=Path,
+        metavar="DIR",
+        help="labeled folder the neighbours come from (e.g. the training set); default: the audited folder, leaving the query out",
+    )
+    g.add_argument(
+        "--queries-per-class",
+        type=int,
+        default=3,
+        metavar="N",
+        help="kNN queries per class (default: 3), plus misclassified images",
+    )
     g.add_argument("--max-queries", type=int, default=60, metavar="N", help="cap on kNN queries shown (default: 60)")
-    g.add_argument("--tsne-max-points", type=int, default=10000, metavar="N", help="above this many images t-SNE embeds a stratified sample (default: 10000)")
+    g.add_argument(
+        "--tsne-max-points",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="above this many images t-SNE embeds a stratified sample (default: 10000)",
+    )
     g.add_argument("--no-tsne", action="store_true", help="skip the t-SNE section")
     g = p.add_argument_group("Grad-CAM and galleries")
-    g.add_argument("--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="CAM method (default: gradcam)")
-    g.add_argument("--cam-layer", metavar="NAME", help="tensor the CAM explains (default: the last tensor with spatial extent)")
-    g.add_argument("--gallery-size", type=int, default=6, metavar="N", help="images per gallery (default: 6; 0 turns galleries off)")
-    g.add_argument("--channels", type=int, default=8, metavar="N", help="channels in the channel view (default: 8; 0 turns it off)")
+    g.add_argument(
+        "--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="CAM method (default: gradcam)"
+    )
+    g.add_argument(
+        "--cam-layer", metavar="NAME", help="tensor the CAM explains (default: the last tensor with spatial extent)"
+    )
+    g.add_argument(
+        "--gallery-size",
+        type=int,
+        default=6,
+        metavar="N",
+        help="images per gallery (default: 6; 0 turns galleries off)",
+    )
+    g.add_argument(
+        "--channels", type=int, default=8, metavar="N", help="channels in the channel view (default: 8; 0 turns it off)"
+    )
     g = p.add_argument_group("gates and output")
-    g.add_argument("--fail-under", type=lambda s: parse_gates(s, "--fail-under", AUDIT_GATES), default={}, metavar="NAME=V,...",
-                   help=f"exit with status 3 after writing the report when a metric is below V ({', '.join(AUDIT_GATES)})")  # fmt: skip
+    g.add_argument(
+        "--fail-under",
+        type=lambda s: parse_gates(s, "--fail-under", AUDIT_GATES),
+        default={},
+        metavar="NAME=V,...",
+        help=f"exit with status 3 after writing the report when a metric is below V ({', '.join(AUDIT_GATES)})",
+    )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_audit)
     return p
@@ -196,13 +279,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _audit_parser(sub)
 
-    p = sub.add_parser("demo", help="build the report of the shipped sample", description="Audit the shipped sample model on the shipped sample images.")
-    p.add_argument("-o", "--output", type=Path, default=Path("reportgen-demo"), metavar="DIR", help="output folder (default: reportgen-demo)")
+    p = sub.add_parser(
+        "demo",
+        help="build the report of the shipped sample",
+        description="Audit the shipped sample model on the shipped sample images.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("reportgen-demo"),
+        metavar="DIR",
+        help="output folder (default: reportgen-demo)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("layers", help="list a model's tensors that can be audited", description="List the tensors of MODEL that --layers and --cam-layer accept, with their shapes.")
+    p = sub.add_parser(
+        "layers",
+        help="list a model's tensors that can be audited",
+        description="List the tensors of MODEL that --layers and --cam-layer accept, with their shapes.",
+    )
     p.add_argument("model", type=Path, metavar="MODEL")
     p.add_argument("--size", type=parse_size, metavar="N|HxW")
     p.add_argument("--arch", metavar="NAME")
@@ -220,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="a .npy or .png file")
     p.add_argument("--layer", metavar="NAME", help="tensor to explain (default: the last tensor with spatial extent)")
     p.add_argument("--target", metavar="CLASS", help="class name or output index (default: the predicted class)")
-    p.add_argument("--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="method (default: gradcam)")
+    p.add_argument(
+        "--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="method (default: gradcam)"
+    )
     p.add_argument("--labels", type=Path, metavar="FILE", help="class names in output order, one per line")
     _add_model_options(p)
     p.set_defaults(func=_cmd_cam)
@@ -233,12 +333,24 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         raise UserError(f"image not found: {args.image}")
     cfg = AuditConfig(
-        model=args.model, images=args.image.parent, size=args.size, mean=args.mean, std=args.std, resize=args.resize,
-        arch=args.arch, trust_pickle=args.trust_pickle, device=args.device, batch_size=args.batch_size, labels=args.labels,
-    )  # fmt: skip
+        model=args.model,
+        images=args.image.parent,
+        size=args.size,
+        mean=args.mean,
+        std=args.std,
+        resize=args.resize,
+        arch=args.arch,
+        trust_pickle=args.trust_pickle,
+        device=args.device,
+        batch_size=args.batch_size,
+        labels=args.labels,
+    )
     exp, _ = explain_image(cfg, args.image, layer=args.layer, target=args.target, method=args.cam)
     write_explanation(exp, args.image, args.output, cfg.resize)
-    print(f"reportgen: {exp.method} of class {exp.target_name} (output {exp.target}, score {exp.score:.4g}) at {exp.layer} -> {args.output}", file=sys.stderr)
+    print(
+        f"reportgen: {exp.method} of class {exp.target_name} (output {exp.target}, score {exp.score:.4g}) at {exp.layer} -> {args.output}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -271,9 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("reportgen: error: out of memory; try a smaller --batch-size", file=sys.stderr)
         return EXIT_INTERNAL
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a traceback
+    except Exception as exc:
         if debug:
             raise
         text = " ".join(str(exc).split())[:300]
-        print(f"reportgen: internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"reportgen: internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL

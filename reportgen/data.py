@@ -34,14 +34,39 @@ Image.init()
 # Raster formats found in image datasets.  Formats that need external programs (EPS) or
 # are containers of other data (HDF5, GRIB, MPEG) are left out on purpose.
 _WANTED_EXTENSIONS = {
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".bmp", ".dib", ".tif",
-    ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k",
-    ".jpx", ".avif", ".qoi", ".psd", ".pcx", ".sgi", ".rgb", ".dds", ".icns",
-}  # fmt: skip
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".apng",
+    ".gif",
+    ".bmp",
+    ".dib",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".tga",
+    ".ico",
+    ".jp2",
+    ".j2k",
+    ".jpx",
+    ".avif",
+    ".qoi",
+    ".psd",
+    ".pcx",
+    ".sgi",
+    ".rgb",
+    ".dds",
+    ".icns",
+}
 IMAGE_EXTENSIONS = frozenset(
-    ext for ext, fmt in Image.registered_extensions().items()
-    if ext in _WANTED_EXTENSIONS and fmt in Image.OPEN
-)  # fmt: skip
+    ext for ext, fmt in Image.registered_extensions().items() if ext in _WANTED_EXTENSIONS and fmt in Image.OPEN
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -309,8 +334,7 @@ def open_image(path: Path, channels: int = 3, draft: tuple[int, int] | None = No
         limit = Image.MAX_IMAGE_PIXELS
         if limit and pixels > limit:
             raise DecodeError(
-                f"image too large: {img.width}x{img.height} pixels exceeds Pillow's "
-                f"decompression-bomb limit of {limit}"
+                f"image too large: {img.width}x{img.height} pixels exceeds Pillow's decompression-bomb limit of {limit}"
             )
         if draft is not None and img.format == "JPEG":
             # Rotation may swap the sides, so ask for the larger side in both.
@@ -324,7 +348,7 @@ def open_image(path: Path, channels: int = 3, draft: tuple[int, int] | None = No
         raise
     except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError, EOFError) as exc:
         raise DecodeError(_reason(exc)) from None
-    except Exception as exc:  # Pillow plugins raise assorted errors on hostile input
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise assorted errors on hostile input
         raise DecodeError(_reason(exc)) from None
     if img.width < 1 or img.height < 1:
         raise DecodeError("image has no pixels")
@@ -424,9 +448,7 @@ def iter_batches(
             next_chunk += 1
             step = max(1, -(-len(chunk) // workers))
             parts = [chunk[j : j + step] for j in range(0, len(chunk), step)]
-            pending.append(
-                [pool.submit(_load_batch, dataset.root, dataset.records, part, pre) for part in parts]
-            )
+            pending.append([pool.submit(_load_batch, dataset.root, dataset.records, part, pre) for part in parts])
 
         while next_chunk < len(chunks) and len(pending) < prefetch:
             submit()

@@ -45,7 +45,9 @@ def resolve_target(text: str | None, names: list[str] | None, num_outputs: int) 
     return index
 
 
-def explain_image(cfg: AuditConfig, image: Path, *, layer: str | None, target: str | None, method: str) -> tuple[Explanation, ModelAdapter]:
+def explain_image(
+    cfg: AuditConfig, image: Path, *, layer: str | None, target: str | None, method: str
+) -> tuple[Explanation, ModelAdapter]:
     """Compute the map of ``method`` for one image file."""
     adapter = load_model(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
     pre = resolve_preprocess(cfg, adapter.info)
@@ -61,9 +63,15 @@ def explain_image(cfg: AuditConfig, image: Path, *, layer: str | None, target: s
         raise UserError(f"cannot use {image}: {exc}") from None
     split = adapter.split(layer)
     result = compute_cam(
-        method, split, pixels[None], None if index is None else np.array([index]), pre.size,
-        run_model=lambda x: adapter.extract(x, [])[0], batch_size=cfg.batch_size, channels_last=pre.channels_last,
-    )  # fmt: skip
+        method,
+        split,
+        pixels[None],
+        None if index is None else np.array([index]),
+        pre.size,
+        run_model=lambda x: adapter.extract(x, [])[0],
+        batch_size=cfg.batch_size,
+        channels_last=pre.channels_last,
+    )
     t = int(result.targets[0])
     name = names[t] if names and t < len(names) else str(t)
     return Explanation(result.maps[0], layer, method, t, name, float(result.scores[0])), adapter

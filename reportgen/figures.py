@@ -14,11 +14,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # never open a window, whatever the environment says
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from PIL import Image
 
 DPI = 100
 INK = "#1f2937"
@@ -65,7 +65,13 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="share of the true class")
     if k <= 60:
         labels = [_short(c) for c in classes]
-        ax.set_xticks(range(k), labels, rotation=90 if k > 6 else 45, ha="center" if k > 6 else "right", fontsize=8 if k > 20 else 9)
+        ax.set_xticks(
+            range(k),
+            labels,
+            rotation=90 if k > 6 else 45,
+            ha="center" if k > 6 else "right",
+            fontsize=8 if k > 20 else 9,
+        )
         ax.set_yticks(range(k), labels, fontsize=8 if k > 20 else 9)
     else:
         ax.set_xticks([])
@@ -74,8 +80,15 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
         for i in range(k):
             for j in range(k):
                 if confusion[i, j]:
-                    ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.55 else INK)  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        str(confusion[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if share[i, j] > 0.55 else INK,
+                    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     return to_png(fig)
@@ -136,14 +149,14 @@ TWEENS = 8
 def _palette(k: int) -> list[int]:
     """P-mode palette: 0 white, 1 black, 2 light grey, 3 dark grey, then class colours."""
     base = [(255, 255, 255), (0, 0, 0), (225, 228, 232), (75, 85, 99)]
-    colours = [tuple(int(round(c * 255)) for c in rgb) for rgb in class_colors(max(1, min(k, 252)))]
+    colours = [tuple(round(c * 255) for c in rgb) for rgb in class_colors(max(1, min(k, 252)))]
     flat: list[int] = []
     for rgb in base + colours:
         flat.extend(rgb)
     return flat + [0] * (768 - len(flat))
 
 
-def _font(size: int):  # noqa: ANN202 - PIL font type varies with FreeType availability
+def _font(size: int):
     from PIL import ImageFont
 
     try:
@@ -193,7 +206,11 @@ def tsne_frame(
 
 
 def _limit(frames: list[np.ndarray | None]) -> float:
-    values = np.concatenate([np.abs(f).ravel() for f in frames if f is not None]) if any(f is not None for f in frames) else np.ones(1)
+    values = (
+        np.concatenate([np.abs(f).ravel() for f in frames if f is not None])
+        if any(f is not None for f in frames)
+        else np.ones(1)
+    )
     return float(values.max()) * 1.04 or 1.0
 
 
@@ -223,14 +240,32 @@ def tsne_animation(
             for t in range(1, TWEENS + 1):
                 s = t / (TWEENS + 1)
                 s = s * s * (3 - 2 * s)  # smoothstep: ease in and out
-                frames.append(tsne_frame((1 - s) * emb + s * nxt, colours, wrong, k, f"{title}  →  {layers[i + 1]}", "", limit))
+                frames.append(
+                    tsne_frame((1 - s) * emb + s * nxt, colours, wrong, k, f"{title}  →  {layers[i + 1]}", "", limit)
+                )
                 durations.append(TWEEN_MS)
     buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=False, disposal=1)
+    frames[0].save(
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=frames[1:],
+        duration=durations,
+        loop=0,
+        optimize=False,
+        disposal=1,
+    )
     return buf.getvalue(), keys
 
 
-def tsne_grid(layers: list[str], embeddings: list[np.ndarray | None], subtitles: list[str], colours: np.ndarray, wrong: np.ndarray, k: int) -> bytes:
+def tsne_grid(
+    layers: list[str],
+    embeddings: list[np.ndarray | None],
+    subtitles: list[str],
+    colours: np.ndarray,
+    wrong: np.ndarray,
+    k: int,
+) -> bytes:
     """All layers side by side, same colours as the animation."""
     n = len(layers)
     cols = min(4, n)

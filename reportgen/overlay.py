@@ -33,8 +33,8 @@ def map_onto_image(cam: np.ndarray, width: int, height: int, resize: str) -> np.
     x0, y0 = left * width / new_w, top * height / new_h
     box_w, box_h = in_w * width / new_w, in_h * height / new_h
     out = np.full((height, width), np.nan, np.float32)
-    xa, ya = int(round(x0)), int(round(y0))
-    bw, bh = max(1, int(round(box_w))), max(1, int(round(box_h)))
+    xa, ya = round(x0), round(y0)
+    bw, bh = max(1, round(box_w)), max(1, round(box_h))
     patch = resize_bilinear(cam[None], (bh, bw))[0]
     out[ya : ya + bh, xa : xa + bw] = patch[: max(0, height - ya), : max(0, width - xa)]
     return out

@@ -123,7 +123,9 @@ def _check_output_location(cfg: AuditConfig) -> None:
     for path in (cfg.output, cfg.json_path, cfg.cache_path):
         target = path.resolve()
         if target == root or root in target.parents:
-            raise UserError(f"{path} is inside the image folder; reportgen writes nothing there, choose another -o / --features")
+            raise UserError(
+                f"{path} is inside the image folder; reportgen writes nothing there, choose another -o / --features"
+            )
 
 
 def drop_nonfinite(features: Features) -> tuple[Features, list[Skipped]]:
@@ -138,7 +140,8 @@ def drop_nonfinite(features: Features) -> tuple[Features, list[Skipped]]:
     if not bad.any():
         return features, []
     skipped = [
-        Skipped(features.files[i], f"the model produced NaN or infinite values (in {where[i]})") for i in np.flatnonzero(bad)
+        Skipped(features.files[i], f"the model produced NaN or infinite values (in {where[i]})")
+        for i in np.flatnonzero(bad)
     ]
     return features.subset(~bad), skipped
 
@@ -175,9 +178,13 @@ def _extract_or_load(
         meta = cached.meta["model"]
         p = meta["preprocess"]
         pre = Preprocess(
-            size=tuple(p["size"]), mean=tuple(p["mean"]), std=tuple(p["std"]), channels=p["channels"],
-            resize=p["resize"], channels_last=p["channels_last"],
-        )  # fmt: skip
+            size=tuple(p["size"]),
+            mean=tuple(p["mean"]),
+            std=tuple(p["std"]),
+            channels=p["channels"],
+            resize=p["resize"],
+            channels_last=p["channels_last"],
+        )
         return cached.features, meta, pre
     with clock("load model"):
         adapter = handle.open()
@@ -239,7 +246,9 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     if empty:
         warnings.append(f"{len(empty)} class folder(s) have no usable image: {', '.join(empty[:10])}")
     if not dataset.labeled:
-        warnings.append("the image folder has no class sub-folders: images are unlabeled, so predicted classes are shown instead of accuracy")
+        warnings.append(
+            "the image folder has no class sub-folders: images are unlabeled, so predicted classes are shown instead of accuracy"
+        )
 
     layers = [LayerSummary(layer.name, tuple(layer.shape), layer.dim, layer.op) for layer in features.layers]
     result = AuditResult(
@@ -277,7 +286,8 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         warnings=warnings,
         timings=None,
         throughput=None,
-        features_from_cache=features.from_cache,
+        # Whether this run extracted or reused features is run metadata, like timings.
+        features_from_cache=features.from_cache if epoch is None else None,
     )
     layer_by_layer(result, features, probs, truth, pred, class_map, cfg, handle, pre, meta, clock)
     galleries_and_channels(result, features, probs, truth, pred, class_map, cfg, handle, pre, dataset, clock)
@@ -363,10 +373,14 @@ def layer_by_layer(
         knn = {}
         for name in names:
             knn[name] = layer_knn(
-                features.arrays[name], labels, cfg.k, metric=cfg.metric,
+                features.arrays[name],
+                labels,
+                cfg.k,
+                metric=cfg.metric,
                 reference=None if reference_arrays is None else reference_arrays[name],
-                reference_labels=ref_labels, layer=name,
-            )  # fmt: skip
+                reference_labels=ref_labels,
+                layer=name,
+            )
     for summary in result.layers:
         summary.knn_accuracy = knn[summary.name].accuracy
         summary.knn_agreement = knn[summary.name].agreement
@@ -374,11 +388,15 @@ def layer_by_layer(
     predicted = [class_map.classes[p] for p in pred]
     wrong = (truth >= 0) & (pred != truth)
     groups = labels if result.dataset.labeled else pred
-    rows = choose_queries(labels, groups, wrong, probs[np.arange(len(pred)), pred], cfg.queries_per_class, cfg.max_queries, cfg.seed)
+    rows = choose_queries(
+        labels, groups, wrong, probs[np.arange(len(pred)), pred], cfg.queries_per_class, cfg.max_queries, cfg.seed
+    )
     inner = [n for n in names if n not in (INPUT_LAYER, LOGITS_LAYER)]
     key_layers = [n for n in (names[0], inner[len(inner) // 2] if inner else None, _deep_layers(names)[1]) if n]
     key_layers = list(dict.fromkeys(key_layers))
-    source = "leave-one-out within the audited folder" if cfg.reference is None else f"the reference folder {cfg.reference}"
+    source = (
+        "leave-one-out within the audited folder" if cfg.reference is None else f"the reference folder {cfg.reference}"
+    )
     result.sections["knn"] = build_knn_section(
         knn, names, key_layers, rows, audited, ref_set, vocab, predicted, wrong, groups, cfg.k, cfg.metric, source
     )
@@ -396,7 +414,9 @@ def layer_by_layer(
                 found.append(pairs)
             else:
                 # Within the audited folder, and across into the reference (leakage).
-                own = knn_search(features.arrays[name], features.arrays[name], 1, metric=cfg.metric, query_rows=np.arange(features.n))
+                own = knn_search(
+                    features.arrays[name], features.arrays[name], 1, metric=cfg.metric, query_rows=np.arange(features.n)
+                )
                 scale = float(np.median(own.distances[:, 0])) if own.indices.shape[1] else 0.0
                 found.append(near_duplicates(own, dup_ratio, scale=scale, layer=name)[0])
                 found.append(near_duplicates(knn[name].neighbours, dup_ratio, cross=True, scale=scale, layer=name)[0])
@@ -492,10 +512,14 @@ def galleries_and_channels(
     def tile(row: int, cls: int, keys: dict[tuple[int, int], str]) -> GalleryTile:
         t = int(truth[row])
         return GalleryTile(
-            features.files[row], thumb_key(features.files[row]), keys.get((row, cls)), float(probs[row, cls]),
-            classes[pred[row]], classes[t] if t >= 0 else (folder[features.labels[row]] if features.labels[row] >= 0 else None),
+            features.files[row],
+            thumb_key(features.files[row]),
+            keys.get((row, cls)),
+            float(probs[row, cls]),
+            classes[pred[row]],
+            classes[t] if t >= 0 else (folder[features.labels[row]] if features.labels[row] >= 0 else None),
             None if t < 0 else bool(pred[row] == t),
-        )  # fmt: skip
+        )
 
     if cfg.gallery_size > 0:
         galleries = class_galleries(probs, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
@@ -510,8 +534,16 @@ def galleries_and_channels(
                 for start in range(0, len(todo), cfg.batch_size):
                     chunk = todo[start : start + cfg.batch_size]
                     batch = np.stack([pixels[features.files[r]] for r, _ in chunk])
-                    cams = compute_cam(cfg.cam, split, batch, np.array([c for _, c in chunk]), pre.size,
-                                       run_model=run_model, batch_size=cfg.batch_size, channels_last=pre.channels_last)  # fmt: skip
+                    cams = compute_cam(
+                        cfg.cam,
+                        split,
+                        batch,
+                        np.array([c for _, c in chunk]),
+                        pre.size,
+                        run_model=run_model,
+                        batch_size=cfg.batch_size,
+                        channels_last=pre.channels_last,
+                    )
                     for (r, c), cam in zip(chunk, cams.maps, strict=True):
                         key = overlay_key("cam", c, features.files[r])
                         keys[(r, c)] = key
@@ -520,8 +552,13 @@ def galleries_and_channels(
             cfg.cam if split is not None else None,
             layer if split is not None else None,
             [
-                ClassGallery(g.cls, classes[g.cls], [tile(r, g.cls, keys) for r in g.max],
-                             [tile(r, g.cls, keys) for r in g.min], [tile(r, g.cls, keys) for r in g.wrong])  # fmt: skip
+                ClassGallery(
+                    g.cls,
+                    classes[g.cls],
+                    [tile(r, g.cls, keys) for r in g.max],
+                    [tile(r, g.cls, keys) for r in g.min],
+                    [tile(r, g.cls, keys) for r in g.wrong],
+                )
                 for g in galleries
             ],
             cfg.gallery_size,
@@ -532,7 +569,9 @@ def galleries_and_channels(
 
     if cfg.channels > 0 and split is not None:
         if layer not in features.arrays:
-            result.sections["channels"] = ChannelsSection(layer, [], f"the layer {layer} is not among the audited layers; add it to --layers to see its channels")
+            result.sections["channels"] = ChannelsSection(
+                layer, [], f"the layer {layer} is not among the audited layers; add it to --layers to see its channels"
+            )
             return
         with clock("channels"):
             picks = top_channels(features.arrays[layer], cfg.channels, cfg.channel_images)

@@ -18,9 +18,9 @@ import jinja2
 import numpy as np
 
 from reportgen import figures as plots
+from reportgen.overlay import overlay_thumbnail
 from reportgen.report import AuditResult, Figures, to_json
 from reportgen.resources import templates_dir
-from reportgen.overlay import overlay_thumbnail
 from reportgen.thumbs import thumbnails
 from reportgen.util import atomic_write_bytes
 
@@ -115,7 +115,9 @@ def build_figures(result: AuditResult, root: Path, reference_root: Path | None =
     figs = Figures()
     if result.metrics is not None:
         figs.images["confusion"] = plots.confusion_figure(result.metrics.confusion, result.classes)
-    figs.images["balance"] = plots.balance_figure(result.classes, result.balance.true_counts, result.balance.predicted_counts)
+    figs.images["balance"] = plots.balance_figure(
+        result.classes, result.balance.true_counts, result.balance.predicted_counts
+    )
     sections = result.sections
     if any(layer.knn_accuracy is not None or layer.tsne_trustworthiness is not None for layer in result.layers):
         series = {
@@ -134,7 +136,9 @@ def build_figures(result: AuditResult, root: Path, reference_root: Path | None =
         for name in r.layers:
             t = r.trustworthiness.get(name)
             dims = "x".join(str(v) for v in shape[name].shape) if name in shape else ""
-            subtitles.append(f"{dims}" + (f" · trustworthiness {t:.3f}" if t is not None else f" · {r.notes.get(name, '')}"))
+            subtitles.append(
+                f"{dims}" + (f" · trustworthiness {t:.3f}" if t is not None else f" · {r.notes.get(name, '')}")
+            )
         k = len(tsne.class_names)
         gif, keys = plots.tsne_animation(r.layers, embeddings, subtitles, tsne.labels, tsne.misclassified, k)
         figs.images["tsne_gif"] = gif
@@ -156,7 +160,7 @@ def class_swatches(names: list[str]) -> list[dict[str, str]]:
     """Legend entries: the hex colour each class has in the t-SNE pictures."""
     colours = plots.class_colors(max(1, min(len(names), 252)))
     return [
-        {"name": name, "colour": "#%02x%02x%02x" % tuple(int(round(c * 255)) for c in colours[i % len(colours)])}
+        {"name": name, "colour": "#" + "".join(f"{round(c * 255):02x}" for c in colours[i % len(colours)])}
         for i, name in enumerate(names)
     ]
 
@@ -177,8 +181,15 @@ def _top_confusions(result: AuditResult, limit: int = 15) -> list[dict[str, Any]
         if cm[i, j] == 0:
             break
         support = int(result.metrics.confusion[i].sum())
-        out.append({"true": result.classes[i], "pred": result.classes[j], "count": int(cm[i, j]),
-                    "share": cm[i, j] / support if support else 0.0, "errors": int(rows[i])})  # fmt: skip
+        out.append(
+            {
+                "true": result.classes[i],
+                "pred": result.classes[j],
+                "count": int(cm[i, j]),
+                "share": cm[i, j] / support if support else 0.0,
+                "errors": int(rows[i]),
+            }
+        )
     return out
 
 

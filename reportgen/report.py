@@ -86,7 +86,7 @@ class AuditResult:
     warnings: list[str]
     timings: dict[str, float] | None
     throughput: dict[str, float] | None
-    features_from_cache: bool = False
+    features_from_cache: bool | None = False  # None when SOURCE_DATE_EPOCH asks for reproducible output
     sections: dict[str, Any] = field(default_factory=dict)  # kNN, t-SNE, suspects, galleries, ... by name
 
     @property
@@ -115,7 +115,14 @@ def _metrics_json(result: AuditResult) -> dict[str, Any]:
         "n_evaluated": m.n,
         "confusion_matrix": m.confusion.tolist(),
         "per_class": [
-            {"class": c.name, "precision": c.precision, "recall": c.recall, "f1": c.f1, "support": c.support, "predicted": c.predicted}
+            {
+                "class": c.name,
+                "precision": c.precision,
+                "recall": c.recall,
+                "f1": c.f1,
+                "support": c.support,
+                "predicted": c.predicted,
+            }
             for c in m.per_class
         ],
     }

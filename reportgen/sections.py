@@ -85,7 +85,9 @@ class KnnSection:
             layer: [
                 {
                     "query": q.file,
-                    "neighbours": [{"file": n.file, "distance": n.distance, "label": n.label} for n in q.neighbours[layer]],
+                    "neighbours": [
+                        {"file": n.file, "distance": n.distance, "label": n.label} for n in q.neighbours[layer]
+                    ],
                 }
                 for q in self.queries
             ]
@@ -145,14 +147,27 @@ class SuspectsSection:
 
     def mislabels_json(self) -> list[dict[str, Any]]:
         return [
-            {"file": m.file, "label": m.label, "suggested": m.suggested, "score": m.score,
-             "neighbour_disagreement": m.disagreement, "p_label": m.p_label}  # fmt: skip
+            {
+                "file": m.file,
+                "label": m.label,
+                "suggested": m.suggested,
+                "score": m.score,
+                "neighbour_disagreement": m.disagreement,
+                "p_label": m.p_label,
+            }
             for m in self.mislabels
         ]
 
     def duplicates_json(self) -> list[dict[str, Any]]:
         return [
-            {"a": d.a, "b": d.b, "distance": d.distance, "ratio": d.ratio, "layer": d.layer, "b_in_reference": d.b_in_reference}
+            {
+                "a": d.a,
+                "b": d.b,
+                "distance": d.distance,
+                "ratio": d.ratio,
+                "layer": d.layer,
+                "b_in_reference": d.b_in_reference,
+            }
             for d in self.duplicates
         ]
 
@@ -169,15 +184,18 @@ class TsneSection:
 
     def json_items(self) -> dict[str, Any]:
         r = self.result
-        return {"tsne": {
-            "n_points": int(len(r.rows)),
-            "n_total": r.n_total,
-            "sampled": r.sampled,
-            "perplexity": 30.0,
-            "layers": {
-                layer: {"trustworthiness": r.trustworthiness.get(layer), "note": r.notes.get(layer)} for layer in r.layers
-            },
-        }}
+        return {
+            "tsne": {
+                "n_points": len(r.rows),
+                "n_total": r.n_total,
+                "sampled": r.sampled,
+                "perplexity": 30.0,
+                "layers": {
+                    layer: {"trustworthiness": r.trustworthiness.get(layer), "note": r.notes.get(layer)}
+                    for layer in r.layers
+                },
+            }
+        }
 
 
 def _label_name(vocab: list[str], value: int) -> str | None:
@@ -246,11 +264,22 @@ def build_knn_section(
     for row in rows:
         own = int(audited.labels[row])
         neighbours = {
-            layer: neighbour_strip(knn[layer].neighbours.indices[row], knn[layer].neighbours.distances[row], ref, own, vocab)
+            layer: neighbour_strip(
+                knn[layer].neighbours.indices[row], knn[layer].neighbours.distances[row], ref, own, vocab
+            )
             for layer in layers
         }
         queries.append(
-            KnnQuery(row, audited.files[row], audited.key(row), _label_name(vocab, own), predicted[row], bool(wrong[row]), f"c{groups[row]}", neighbours)
+            KnnQuery(
+                row,
+                audited.files[row],
+                audited.key(row),
+                _label_name(vocab, own),
+                predicted[row],
+                bool(wrong[row]),
+                f"c{groups[row]}",
+                neighbours,
+            )
         )
     return KnnSection(k, metric, source, layers, key_layers, queries, vocab)
 
@@ -276,18 +305,33 @@ def build_suspects_section(
             strip = neighbour_strip(deepest.indices[m.row], deepest.distances[m.row], ref, m.label, vocab)
         entries.append(
             MislabelEntry(
-                audited.files[m.row], audited.key(m.row), vocab[m.label], vocab[m.suggested], m.score, m.disagreement,
-                m.p_label, predicted[m.row], strip,
-            )  # fmt: skip
+                audited.files[m.row],
+                audited.key(m.row),
+                vocab[m.label],
+                vocab[m.suggested],
+                m.score,
+                m.disagreement,
+                m.p_label,
+                predicted[m.row],
+                strip,
+            )
         )
     dups = []
     for d in duplicates[:limit]:
         other = ref if d.cross else audited
         dups.append(
             DuplicateEntry(
-                audited.files[d.a], other.files[d.b], audited.key(d.a), other.key(d.b), d.distance, d.ratio, d.layer, d.cross,
-                _label_name(vocab, int(audited.labels[d.a])), _label_name(vocab, int(other.labels[d.b])),
-            )  # fmt: skip
+                audited.files[d.a],
+                other.files[d.b],
+                audited.key(d.a),
+                other.key(d.b),
+                d.distance,
+                d.ratio,
+                d.layer,
+                d.cross,
+                _label_name(vocab, int(audited.labels[d.a])),
+                _label_name(vocab, int(other.labels[d.b])),
+            )
         )
     return SuspectsSection(entries, dups, deep_layers, dup_layers, dup_ratio)
 
@@ -343,7 +387,9 @@ class GalleriesSection:
             return [{"file": t.file, "score": t.score, "pred": t.predicted} for t in items]
 
         return {
-            "galleries": {g.name: {"max": tiles(g.max), "min": tiles(g.min), "wrong": tiles(g.wrong)} for g in self.classes},
+            "galleries": {
+                g.name: {"max": tiles(g.max), "min": tiles(g.min), "wrong": tiles(g.wrong)} for g in self.classes
+            },
             "cam": {"method": self.method, "layer": self.layer, "note": self.note or None},
         }
 
@@ -382,8 +428,11 @@ class ChannelsSection:
                 "layer": self.layer,
                 "note": self.note or None,
                 "items": [
-                    {"channel": c.channel, "variance": c.variance,
-                     "top": [{"file": t.file, "activation": t.activation} for t in c.tiles]}  # fmt: skip
+                    {
+                        "channel": c.channel,
+                        "variance": c.variance,
+                        "top": [{"file": t.file, "activation": t.activation} for t in c.tiles],
+                    }
                     for c in self.channels
                 ],
             }

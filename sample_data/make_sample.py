@@ -56,7 +56,10 @@ N_DUPLICATE_PAIRS = 4
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     if kind == "square":
-        pts = [(math.cos(angle + k * math.pi / 2 + math.pi / 4), math.sin(angle + k * math.pi / 2 + math.pi / 4)) for k in range(4)]
+        pts = [
+            (math.cos(angle + k * math.pi / 2 + math.pi / 4), math.sin(angle + k * math.pi / 2 + math.pi / 4))
+            for k in range(4)
+        ]
     elif kind == "triangle":
         pts = [(math.cos(angle + k * 2 * math.pi / 3), math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
     elif kind == "star":
@@ -67,7 +70,20 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
             pts.append((rr * math.cos(a), rr * math.sin(a)))
     elif kind == "cross":
         w = 0.33
-        base = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+        base = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
         ca, sa = math.cos(angle), math.sin(angle)
         pts = [(x * ca - y * sa, x * sa + y * ca) for x, y in base]
     else:  # pragma: no cover
@@ -128,7 +144,7 @@ def training_set(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), np.array(ys)
 
 
-def build_model(num_classes: int = len(CLASSES)):  # noqa: ANN201 - torch imported lazily
+def build_model(num_classes: int = len(CLASSES)):
     import torch.nn as nn
     import torch.nn.functional as F
 
@@ -147,7 +163,7 @@ def build_model(num_classes: int = len(CLASSES)):  # noqa: ANN201 - torch import
             self.conv4 = nn.Conv2d(96, 96, 3, padding=1)
             self.fc = nn.Linear(96, num_classes)
 
-        def forward(self, x):  # noqa: ANN001, ANN202
+        def forward(self, x):
             x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
             x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
             x = F.relu(self.bn3(self.conv3(x)))
@@ -157,7 +173,7 @@ def build_model(num_classes: int = len(CLASSES)):  # noqa: ANN201 - torch import
     return SampleCNN()
 
 
-def train(xs: np.ndarray, ys: np.ndarray, epochs: int = 30, seed: int = 0):  # noqa: ANN201
+def train(xs: np.ndarray, ys: np.ndarray, epochs: int = 30, seed: int = 0):
     import torch
 
     torch.manual_seed(seed)
@@ -259,7 +275,7 @@ def write_audit_set(seed: int = 7) -> dict:
     return manifest
 
 
-def export(model, metadata: dict) -> None:  # noqa: ANN001
+def export(model, metadata: dict) -> None:
     import torch
 
     example = torch.zeros(2, 3, SIZE, SIZE)

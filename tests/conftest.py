@@ -22,7 +22,14 @@ ARTIFACTS = ROOT / "test-artifacts"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def make_image(path: Path, size: tuple[int, int] = (40, 30), color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB", fmt: str | None = None, **save: Any) -> Path:
+def make_image(
+    path: Path,
+    size: tuple[int, int] = (40, 30),
+    color: tuple[int, ...] = (200, 30, 30),
+    mode: str = "RGB",
+    fmt: str | None = None,
+    **save: Any,
+) -> Path:
     """Write a solid image (``size`` is width, height) and return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.new(mode, size, color)
@@ -45,7 +52,9 @@ class CliResult:
     err: str
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600) -> CliResult:
+def run_cli(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600
+) -> CliResult:
     """Run ``python -m reportgen`` in a subprocess, as a user would."""
     import os
 

@@ -101,7 +101,9 @@ def test_every_format_equals_eager_grad_cam(sample_batch: np.ndarray, fmt: str) 
     assert ours.maps.min() >= 0 and ours.maps.max() <= 1 and not np.isnan(ours.maps).any()
     eager = _sample_eager()
     with GradCAM(model=eager, target_layers=[eager.relu4]) as cam:
-        ref = cam(input_tensor=torch.from_numpy(sample_batch), targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        ref = cam(
+            input_tensor=torch.from_numpy(sample_batch), targets=[ClassifierOutputTarget(int(t)) for t in targets]
+        )
     assert np.all(_corr(ours.maps, ref) >= 0.98)
 
 
@@ -124,11 +126,18 @@ def test_zero_gradient_gives_zeros_not_nan(tmp_path: Path) -> None:
     adapter.prepare((32, 32))
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     for method in ("gradcam", "ablationcam", "scorecam"):
-        maps = compute_cam(method, adapter.split("relu2/out"), x, np.zeros(3, int), (32, 32), run_model=lambda z: adapter.extract(z, [])[0]).maps
+        maps = compute_cam(
+            method,
+            adapter.split("relu2/out"),
+            x,
+            np.zeros(3, int),
+            (32, 32),
+            run_model=lambda z: adapter.extract(z, [])[0],
+        ).maps
         assert not np.isnan(maps).any() and np.all(maps == 0), method
 
 
-def test_spurious_cue_draws_the_grad_cam_mass(manifest) -> None:  # noqa: ANN001
+def test_spurious_cue_draws_the_grad_cam_mass(manifest) -> None:
     """Triangles carry a magenta mark in a 16x16 corner (1/16 of the image): on average
     more than half of each Grad-CAM map's mass must fall there, for every format."""
     cue = manifest["spurious_cue"]
@@ -141,13 +150,15 @@ def test_spurious_cue_draws_the_grad_cam_mass(manifest) -> None:  # noqa: ANN001
     for fmt in ("model.onnx", "model.ts"):
         adapter = load_model(SAMPLE / fmt, device="cpu")
         adapter.prepare((64, 64))
-        maps = compute_cam("gradcam", adapter.split(last_spatial_layer(adapter.layers())), x, np.full(len(x), target), (64, 64)).maps
+        maps = compute_cam(
+            "gradcam", adapter.split(last_spatial_layer(adapter.layers())), x, np.full(len(x), target), (64, 64)
+        ).maps
         mass = mass_in_box(maps, tuple(cue["region"]))
         assert mass.mean() > 0.5 and np.median(mass) > 0.5, (fmt, mass.mean())
         assert mass.mean() > 5 * (16 * 16) / (64 * 64)  # five times what a uniform map would give
 
 
-def test_galleries_in_the_report(sample_audits, manifest) -> None:  # noqa: ANN001
+def test_galleries_in_the_report(sample_audits, manifest) -> None:
     for fmt in ("onnx", "torchscript"):
         data = load_json(sample_audits[fmt])
         assert data["cam"]["method"] == "gradcam" and data["cam"]["layer"]

@@ -47,7 +47,17 @@ def test_json_metrics_equal_scikit_learn_on_its_own_predictions(sample_audits: d
     pred = [classes.index(p["pred"]) for p in data["predictions"]]
     assert data["confusion_matrix"] == confusion_matrix(truth, pred, labels=range(len(classes))).tolist()
     assert data["accuracy"] == pytest.approx(float(np.mean(np.array(truth) == np.array(pred))), abs=1e-6)
-    for key in ("tool_version", "model", "dataset", "classes", "per_class", "skipped", "layers", "timings", "throughput"):
+    for key in (
+        "tool_version",
+        "model",
+        "dataset",
+        "classes",
+        "per_class",
+        "skipped",
+        "layers",
+        "timings",
+        "throughput",
+    ):
         assert key in data
     assert data["tool_version"] == __version__
     assert data["model"]["input_size"] == [64, 64] and len(data["model"]["sha256"]) == 64
@@ -158,7 +168,9 @@ def test_second_run_reuses_the_cache_and_skips_the_model(tmp_path: Path, copy_sa
     npz = np.load(cache, allow_pickle=False)
     assert {"meta", "files", "sha256", "labels", "outputs"} <= set(npz.files)
     # The second run finds the cache: no model load and no extraction phase are timed.
-    second = run_cli("audit", model, copy_sample, "-o", out, "-q", "--no-tsne", "--gallery-size", "0", "--channels", "0")
+    second = run_cli(
+        "audit", model, copy_sample, "-o", out, "-q", "--no-tsne", "--gallery-size", "0", "--channels", "0"
+    )
     assert second.code == 0, second.err
     again = load_json(out)
     assert again["features_from_cache"] is True
@@ -190,7 +202,10 @@ def test_version_and_help() -> None:
         (["audit", SAMPLE / "model.onnx", SAMPLE / "images", "--size", "32"], "only accepts 64x64"),
         (["audit", SAMPLE / "model.onnx", SAMPLE / "images", "--layers", "nope"], "no layer named"),
         (["audit", SAMPLE / "model.onnx", SAMPLE / "images", "--mean", "1,2"], "1 or 3 numbers"),
-        (["audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", SAMPLE / "images" / "r.html"], "inside the image folder"),
+        (
+            ["audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", SAMPLE / "images" / "r.html"],
+            "inside the image folder",
+        ),
         (["audit", SAMPLE / "manifest.json", SAMPLE / "images"], "cannot tell what kind of model"),
         (["audit"], "required"),
         (["frobnicate"], "invalid choice"),

@@ -13,7 +13,7 @@ from reportgen.analyses.knn import knn_search, layer_knn, majority_vote
 
 
 @pytest.fixture(scope="module")
-def sample_features(sample_audits) -> dict[str, np.ndarray]:  # noqa: ANN001
+def sample_features(sample_audits) -> dict[str, np.ndarray]:
     npz = np.load(sample_audits["onnx"].with_name("report.features.npz"))
     meta = json.loads(str(npz["meta"]))
     out = {}
@@ -24,7 +24,9 @@ def sample_features(sample_audits) -> dict[str, np.ndarray]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_neighbours_equal_scikit_learn_brute_force_on_every_layer(sample_features: dict[str, np.ndarray], metric: str) -> None:
+def test_neighbours_equal_scikit_learn_brute_force_on_every_layer(
+    sample_features: dict[str, np.ndarray], metric: str
+) -> None:
     for name, x in sample_features.items():
         if name.startswith("__"):
             continue
@@ -83,7 +85,7 @@ def test_unlabeled_rows_give_no_accuracy() -> None:
     assert knn.accuracy is None and knn.agreement is None
 
 
-def test_per_layer_summary_in_json(sample_audits) -> None:  # noqa: ANN001
+def test_per_layer_summary_in_json(sample_audits) -> None:
     for fmt in ("onnx", "torchscript"):
         data = load_json(sample_audits[fmt])
         accs = [layer["knn_accuracy"] for layer in data["layers"]]

@@ -56,7 +56,7 @@ def test_class_balance() -> None:
     assert b.true_counts == [3, 1, 0] and b.predicted_counts == [1, 3, 1] and b.imbalance_ratio == 3.0
 
 
-def test_class_resolution(tmp_path) -> None:  # noqa: ANN001
+def test_class_resolution(tmp_path) -> None:
     folders = ["cat", "dog"]
     by_folder = resolve_classes(folders, 2)
     assert by_folder.source == "folder names" and by_folder.classes == folders

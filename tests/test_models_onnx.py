@@ -34,7 +34,13 @@ def test_layers_defaults_and_pooled_features(tmp_path: Path) -> None:
     assert names == ["conv1/out", "relu1/out", "pool1/out", "conv2/out", "relu2/out", "gap/out", "flat/out"]
     shapes = {layer.name: layer.shape for layer in adapter.layers()}
     assert shapes["relu1/out"] == (8, 24, 20) and shapes["relu2/out"] == (16, 12, 10)
-    assert default_layers(adapter.layers(), adapter.num_outputs) == ["input", "relu1/out", "relu2/out", "flat/out", "logits"]
+    assert default_layers(adapter.layers(), adapter.num_outputs) == [
+        "input",
+        "relu1/out",
+        "relu2/out",
+        "flat/out",
+        "logits",
+    ]
     assert last_spatial_layer(adapter.layers()) == "relu2/out"
     x = np.random.default_rng(1).standard_normal((5, 3, 24, 20)).astype(np.float32)
     scores, feats = adapter.extract(x, ["relu1/out", "relu2/out", "flat/out"])
@@ -67,7 +73,10 @@ def test_nchw_output_and_slashes_in_input_name(tmp_path: Path) -> None:
 
 
 def test_metadata_is_read_and_untrusted(tmp_path: Path) -> None:
-    meta = {"reportgen": '{"classes": ["a", "b", "c", "d"], "input_size": [32, 32], "mean": "oops"}', "author": "<b>x</b>"}
+    meta = {
+        "reportgen": '{"classes": ["a", "b", "c", "d"], "input_size": [32, 32], "mean": "oops"}',
+        "author": "<b>x</b>",
+    }
     adapter = load_model(tiny_cnn(tmp_path / "m.onnx", metadata=meta), device="cpu")
     assert adapter.info.embedded.classes == ["a", "b", "c", "d"]
     assert adapter.info.embedded.mean is None  # wrong type dropped

@@ -29,7 +29,9 @@ def _eager_pooled(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, di
     """Stage outputs of a torchvision ResNet from forward hooks: an independent reference."""
     taps: dict[str, np.ndarray] = {}
     hooks = [
-        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: taps.__setitem__(name, o.mean((2, 3)).numpy()))
+        getattr(model, name).register_forward_hook(
+            lambda m, i, o, name=name: taps.__setitem__(name, o.mean((2, 3)).numpy())
+        )
         for name in ("relu", "layer1", "layer2", "layer3", "layer4")
     ]
     with torch.no_grad():
@@ -39,7 +41,7 @@ def _eager_pooled(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, di
     return out, taps
 
 
-def _check_against_eager(adapter, model: torch.nn.Module) -> None:  # noqa: ANN001
+def _check_against_eager(adapter, model: torch.nn.Module) -> None:
     adapter.prepare((64, 64))
     layers = adapter.layers()
     chosen = default_layers(layers, adapter.num_outputs)
@@ -81,7 +83,9 @@ def test_torchscript_traced(resnet: tuple[torch.nn.Module, Path]) -> None:
 def test_torch_export_program(resnet: tuple[torch.nn.Module, Path]) -> None:
     model, base = resnet
     path = base / "prog.pt2"
-    program = torch.export.export(model, (torch.from_numpy(_x(2)),), dynamic_shapes=({0: torch.export.Dim("b", min=1, max=64)},))
+    program = torch.export.export(
+        model, (torch.from_numpy(_x(2)),), dynamic_shapes=({0: torch.export.Dim("b", min=1, max=64)},)
+    )
     torch.export.save(program, str(path))
     adapter = load_model(path, device="cpu")
     assert adapter.info.format == "torch.export" and adapter.info.input_size_hint == (64, 64)

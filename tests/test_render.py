@@ -18,7 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_filters() -> None:
     assert fmt_pct(0.87345) == "87.3%" and fmt_pct(None) == "–"
-    assert fmt_num(3) == "3" and fmt_num(12345) == "12,345" and fmt_num(0.12345) == "0.123" and fmt_num(float("nan")) == "–"
+    assert (
+        fmt_num(3) == "3"
+        and fmt_num(12345) == "12,345"
+        and fmt_num(0.12345) == "0.123"
+        and fmt_num(float("nan")) == "–"
+    )
     assert fmt_seconds(0.25) == "250 ms" and fmt_seconds(12.34) == "12.3 s" and fmt_seconds(600) == "10.0 min"
     assert fmt_bytes(512) == "512 B" and fmt_bytes(2048) == "2.0 KB"
 
@@ -39,7 +44,18 @@ def test_installed_wheel_ships_and_finds_templates(tmp_path: Path) -> None:
     """Build the wheel, install it alone into a folder, and render from there."""
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
         check=True,
     )
     (wheel,) = wheel_dir.glob("reportgen-*.whl")
@@ -48,14 +64,21 @@ def test_installed_wheel_ships_and_finds_templates(tmp_path: Path) -> None:
         assert f"reportgen/templates/{asset}" in names
     assert "reportgen/sample_data/model.onnx" in names
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True
+    )
     probe = (
         "import reportgen.resources as r, reportgen.render as g;"
         "d = r.templates_dir(); print(d);"
         "print(g.environment().get_template('report.html.j2').filename)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, cwd=tmp_path, check=True
+        [sys.executable, "-c", probe],
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
     ).stdout.splitlines()
     assert out[0] == str(target / "reportgen" / "templates")
     assert out[1].startswith(str(target))

@@ -14,7 +14,7 @@ from reportgen.analyses.suspects import merge_pairs, mislabel_scores, near_dupli
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_planted_mislabels_are_recovered(sample_audits, manifest, fmt: str) -> None:  # noqa: ANN001
+def test_planted_mislabels_are_recovered(sample_audits, manifest, fmt: str) -> None:
     data = load_json(sample_audits[fmt])
     planted = {m["file"]: m["true"] for m in manifest["mislabeled"]}
     ranked = data["suspected_mislabels"]
@@ -31,7 +31,7 @@ def test_planted_mislabels_are_recovered(sample_audits, manifest, fmt: str) -> N
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_planted_near_duplicates_are_found(sample_audits, manifest, fmt: str) -> None:  # noqa: ANN001
+def test_planted_near_duplicates_are_found(sample_audits, manifest, fmt: str) -> None:
     data = load_json(sample_audits[fmt])
     pairs = {tuple(sorted((d["a"], d["b"]))) for d in data["near_duplicates"]}
     planted = {tuple(sorted(p)) for p in manifest["near_duplicates"]}
@@ -76,7 +76,9 @@ def test_reference_folder_finds_leakage(tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("circle\ncross\nring\nsquare\nstar\ntriangle\n")
     out = tmp_path / "out" / "r.html"
-    result = run_cli("audit", SAMPLE / "model.onnx", audited, "--reference", reference, "--labels", labels, "-o", out, "-q")
+    result = run_cli(
+        "audit", SAMPLE / "model.onnx", audited, "--reference", reference, "--labels", labels, "-o", out, "-q"
+    )
     assert result.code == 0, result.err
     data = load_json(out)
     assert data["reference"]["n_images"] == 60

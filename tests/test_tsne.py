@@ -71,7 +71,7 @@ def _gif_from(html: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(match.group(1))))
 
 
-def test_gif_has_one_key_frame_per_layer_in_order(sample_audits) -> None:  # noqa: ANN001
+def test_gif_has_one_key_frame_per_layer_in_order(sample_audits) -> None:
     html = sample_audits["onnx"].read_text()
     data = load_json(sample_audits["onnx"])
     layers = [layer["name"] for layer in data["layers"]]
@@ -94,7 +94,7 @@ def test_gif_has_one_key_frame_per_layer_in_order(sample_audits) -> None:  # noq
         assert np.array_equal(frames[key][:24], expected), name
 
 
-def test_penultimate_trustworthiness_on_the_sample(sample_audits) -> None:  # noqa: ANN001
+def test_penultimate_trustworthiness_on_the_sample(sample_audits) -> None:
     for fmt in ("onnx", "torchscript"):
         data = load_json(sample_audits[fmt])
         penultimate = data["layers"][-2]

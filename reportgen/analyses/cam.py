@@ -46,7 +46,7 @@ class CamResult:
 def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(N, h, w) -> (N, H, W), bilinear with half-pixel centres and edge clamping (the
     convention of OpenCV's INTER_LINEAR and of ``torch`` with ``align_corners=False``)."""
-    n, h, w = maps.shape
+    _, h, w = maps.shape
     out_h, out_w = size
 
     def axis(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,7 +90,9 @@ def _head_on_copies(split: SplitModel, rest: object, row: int, copies: np.ndarra
     return np.concatenate(outs)
 
 
-def finite_difference_weights(split: SplitModel, activations: np.ndarray, rest: object, targets: np.ndarray) -> np.ndarray:
+def finite_difference_weights(
+    split: SplitModel, activations: np.ndarray, rest: object, targets: np.ndarray
+) -> np.ndarray:
     """Grad-CAM weights (spatial mean of the gradient) by central differences of the head."""
     n, c, h, w = activations.shape
     weights = np.zeros((n, c), np.float64)
@@ -109,7 +111,9 @@ def finite_difference_weights(split: SplitModel, activations: np.ndarray, rest: 
     return weights
 
 
-def ablation_weights(split: SplitModel, activations: np.ndarray, rest: object, targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def ablation_weights(
+    split: SplitModel, activations: np.ndarray, rest: object, targets: np.ndarray, scores: np.ndarray
+) -> np.ndarray:
     """Ablation-CAM weights: relative drop of the score when each channel is zeroed."""
     n, c, _, _ = activations.shape
     weights = np.zeros((n, c), np.float64)
@@ -192,8 +196,15 @@ def compute_cam(
             weights = score_weights(run_model, pixels, activations, targets, batch_size, channels_last)
     scores = outputs[np.arange(len(targets)), targets]
     maps = combine(activations, weights, size)
-    return CamResult(method, split.layer, maps, weights.astype(np.float32), targets, scores.astype(np.float32),
-                     activations if keep_activations else None)  # fmt: skip
+    return CamResult(
+        method,
+        split.layer,
+        maps,
+        weights.astype(np.float32),
+        targets,
+        scores.astype(np.float32),
+        activations if keep_activations else None,
+    )
 
 
 def mass_in_box(maps: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -29,5 +29,7 @@ def top_channels(pooled: np.ndarray, n_channels: int, n_images: int) -> list[Cha
     for ch in order:
         values = pooled[:, ch]
         best = np.lexsort((rows, -values))[:n_images]
-        picks.append(ChannelPick(int(ch), float(variance[ch]), [int(r) for r in best], [float(values[r]) for r in best]))
+        picks.append(
+            ChannelPick(int(ch), float(variance[ch]), [int(r) for r in best], [float(values[r]) for r in best])
+        )
     return picks

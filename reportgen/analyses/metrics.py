@@ -84,7 +84,7 @@ def classification_metrics(truth: np.ndarray, probs: np.ndarray, classes: list[s
         for i in range(k)
     ]
     return ClassificationMetrics(
-        n=int(len(t)),
+        n=len(t),
         accuracy=float(np.mean(pred == t)),
         top5_accuracy=top5,
         balanced_accuracy=float(recall[has].mean()) if has.any() else 0.0,

@@ -64,7 +64,9 @@ def mislabel_scores(
     suggested = majority_vote(reference_labels[deep_neighbours[-1].indices])
     p = np.where(np.isfinite(probs_of_label), probs_of_label, 0.0)
     score = (disagreement + (1.0 - p)) / 2.0
-    candidates = np.flatnonzero((labels >= 0) & (disagreement > 0.5) & (p < 0.5) & (suggested >= 0) & (suggested != labels))
+    candidates = np.flatnonzero(
+        (labels >= 0) & (disagreement > 0.5) & (p < 0.5) & (suggested >= 0) & (suggested != labels)
+    )
     order = candidates[np.lexsort((candidates, -score[candidates]))]
     return [
         Mislabel(int(i), int(labels[i]), int(suggested[i]), float(score[i]), float(disagreement[i]), float(p[i]))

@@ -229,7 +229,9 @@ def tsne_layers(
     schedule = schedule or TsneSchedule()
     n_total = len(labels)
     rows = stratified_sample(labels, max_points, seed)
-    result = TsneResult(layers=list(layers), rows=rows, embeddings={}, trustworthiness={}, sampled=len(rows) < n_total, n_total=n_total)
+    result = TsneResult(
+        layers=list(layers), rows=rows, embeddings={}, trustworthiness={}, sampled=len(rows) < n_total, n_total=n_total
+    )
     previous: np.ndarray | None = None
     for layer in layers:
         start = time.perf_counter()

@@ -157,11 +157,7 @@ class EmbeddedMetadata:
         if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
             out.classes = [c[:200] for c in classes]
         size = raw.get("input_size")
-        if (
-            isinstance(size, list)
-            and len(size) == 2
-            and all(isinstance(s, int) and 0 < s <= 8192 for s in size)
-        ):
+        if isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and 0 < s <= 8192 for s in size):
             out.input_size = (size[0], size[1])
         for key in ("mean", "std"):
             vals = raw.get(key)

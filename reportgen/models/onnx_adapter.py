@@ -66,7 +66,9 @@ def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
     inp = inputs[0]
     elem = inp.type.tensor_type.elem_type
     if elem not in _DTYPES:
-        raise UserError(f"the ONNX model's input has element type {TensorProto.DataType.Name(elem)}; expected a float tensor")
+        raise UserError(
+            f"the ONNX model's input has element type {TensorProto.DataType.Name(elem)}; expected a float tensor"
+        )
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     if len(dims) != 4:
         raise UserError(f"the ONNX model's input has rank {len(dims)}; expected an image batch (N, C, H, W)")
@@ -171,7 +173,9 @@ class OnnxAdapter(ModelAdapter):
         probe_batch = 0
         example = np.zeros(0, self.dtype)
         for batch in batches:
-            shape = (batch, *size, self.info.channels) if self.info.channels_last else (batch, self.info.channels, *size)
+            shape = (
+                (batch, *size, self.info.channels) if self.info.channels_last else (batch, self.info.channels, *size)
+            )
             example = np.random.default_rng(0).standard_normal(shape).astype(self.dtype)
             try:
                 results = session.run(names, {self.input_name: example})
@@ -268,7 +272,10 @@ class OnnxAdapter(ModelAdapter):
         outs = self._run(session, names, {self.input_name: pixels.astype(self.dtype, copy=False)})
         scores = outs[0]
         scores = scores.reshape(scores.shape[0], -1).astype(np.float32, copy=False)
-        feats = {name: out.reshape(out.shape[0], -1).astype(np.float32, copy=False) for name, out in zip(layers, outs[1:], strict=True)}
+        feats = {
+            name: out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
+            for name, out in zip(layers, outs[1:], strict=True)
+        }
         return scores, feats
 
     def split(self, layer: str) -> OnnxSplit:
@@ -383,7 +390,9 @@ class OnnxSplit(SplitModel):
 
     def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
         names = [self.layer, *self.rest_names]
-        outs = self.adapter._run(self.body_session, names, {self.adapter.input_name: pixels.astype(self.adapter.dtype, copy=False)})
+        outs = self.adapter._run(
+            self.body_session, names, {self.adapter.input_name: pixels.astype(self.adapter.dtype, copy=False)}
+        )
         return outs[0].astype(np.float32, copy=False), outs[1:]
 
     def take(self, rest: Any, index: np.ndarray) -> Any:

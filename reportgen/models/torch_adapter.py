@@ -61,7 +61,9 @@ def sniff_torch_format(path: Path) -> str | None:
     """``torchscript``, ``torch.export``, ``torch.save`` (zip) or ``legacy`` (old pickle)."""
     names = _zip_names(path)
     if names:
-        if any(n.endswith("archive_format") for n in names) or any("/models/" in n and n.endswith(".json") for n in names):
+        if any(n.endswith("archive_format") for n in names) or any(
+            "/models/" in n and n.endswith(".json") for n in names
+        ):
             return "torch.export"
         if any("/code/" in n for n in names) or any(n.endswith("constants.pkl") for n in names):
             return "torchscript"
@@ -189,7 +191,9 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def _load_saved(path: Path, *, arch: str | None, trust_pickle: bool) -> tuple[torch.nn.Module, str, tuple[int, int] | None]:
+def _load_saved(
+    path: Path, *, arch: str | None, trust_pickle: bool
+) -> tuple[torch.nn.Module, str, tuple[int, int] | None]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - weights_only refuses arbitrary objects
@@ -210,9 +214,7 @@ def _load_saved(path: Path, *, arch: str | None, trust_pickle: bool) -> tuple[to
         return obj, "pickle", None
     state = _unwrap_state_dict(obj)
     if state is None:
-        raise UserError(
-            f"{path.name} is a torch.save file but holds neither a state_dict nor an nn.Module"
-        )
+        raise UserError(f"{path.name} is a torch.save file but holds neither a state_dict nor an nn.Module")
     if not arch:
         raise UserError(
             f"{path.name} holds a state_dict (weights only); name its architecture with --arch "
@@ -254,7 +256,7 @@ def _arch_input_size(arch: str) -> tuple[int, int] | None:
 
     try:
         weights = torchvision.models.get_model_weights(arch)
-        crop = list(weights)[0].transforms().crop_size
+        crop = next(iter(weights)).transforms().crop_size
         side = int(crop[0])
         return (side, side)
     except Exception:  # noqa: BLE001 - metadata only; fall back to asking the user
