@@ -152,6 +152,22 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--channels", type=int, default=8, metavar="N", help="channels in the channel view (default: 8; 0 turns it off)"
     )
+    g = p.add_argument_group("feature visualisation")
+    g.add_argument(
+        "--units",
+        type=int,
+        default=0,
+        metavar="N",
+        help="synthesise what N channels of each of the last two spatial layers, and every class (up to 20), "
+        "respond to (default: 0, off; it costs optimisation steps per unit)",
+    )
+    g.add_argument(
+        "--unit-steps",
+        type=int,
+        default=200,
+        metavar="N",
+        help="optimisation steps per synthesised image (default: 200)",
+    )
     g = p.add_argument_group("gates and output")
     g.add_argument(
         "--fail-under",
@@ -195,6 +211,8 @@ def _config_from(args: argparse.Namespace) -> AuditConfig:
         cam_layer=args.cam_layer,
         gallery_size=args.gallery_size,
         channels=args.channels,
+        units=args.units,
+        unit_steps=args.unit_steps,
         fail_under=args.fail_under,
     )
 
@@ -240,6 +258,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         images=sample / "images",
         output=out_dir / "report.html",
         seed=0,
+        units=6,
         quiet=args.quiet,
         device=args.device,
     )
@@ -308,6 +327,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=_cmd_layers)
 
+    from reportgen.compare import COMPARE_GATES
+
+    p = sub.add_parser(
+        "compare",
+        help="what changed between two audits of the same images: diff.html + diff.json",
+        description="Compare two audits (their JSON sidecars or HTML reports) of the same image folder: accuracy with bootstrap intervals, per-class deltas, prediction flips, confusion difference, representation similarity, folder changes.",
+    )
+    p.add_argument("old", type=Path, metavar="OLD", help="the earlier audit's report.json (or report.html)")
+    p.add_argument("new", type=Path, metavar="NEW", help="the later audit's report.json (or report.html)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("diff.html"),
+        metavar="HTML",
+        help="default: diff.html (the JSON goes beside it)",
+    )
+    p.add_argument(
+        "--fail-on",
+        type=lambda s: parse_gates(s, "--fail-on", COMPARE_GATES),
+        default={},
+        metavar="NAME=V,...",
+        help=f"exit with status 3 after writing the report when a measure exceeds V ({', '.join(COMPARE_GATES)}); drops are fractions, e.g. accuracy_drop=0.01",
+    )
+    p.add_argument("--no-cam", action="store_true", help="do not reload the models for Grad-CAM maps of the flips")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow reloading pickled models for the maps")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "visualize",
+        help="synthesise the input one unit (a channel or a class) responds to most",
+        description="Activation maximisation under natural-image priors: OUT.png is the synthesised input at the model's input size.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL")
+    p.add_argument("--layer", metavar="NAME", help="layer of the channel (see `reportgen layers MODEL`)")
+    p.add_argument("--channel", type=int, metavar="K", help="channel index in --layer")
+    p.add_argument("--target", metavar="CLASS", help="class name or output index (instead of --layer/--channel)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png")
+    p.add_argument("--steps", type=int, default=200, help="optimisation steps (default: 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", type=Path, metavar="FILE")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_visualize)
+
     p = sub.add_parser(
         "cam",
         help="the activation map of one image (Grad-CAM, Ablation-CAM or Score-CAM)",
@@ -325,6 +392,96 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=_cmd_cam)
     return parser
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from reportgen.compare import add_cam_overlays, compare, compare_json, evaluate_gates, load_audit
+    from reportgen.progress import note
+    from reportgen.render import write_compare
+
+    old, new = load_audit(args.old), load_audit(args.new)
+    result = compare(old, new, seed=args.seed)
+    if not args.no_cam:
+        try:
+            add_cam_overlays(result, device=args.device, trust_pickle=args.trust_pickle, batch_size=args.batch_size)
+        except UserError as exc:
+            result.cam_note = f"no activation maps: {exc}"
+    gates, failures = evaluate_gates(result, args.fail_on)
+    payload = compare_json(result, gates)
+    json_path = args.output.with_suffix(".json")
+    write_compare(result, payload, args.output, json_path)
+    note(f"wrote {args.output} and {json_path}", not args.quiet)
+    if failures:
+        raise GateFailed("; ".join(failures))
+    return 0
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from reportgen.analyses.visualize import Prior, synthesize, unit_evaluator
+    from reportgen.explain import resolve_target
+    from reportgen.labels import read_labels_file
+    from reportgen.models import load_model
+    from reportgen.models.base import LOGITS_LAYER
+    from reportgen.pipeline import resolve_preprocess
+    from reportgen.render import picture_png
+    from reportgen.util import atomic_write_bytes
+
+    if (args.channel is None) == (args.target is None):
+        raise UserError("give either --layer NAME --channel K, or --target CLASS")
+    if args.channel is not None and not args.layer:
+        raise UserError("--channel needs --layer NAME (see `reportgen layers MODEL`)")
+    if args.output.suffix.lower() != ".png":
+        raise UserError(f"-o must end in .png, got {args.output.name!r}")
+    cfg = AuditConfig(
+        model=args.model,
+        images=Path("."),
+        size=args.size,
+        mean=args.mean,
+        std=args.std,
+        arch=args.arch,
+        trust_pickle=args.trust_pickle,
+        device=args.device,
+        labels=args.labels,
+    )
+    adapter = load_model(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
+    pre = resolve_preprocess(cfg, adapter.info)
+    adapter.prepare(pre.size)
+    if args.target is not None:
+        names = read_labels_file(cfg.labels) if cfg.labels else adapter.info.embedded.classes
+        unit = resolve_target(args.target, names, adapter.num_outputs)
+        layer = LOGITS_LAYER
+        label = f"class {names[unit] if names else unit}"
+    else:
+        layer = args.layer
+        info = {layer.name: layer for layer in adapter.layers()}.get(layer)
+        if info is None:
+            raise UserError(f"no layer named {layer!r} in this model (see `reportgen layers MODEL`)")
+        if not 0 <= args.channel < info.shape[0]:
+            raise UserError(f"--channel {args.channel} is out of range: {layer} has {info.shape[0]} channels")
+        unit = args.channel
+        label = f"channel {unit} of {layer}"
+    model = adapter.differentiable()
+    synth = synthesize(
+        model,
+        layer,
+        np.array([unit]),
+        pre.size,
+        pre.channels,
+        pre.mean,
+        pre.std,
+        channels_last=pre.channels_last,
+        prior=Prior(steps=args.steps),
+        seed=args.seed,
+        evaluate=unit_evaluator(adapter, layer),
+    )
+    atomic_write_bytes(args.output, picture_png(synth.images[0], side=None))
+    print(
+        f"reportgen: {label}: {synth.values[0]:.4g} on the synthesised input ({args.steps} steps, seed {args.seed}) -> {args.output}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _cmd_cam(args: argparse.Namespace) -> int:

@@ -101,6 +101,9 @@ class AuditConfig:
     gallery_size: int = 6
     channels: int = 8
     channel_images: int = 5
+    # feature visualisation (off by default: it costs optimisation steps per unit)
+    units: int = 0
+    unit_steps: int = 200
     # gates
     fail_under: dict[str, float] = field(default_factory=dict)
 
@@ -119,6 +122,8 @@ class AuditConfig:
             raise UserError("--device must be auto, cpu or cuda")
         if self.gallery_size < 0 or self.channels < 0 or self.channel_images < 1:
             raise UserError("gallery and channel counts must not be negative")
+        if self.units < 0 or self.unit_steps < 1:
+            raise UserError("--units must not be negative and --unit-steps must be positive")
         if self.tsne_max_points < 10:
             raise UserError("--tsne-max-points must be at least 10")
         for name, std in (("--std", self.std),):

@@ -292,3 +292,48 @@ def tsne_grid(
         ax.set_ylim(-limit, limit)
         ax.set_aspect("equal")
     return to_png(fig)
+
+
+def confusion_difference_figure(old: np.ndarray, new: np.ndarray, classes: Sequence[str]) -> bytes:
+    """New minus old confusion, as shares of each true class (blue: more, red: fewer),
+    annotated with the change in image counts when the matrix is small."""
+    k = len(classes)
+
+    def shares(cm: np.ndarray) -> np.ndarray:
+        rows = cm.sum(axis=1, keepdims=True)
+        return np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+
+    diff = shares(new) - shares(old)
+    counts = new - old
+    limit = max(0.05, float(np.abs(diff).max()))
+    side = min(14.0, max(4.0, 0.42 * k + 2.0))
+    fig = _new_figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(diff, cmap="RdBu", vmin=-limit, vmax=limit, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="change in share of the true class")
+    if k <= 60:
+        labels = [_short(c) for c in classes]
+        ax.set_xticks(
+            range(k),
+            labels,
+            rotation=90 if k > 6 else 45,
+            ha="center" if k > 6 else "right",
+            fontsize=8 if k > 20 else 9,
+        )
+        ax.set_yticks(range(k), labels, fontsize=8 if k > 20 else 9)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        f"{counts[i, j]:+d}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if abs(diff[i, j]) > 0.6 * limit else INK,
+                    )
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    return to_png(fig)

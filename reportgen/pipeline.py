@@ -22,6 +22,9 @@ from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter,
 from reportgen.models.base import ModelInfo, input_layer_info
 from reportgen.progress import note
 from reportgen.report import AuditResult, DatasetSummary, Figures, LayerSummary, ModelSummary, Prediction
+from reportgen.sections import galleries as galleries_section
+from reportgen.sections import layers as layers_section
+from reportgen.sections import units as units_section
 from reportgen.util import file_sha256
 
 
@@ -238,6 +241,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
             truth=int(t),
             pred=int(p),
             score=float(probs[i, p]),
+            sha256=features.sha256[i],
         )
         for i, (f, lab, t, p) in enumerate(zip(features.files, features.labels, truth, pred, strict=True))
     ]
@@ -269,6 +273,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         ),
         dataset=DatasetSummary(
             root=str(cfg.images),
+            root_resolved=str(cfg.images.resolve()),
             labeled=dataset.labeled,
             n_images=features.n,
             n_candidates=len(dataset.records) + len(dataset.skipped),
@@ -289,8 +294,15 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         # Whether this run extracted or reused features is run metadata, like timings.
         features_from_cache=features.from_cache if epoch is None else None,
     )
-    layer_by_layer(result, features, probs, truth, pred, class_map, cfg, handle, pre, meta, clock)
-    galleries_and_channels(result, features, probs, truth, pred, class_map, cfg, handle, pre, dataset, clock)
+    reference = None
+    if cfg.reference is not None:
+        with clock("reference"):
+            reference = reference_features(cfg, handle, pre, features.layers, model_sha)
+    layers_section.build(result, features, probs, truth, pred, class_map, cfg, reference, clock)
+    galleries_section.build(result, features, probs, truth, pred, class_map, cfg, handle, pre, dataset, clock)
+    if cfg.units > 0:
+        with clock("units"):
+            units_section.build(result, features, probs, truth, class_map, cfg, handle, pre, dataset)
     with clock("figures"):
         figures = build_figures(result, dataset.root, cfg.reference)
     if epoch is None:
@@ -300,7 +312,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     return result, figures
 
 
-def _reference_features(
+def reference_features(
     cfg: AuditConfig, handle: ModelHandle, pre: Preprocess, layers: list[LayerInfo], model_sha: str
 ) -> tuple[Features, list[str]]:
     """Features of the ``--reference`` folder, with the same model, layers and cache rules."""
@@ -330,113 +342,6 @@ def _deep_layers(names: list[str]) -> tuple[list[str], str]:
     return deep, (deep[-1] if deep else names[-1])
 
 
-def layer_by_layer(
-    result: AuditResult,
-    features: Features,
-    probs: np.ndarray,
-    truth: np.ndarray,
-    pred: np.ndarray,
-    class_map: ClassMap,
-    cfg: AuditConfig,
-    handle: ModelHandle,
-    pre: Preprocess,
-    meta: dict,
-    clock: Clock,
-) -> None:
-    """kNN tables and per-layer kNN accuracy, suspects, and the t-SNE of every layer."""
-    from reportgen.analyses.knn import knn_search, layer_knn
-    from reportgen.analyses.suspects import merge_pairs, mislabel_scores, near_duplicates
-    from reportgen.analyses.tsne import tsne_layers
-    from reportgen.sections import ImageSet, TsneSection, build_knn_section, build_suspects_section, choose_queries
-
-    names = [layer.name for layer in features.layers]
-    if not names:
-        return
-    vocab = list(result.dataset.folder_classes)
-    labels = features.labels.copy()
-    audited = ImageSet(features.files, labels)
-    ref_set = audited
-    reference_arrays = None
-    ref_labels = labels
-    if cfg.reference is not None:
-        with clock("reference"):
-            ref_features, ref_classes = _reference_features(cfg, handle, pre, features.layers, result.model.sha256)
-        for c in ref_classes:
-            if c not in vocab:
-                vocab.append(c)
-        ref_labels = np.array([vocab.index(ref_classes[i]) for i in ref_features.labels], np.int64)
-        ref_set = ImageSet(ref_features.files, ref_labels, reference=True)
-        reference_arrays = ref_features.arrays
-        result.sections["reference"] = {"root": str(cfg.reference), "n_images": ref_features.n, "classes": ref_classes}
-
-    with clock("knn"):
-        knn = {}
-        for name in names:
-            knn[name] = layer_knn(
-                features.arrays[name],
-                labels,
-                cfg.k,
-                metric=cfg.metric,
-                reference=None if reference_arrays is None else reference_arrays[name],
-                reference_labels=ref_labels,
-                layer=name,
-            )
-    for summary in result.layers:
-        summary.knn_accuracy = knn[summary.name].accuracy
-        summary.knn_agreement = knn[summary.name].agreement
-
-    predicted = [class_map.classes[p] for p in pred]
-    wrong = (truth >= 0) & (pred != truth)
-    groups = labels if result.dataset.labeled else pred
-    rows = choose_queries(
-        labels, groups, wrong, probs[np.arange(len(pred)), pred], cfg.queries_per_class, cfg.max_queries, cfg.seed
-    )
-    inner = [n for n in names if n not in (INPUT_LAYER, LOGITS_LAYER)]
-    key_layers = [n for n in (names[0], inner[len(inner) // 2] if inner else None, _deep_layers(names)[1]) if n]
-    key_layers = list(dict.fromkeys(key_layers))
-    source = (
-        "leave-one-out within the audited folder" if cfg.reference is None else f"the reference folder {cfg.reference}"
-    )
-    result.sections["knn"] = build_knn_section(
-        knn, names, key_layers, rows, audited, ref_set, vocab, predicted, wrong, groups, cfg.k, cfg.metric, source
-    )
-
-    deep, dup_layer = _deep_layers(names)
-    p_label = np.where(truth >= 0, probs[np.arange(len(truth)), np.maximum(truth, 0)], np.nan)
-    with clock("suspects"):
-        mislabels = mislabel_scores(labels, p_label, [knn[n].neighbours for n in deep], ref_labels)
-        dup_ratio = 0.25
-        dup_layers = list(dict.fromkeys(n for n in (INPUT_LAYER, dup_layer) if n in knn))
-        found = []
-        for name in dup_layers:
-            if reference_arrays is None:
-                pairs, _ = near_duplicates(knn[name].neighbours, dup_ratio, layer=name)
-                found.append(pairs)
-            else:
-                # Within the audited folder, and across into the reference (leakage).
-                own = knn_search(
-                    features.arrays[name], features.arrays[name], 1, metric=cfg.metric, query_rows=np.arange(features.n)
-                )
-                scale = float(np.median(own.distances[:, 0])) if own.indices.shape[1] else 0.0
-                found.append(near_duplicates(own, dup_ratio, scale=scale, layer=name)[0])
-                found.append(near_duplicates(knn[name].neighbours, dup_ratio, cross=True, scale=scale, layer=name)[0])
-        dups = merge_pairs(*found)
-    suspects = build_suspects_section(
-        mislabels, dups, knn, deep, dup_layers, dup_ratio, audited, ref_set, vocab, predicted
-    )
-    result.sections["suspects"] = suspects
-
-    if cfg.tsne:
-        with clock("tsne"):
-            colour = labels if result.dataset.labeled else pred
-            tsne = tsne_layers(features.arrays, names, colour, seed=cfg.seed, max_points=cfg.tsne_max_points)
-        for summary in result.layers:
-            summary.tsne_trustworthiness = tsne.trustworthiness.get(summary.name)
-            summary.note = tsne.notes.get(summary.name, "")
-        colour_names = vocab if result.dataset.labeled else class_map.classes
-        result.sections["tsne"] = TsneSection(tsne, colour[tsne.rows], wrong[tsne.rows], colour_names)
-
-
 def _load_pixels(dataset: ImageDataset, files: list[str], pre: Preprocess) -> dict[str, np.ndarray]:
     """Model inputs of a few images, decoded again (the extraction pass kept none)."""
     from reportgen.data import DecodeError, load_one
@@ -459,149 +364,6 @@ def _small(cam: np.ndarray, side: int = 128) -> np.ndarray:
         return cam.astype(np.float32)
     scale = side / max(h, w)
     return resize_bilinear(cam[None], (max(1, round(h * scale)), max(1, round(w * scale))))[0]
-
-
-def galleries_and_channels(
-    result: AuditResult,
-    features: Features,
-    probs: np.ndarray,
-    truth: np.ndarray,
-    pred: np.ndarray,
-    class_map: ClassMap,
-    cfg: AuditConfig,
-    handle: ModelHandle,
-    pre: Preprocess,
-    dataset: ImageDataset,
-    clock: Clock,
-) -> None:
-    """Per-class galleries with CAM overlays, and the channel view of the CAM layer."""
-    from reportgen.analyses.cam import compute_cam
-    from reportgen.analyses.channels import top_channels
-    from reportgen.analyses.galleries import class_galleries
-    from reportgen.models import last_spatial_layer
-    from reportgen.sections import (
-        ChannelEntry,
-        ChannelsSection,
-        ChannelTile,
-        ClassGallery,
-        GalleriesSection,
-        GalleryTile,
-        overlay_key,
-        thumb_key,
-    )
-
-    if cfg.gallery_size <= 0 and cfg.channels <= 0:
-        return
-    with clock("load model"):
-        adapter = handle.prepared(pre.size)
-    layer = cfg.cam_layer or last_spatial_layer(adapter.layers())
-    split = None
-    note = ""
-    if layer is None:
-        note = "the model has no tensor with spatial extent, so no activation map can be drawn"
-    else:
-        try:
-            split = adapter.split(layer)
-        except UserError as exc:
-            if cfg.cam_layer:
-                raise
-            note = f"no CAM: {exc}"
-    classes = class_map.classes
-    folder = result.dataset.folder_classes
-
-    def tile(row: int, cls: int, keys: dict[tuple[int, int], str]) -> GalleryTile:
-        t = int(truth[row])
-        return GalleryTile(
-            features.files[row],
-            thumb_key(features.files[row]),
-            keys.get((row, cls)),
-            float(probs[row, cls]),
-            classes[pred[row]],
-            classes[t] if t >= 0 else (folder[features.labels[row]] if features.labels[row] >= 0 else None),
-            None if t < 0 else bool(pred[row] == t),
-        )
-
-    if cfg.gallery_size > 0:
-        galleries = class_galleries(probs, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
-        pairs = sorted({(row, g.cls) for g in galleries for row in (*g.max, *g.min, *g.wrong)})
-        maps: dict[str, np.ndarray] = {}
-        keys: dict[tuple[int, int], str] = {}
-        if split is not None and pairs:
-            with clock("cam"):
-                pixels = _load_pixels(dataset, sorted({features.files[r] for r, _ in pairs}), pre)
-                todo = [(r, c) for r, c in pairs if features.files[r] in pixels]
-                run_model = lambda x: adapter.extract(x, [])[0]  # noqa: E731 - Score-CAM's forward pass
-                for start in range(0, len(todo), cfg.batch_size):
-                    chunk = todo[start : start + cfg.batch_size]
-                    batch = np.stack([pixels[features.files[r]] for r, _ in chunk])
-                    cams = compute_cam(
-                        cfg.cam,
-                        split,
-                        batch,
-                        np.array([c for _, c in chunk]),
-                        pre.size,
-                        run_model=run_model,
-                        batch_size=cfg.batch_size,
-                        channels_last=pre.channels_last,
-                    )
-                    for (r, c), cam in zip(chunk, cams.maps, strict=True):
-                        key = overlay_key("cam", c, features.files[r])
-                        keys[(r, c)] = key
-                        maps[key] = _small(cam)
-        section = GalleriesSection(
-            cfg.cam if split is not None else None,
-            layer if split is not None else None,
-            [
-                ClassGallery(
-                    g.cls,
-                    classes[g.cls],
-                    [tile(r, g.cls, keys) for r in g.max],
-                    [tile(r, g.cls, keys) for r in g.min],
-                    [tile(r, g.cls, keys) for r in g.wrong],
-                )
-                for g in galleries
-            ],
-            cfg.gallery_size,
-            note,
-            maps,
-        )
-        result.sections["galleries"] = section
-
-    if cfg.channels > 0 and split is not None:
-        if layer not in features.arrays:
-            result.sections["channels"] = ChannelsSection(
-                layer, [], f"the layer {layer} is not among the audited layers; add it to --layers to see its channels"
-            )
-            return
-        with clock("channels"):
-            picks = top_channels(features.arrays[layer], cfg.channels, cfg.channel_images)
-            rows = sorted({r for p in picks for r in p.rows})
-            pixels = _load_pixels(dataset, [features.files[r] for r in rows], pre)
-            ok = [r for r in rows if features.files[r] in pixels]
-            activation = {}
-            for start in range(0, len(ok), cfg.batch_size):
-                chunk = ok[start : start + cfg.batch_size]
-                a, _ = split.body(np.stack([pixels[features.files[r]] for r in chunk]))
-                for r, maps_r in zip(chunk, a, strict=True):
-                    activation[r] = maps_r
-            from reportgen.analyses.cam import resize_bilinear
-
-            entries = []
-            ch_maps: dict[str, np.ndarray] = {}
-            for p in picks:
-                stack = [activation[r][p.channel] for r in p.rows if r in activation]
-                # One scale per channel: its strongest response over its top images is 1.
-                top = max((float(np.max(m)) for m in stack), default=0.0)
-                tiles = []
-                for r, value in zip(p.rows, p.activations, strict=True):
-                    key = None
-                    if r in activation and top > 0:
-                        key = overlay_key("ch", p.channel, features.files[r])
-                        m = np.clip(activation[r][p.channel] / top, 0, 1)
-                        ch_maps[key] = _small(resize_bilinear(m[None], pre.size)[0])
-                    tiles.append(ChannelTile(features.files[r], thumb_key(features.files[r]), key, value))
-                entries.append(ChannelEntry(p.channel, p.variance, tiles))
-        result.sections["channels"] = ChannelsSection(layer, entries, "", ch_maps)
 
 
 def _timestamp(epoch: int | None) -> str:

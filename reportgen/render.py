@@ -148,12 +148,39 @@ def build_figures(result: AuditResult, root: Path, reference_root: Path | None =
     for section in sections.values():
         wanted |= getattr(section, "thumb_keys", lambda: set())()
     figs.thumbs = thumbnails(wanted, root, reference_root)
+    for section in sections.values():
+        for key, picture in sorted(getattr(section, "pictures", {}).items()):
+            figs.thumbs[key] = picture_uri(picture)
     resize = str(result.preprocessing.get("resize", "stretch"))
     for section in sections.values():
         for key, cam in sorted(getattr(section, "overlay_maps", dict)().items()):
             file = key.split(":", 2)[2]
             figs.thumbs[key] = overlay_thumbnail(root / file, cam, resize)
     return figs
+
+
+def picture_png(picture: np.ndarray, side: int | None = 128) -> bytes:
+    """A [0, 1] image (H, W, C) as PNG; with ``side``, enlarged with square pixels (or
+    shrunk) to about that size, else at its own size."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    arr = np.clip(np.rint(picture * 255), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if side is not None:
+        factor = side // max(img.size)
+        if factor > 1:
+            img = img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+        elif max(img.size) > side:
+            img.thumbnail((side, side), Image.Resampling.BILINEAR)
+    buf = BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def picture_uri(picture: np.ndarray, side: int = 128) -> str:
+    return data_uri(picture_png(picture, side), "image/png")
 
 
 def class_swatches(names: list[str]) -> list[dict[str, str]]:
@@ -218,4 +245,61 @@ def write_report(result: AuditResult, figures: Figures, html_path: Path, json_pa
     payload = json.dumps(to_json(result), indent=1, ensure_ascii=False, allow_nan=False, sort_keys=False)
     html = render_html(result, figures)
     atomic_write_bytes(json_path, (payload + "\n").encode("utf-8"))
+    atomic_write_bytes(html_path, html.encode("utf-8"))
+
+
+# ------------------------------------------------------------------ compare
+
+
+def render_compare(result: Any, payload: dict[str, Any]) -> str:  # result: compare.CompareResult
+    """The release-to-release report as one HTML string."""
+    figs: dict[str, str] = {}
+    if result.confusion_old is not None:
+        figs["confusion_diff"] = data_uri(
+            plots.confusion_difference_figure(result.confusion_old, result.confusion_new, result.classes), "image/png"
+        )
+    if result.similarity:
+        names = [
+            f"{s.old_layer}" if s.old_layer == s.new_layer else f"{s.old_layer} / {s.new_layer}"
+            for s in result.similarity
+        ]
+        png = plots.layer_curve_figure(
+            names,
+            {
+                "linear CKA": [s.cka for s in result.similarity],
+                "kNN overlap@10": [s.knn_overlap for s in result.similarity],
+            },
+            "similarity",
+        )
+        figs["similarity"] = data_uri(png, "image/png")
+    dataset = result.new.data["dataset"]
+    root = Path(dataset.get("root_resolved") or dataset["root"])
+    from reportgen.compare import SHOWN_FLIPS
+
+    shown = result.regressions[:SHOWN_FLIPS] + result.fixes[:SHOWN_FLIPS]
+    thumbs = thumbnails({f.thumb for f in shown}, root, None)
+    resize_old = str(result.old.data["preprocessing"].get("resize", "stretch"))
+    resize_new = str(result.new.data["preprocessing"].get("resize", "stretch"))
+    for key, cam in result.overlays.items():
+        side, _, file = key.partition(":")
+        thumbs[key] = overlay_thumbnail(root / file, cam, resize_old if side == "old" else resize_new)
+    env = environment()
+    script = _asset("report.js")
+    return env.get_template("compare.html.j2").render(
+        c=result,
+        j=payload,
+        fig=figs,
+        css=_asset("report.css"),
+        script=script,
+        csp=csp(script),
+        page_data={"thumbs": thumbs},
+        shown=SHOWN_FLIPS,
+    )
+
+
+def write_compare(result: Any, payload: dict[str, Any], html_path: Path, json_path: Path) -> None:
+    html = render_compare(result, payload)
+    atomic_write_bytes(
+        json_path, (json.dumps(payload, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    )
     atomic_write_bytes(html_path, html.encode("utf-8"))

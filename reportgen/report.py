@@ -34,6 +34,7 @@ class ModelSummary:
 @dataclass
 class DatasetSummary:
     root: str
+    root_resolved: str
     labeled: bool
     n_images: int  # decoded and audited
     n_candidates: int  # image files found, decoded or not
@@ -60,6 +61,7 @@ class Prediction:
     truth: int  # output index of the true class, -1 unknown
     pred: int
     score: float  # probability of the predicted class
+    sha256: str = ""  # of the file's bytes
 
     @property
     def correct(self) -> bool | None:
@@ -150,6 +152,7 @@ def to_json(result: AuditResult) -> dict[str, Any]:
         },
         "dataset": {
             "root": result.dataset.root,
+            "root_resolved": result.dataset.root_resolved,
             "labeled": result.dataset.labeled,
             "n_images": result.dataset.n_images,
             "n_candidates": result.dataset.n_candidates,
@@ -166,7 +169,8 @@ def to_json(result: AuditResult) -> dict[str, Any]:
             "imbalance_ratio": result.balance.imbalance_ratio,
         },
         "predictions": [
-            {"file": p.file, "label": p.label, "pred": classes[p.pred], "score": p.score} for p in result.predictions
+            {"file": p.file, "label": p.label, "pred": classes[p.pred], "score": p.score, "sha256": p.sha256}
+            for p in result.predictions
         ],
         "skipped": [{"file": s.file, "reason": s.reason} for s in result.skipped],
         "layers": [

@@ -212,3 +212,16 @@ def test_cam_command_errors(tmp_path: Path) -> None:
     ):
         result = run_cli("cam", SAMPLE / "model.onnx", image, *args)
         assert result.code == 2 and message in result.err and "Traceback" not in result.err
+
+
+def test_onnx_non_affine_head_falls_back_to_per_image_differences(sample_batch: np.ndarray) -> None:
+    """Cut one stage earlier, the head holds a conv and a ReLU: the affine shortcut must
+    notice and differentiate each image on its own."""
+    maps = {}
+    for fmt in ("model.onnx", "model.ts"):
+        adapter = load_model(SAMPLE / fmt, device="cpu")
+        adapter.prepare((64, 64))
+        spatial = [layer.name for layer in adapter.layers() if layer.spatial and layer.op.lower() == "relu"]
+        layer = spatial[-2]  # the ReLU before the last conv
+        maps[fmt] = compute_cam("gradcam", adapter.split(layer), sample_batch[:10], np.arange(10) % 6, (64, 64)).maps
+    assert np.all(_corr(maps["model.onnx"], maps["model.ts"]) >= 0.98)

@@ -223,8 +223,32 @@ class ModelAdapter(ABC):
     def split(self, layer: str) -> SplitModel:
         """The model cut at tensor ``layer``: a body (input -> layer) and a head."""
 
+    def differentiable(self) -> Differentiable:
+        """Gradients of any unit with respect to the input (feature visualisation).
+
+        Raises ``UserError`` when the model cannot be differentiated.
+        """
+        raise NotImplementedError
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources."""
+
+
+class Differentiable(ABC):
+    """A model that gives the gradient of one unit per image with respect to its input.
+
+    A *unit* is a channel of a layer (its spatial mean, or its spatial maximum with
+    ``reduce="max"``) or, for :data:`LOGITS_LAYER`, one output.  ``guided`` replaces every
+    ReLU's backward pass by guided backpropagation's.
+    """
+
+    route: str  # how the gradient is obtained, for the report
+
+    @abstractmethod
+    def gradient(
+        self, pixels: np.ndarray, layer: str, units: np.ndarray, *, reduce: str = "mean", guided: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(values (N,), d value / d pixels (same shape as ``pixels``))."""
 
 
 class SplitModel(ABC):

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from reportgen.errors import UserError
 from reportgen.models.base import (
+    Differentiable,
     EmbeddedMetadata,
     LayerInfo,
     ModelAdapter,
@@ -57,8 +58,10 @@ def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
         raise UserError(f"cannot read ONNX model {path.name}: {_one_line(exc)}") from None
     graph = model.graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
+    # Old exporters list weights among the inputs (as initializers, or as tensors that
+    # ConstantOfShape nodes produce, as in the ONNX model zoo's test graphs).
+    provided = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    inputs = [i for i in graph.input if i.name not in provided]
     if len(inputs) != 1:
         raise UserError(f"the ONNX model has {len(inputs)} inputs; reportgen needs exactly one image input")
     if not graph.output:
@@ -128,6 +131,11 @@ class OnnxAdapter(ModelAdapter):
 
     def _fixed_size_model(self, size: tuple[int, int]) -> onnx.ModelProto:
         model = copy.deepcopy(self.model)
+        produced = {o for n in model.graph.node for o in n.output}
+        kept = [i for i in model.graph.input if i.name not in produced]
+        if len(kept) != len(model.graph.input):
+            del model.graph.input[:]
+            model.graph.input.extend(kept)
         for inp in model.graph.input:
             if inp.name != self.input_name:
                 continue
@@ -277,6 +285,18 @@ class OnnxAdapter(ModelAdapter):
             for name, out in zip(layers, outs[1:], strict=True)
         }
         return scores, feats
+
+    def differentiable(self) -> Differentiable:
+        """The graph's torch twin (see ``onnx_torch``), checked against ONNX Runtime."""
+        cached = getattr(self, "_twin", None)
+        if cached is not None:
+            return cached
+        try:
+            from reportgen.models.onnx_torch import OnnxTwinDifferentiable
+        except ImportError:
+            raise UserError("differentiating an ONNX model needs torch installed") from None
+        self._twin = OnnxTwinDifferentiable(self)
+        return self._twin
 
     def split(self, layer: str) -> OnnxSplit:
         self._check(layer)

@@ -26,6 +26,7 @@ import torch.fx
 
 from reportgen.errors import UserError
 from reportgen.models.base import (
+    Differentiable,
     EmbeddedMetadata,
     LayerInfo,
     ModelAdapter,
@@ -305,6 +306,7 @@ class _Executor:
         inputs: list[Any] | None = None,
         on_value: Callable[[torch.fx.Node, Any], Any] | None = None,
         keep: set[torch.fx.Node] | None = None,
+        replace: dict[Any, Callable[..., Any]] | None = None,
     ) -> Any:
         nodes = list(nodes)
         last_use: dict[torch.fx.Node, int] = {}
@@ -330,7 +332,8 @@ class _Executor:
                 args = torch.fx.node.map_arg(node.args, lambda n: env[n])
                 kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
                 if op == "call_function":
-                    value = node.target(*args, **kwargs)
+                    fn = replace.get(node.target, node.target) if replace else node.target
+                    value = fn(*args, **kwargs)
                 elif op == "call_method":
                     obj, *rest = args
                     value = getattr(obj, node.target)(*rest, **kwargs)
@@ -492,6 +495,10 @@ class TorchAdapter(ModelAdapter):
         assert self._exec is not None, "prepare() first"
         return TorchSplit(self, self._node(layer))
 
+    def differentiable(self) -> TorchDifferentiable:
+        assert self._exec is not None, "prepare() first"
+        return TorchDifferentiable(self)
+
 
 def _op_name(node: torch.fx.Node) -> str:
     target = node.target
@@ -610,6 +617,66 @@ class TorchSplit(SplitModel):
             picked = scores.gather(1, torch.as_tensor(targets, device=a.device).long()[:, None]).sum()
             (grad,) = torch.autograd.grad(picked, a)
         return a.detach().float().cpu().numpy(), grad.float().cpu().numpy(), scores.detach().float().cpu().numpy()
+
+
+def unit_values(activation: torch.Tensor, units: torch.Tensor, reduce: str) -> torch.Tensor:
+    """One value per image: channel ``units[i]`` of image i, averaged (``mean``) or maxed
+    (``max``) over space; for outputs, ``logprob`` is the log-softmax of output ``units[i]``
+    and ``margin`` that output minus the mean of the others."""
+    if reduce == "logprob":
+        activation = torch.log_softmax(activation.reshape(len(units), -1), dim=1)
+    elif reduce == "margin":
+        # The output above the mean of the others: raising everything at once earns nothing.
+        flat = activation.reshape(len(units), -1)
+        others = (flat.sum(dim=1, keepdim=True) - flat) / max(1, flat.shape[1] - 1)
+        activation = flat - others
+    picked = activation[torch.arange(len(units), device=activation.device), units]
+    if picked.ndim == 1:
+        return picked
+    flat = picked.reshape(len(units), -1)
+    return flat.amax(dim=1) if reduce == "max" else flat.mean(dim=1)
+
+
+class TorchDifferentiable(Differentiable):
+    """Input gradients through the functional graph, with guided ReLUs on request."""
+
+    route = "autograd through the exported graph"
+
+    def __init__(self, adapter: TorchAdapter):
+        self.adapter = adapter
+
+    def gradient(
+        self, pixels: np.ndarray, layer: str, units: np.ndarray, *, reduce: str = "mean", guided: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from reportgen.models.base import LOGITS_LAYER
+        from reportgen.models.onnx_torch import GuidedRelu
+
+        adapter = self.adapter
+        ex = adapter._exec
+        assert ex is not None
+        target = None if layer == LOGITS_LAYER else adapter._node(layer)
+        replace = {torch.ops.aten.relu.default: GuidedRelu.apply} if guided else None
+
+        def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+            x = torch.from_numpy(np.ascontiguousarray(arrays[0])).to(adapter.device).requires_grad_(True)
+            u = torch.as_tensor(arrays[1], device=adapter.device).long()
+            captured: dict[str, torch.Tensor] = {}
+
+            def tap(node: torch.fx.Node, value: Any) -> None:
+                if node is target:
+                    captured["a"] = value
+
+            with torch.enable_grad():
+                out = ex.run(ex.nodes, {}, [x], on_value=tap, replace=replace)
+                activation = _as_scores(_first_tensor(out)) if target is None else captured["a"]
+                values = unit_values(activation, u, reduce)
+                (grad,) = torch.autograd.grad(values.sum(), x)
+            return [values.detach().float().cpu().numpy(), grad.float().cpu().numpy()]
+
+        values, grads = run_in_batches_of(
+            run, [pixels.astype(np.float32), np.asarray(units, np.int64)], self.adapter.info.fixed_batch
+        )
+        return values, grads
 
 
 def save_metadata_extra(meta: dict[str, Any]) -> dict[str, str]:

@@ -1,46 +1,25 @@
-"""Report sections built from analysis results: numbers joined with file and class names.
-
-Each section is a dataclass the template reads and whose ``to_json`` gives its part of
-the JSON sidecar, so the HTML and the JSON cannot disagree.  Images are referred to by
-thumbnail keys (``a:<file>`` for the audited folder, ``r:<file>`` for ``--reference``);
-the render stage turns every key into one embedded thumbnail.
-"""
+"""The layer-by-layer part of the report: kNN tables and per-layer kNN accuracy,
+suspected mislabels and near-duplicates, and the aligned t-SNE of every layer."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reportgen.analyses.knn import LayerKnn
-from reportgen.analyses.suspects import DuplicatePair, Mislabel
-from reportgen.analyses.tsne import TsneResult
+from reportgen.analyses.knn import LayerKnn, knn_search, layer_knn
+from reportgen.analyses.suspects import DuplicatePair, Mislabel, merge_pairs, mislabel_scores, near_duplicates
+from reportgen.analyses.tsne import TsneResult, tsne_layers
+from reportgen.config import AuditConfig
+from reportgen.extract import Features
+from reportgen.labels import ClassMap
+from reportgen.models import INPUT_LAYER, LOGITS_LAYER
+from reportgen.report import AuditResult
+from reportgen.sections import ImageSet, NeighbourEntry, label_name, neighbour_strip
 
-
-def thumb_key(file: str, reference: bool = False) -> str:
-    return ("r:" if reference else "a:") + file
-
-
-@dataclass
-class ImageSet:
-    """Names of the rows of a feature set (the audited folder or the reference)."""
-
-    files: list[str]
-    labels: np.ndarray  # int label per row in the shared vocabulary, -1 unlabeled
-    reference: bool = False
-
-    def key(self, row: int) -> str:
-        return thumb_key(self.files[row], self.reference)
-
-
-@dataclass
-class NeighbourEntry:
-    file: str
-    thumb: str
-    distance: float
-    label: str | None
-    match: bool | None  # same label as the query (None when either is unlabeled)
+if TYPE_CHECKING:
+    from reportgen.pipeline import Clock
 
 
 @dataclass
@@ -198,25 +177,6 @@ class TsneSection:
         }
 
 
-def _label_name(vocab: list[str], value: int) -> str | None:
-    return vocab[value] if value >= 0 else None
-
-
-def neighbour_strip(
-    nb_indices: np.ndarray,
-    nb_distances: np.ndarray,
-    ref: ImageSet,
-    own_label: int,
-    vocab: list[str],
-) -> list[NeighbourEntry]:
-    out = []
-    for j, d in zip(nb_indices, nb_distances, strict=True):
-        lab = int(ref.labels[j])
-        match = None if own_label < 0 or lab < 0 else lab == own_label
-        out.append(NeighbourEntry(ref.files[j], ref.key(int(j)), float(d), _label_name(vocab, lab), match))
-    return out
-
-
 def choose_queries(
     labels: np.ndarray,
     groups: np.ndarray,
@@ -274,7 +234,7 @@ def build_knn_section(
                 row,
                 audited.files[row],
                 audited.key(row),
-                _label_name(vocab, own),
+                label_name(vocab, own),
                 predicted[row],
                 bool(wrong[row]),
                 f"c{groups[row]}",
@@ -329,111 +289,116 @@ def build_suspects_section(
                 d.ratio,
                 d.layer,
                 d.cross,
-                _label_name(vocab, int(audited.labels[d.a])),
-                _label_name(vocab, int(other.labels[d.b])),
+                label_name(vocab, int(audited.labels[d.a])),
+                label_name(vocab, int(other.labels[d.b])),
             )
         )
     return SuspectsSection(entries, dups, deep_layers, dup_layers, dup_ratio)
 
 
-# ------------------------------------------------------------------ galleries and channels
+def deep_layers(names: list[str]) -> tuple[list[str], str]:
+    """The layers the suspects read: the last two feature layers (not the pixels, not the
+    logits) for mislabels, the last of them for near-duplicates; the logits as fallback."""
+    inner = [n for n in names if n not in (INPUT_LAYER, LOGITS_LAYER)]
+    deep = inner[-2:] if inner else [n for n in names if n == LOGITS_LAYER]
+    return deep, (deep[-1] if deep else names[-1])
 
 
-def overlay_key(kind: str, index: int, file: str) -> str:
-    """Key of a heat-map overlay thumbnail: ``cam:<class>:<file>`` or ``ch:<channel>:<file>``."""
-    return f"{kind}:{index}:{file}"
+def build(
+    result: AuditResult,
+    features: Features,
+    probs: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    class_map: ClassMap,
+    cfg: AuditConfig,
+    reference: tuple[Features, list[str]] | None,
+    clock: Clock,
+) -> None:
+    """kNN tables and per-layer kNN accuracy, suspects, and the t-SNE of every layer."""
 
+    names = [layer.name for layer in features.layers]
+    if not names:
+        return
+    vocab = list(result.dataset.folder_classes)
+    labels = features.labels.copy()
+    audited = ImageSet(features.files, labels)
+    ref_set = audited
+    reference_arrays = None
+    ref_labels = labels
+    if reference is not None:
+        ref_features, ref_classes = reference
+        for c in ref_classes:
+            if c not in vocab:
+                vocab.append(c)
+        ref_labels = np.array([vocab.index(ref_classes[i]) for i in ref_features.labels], np.int64)
+        ref_set = ImageSet(ref_features.files, ref_labels, reference=True)
+        reference_arrays = ref_features.arrays
+        result.sections["reference"] = {"root": str(cfg.reference), "n_images": ref_features.n, "classes": ref_classes}
 
-@dataclass
-class GalleryTile:
-    file: str
-    thumb: str
-    overlay: str | None  # overlay thumbnail key, None when no map could be computed
-    score: float  # probability of the gallery's class
-    predicted: str
-    truth: str | None
-    correct: bool | None
+    with clock("knn"):
+        knn = {}
+        for name in names:
+            knn[name] = layer_knn(
+                features.arrays[name],
+                labels,
+                cfg.k,
+                metric=cfg.metric,
+                reference=None if reference_arrays is None else reference_arrays[name],
+                reference_labels=ref_labels,
+                layer=name,
+            )
+    for summary in result.layers:
+        summary.knn_accuracy = knn[summary.name].accuracy
+        summary.knn_agreement = knn[summary.name].agreement
 
+    predicted = [class_map.classes[p] for p in pred]
+    wrong = (truth >= 0) & (pred != truth)
+    groups = labels if result.dataset.labeled else pred
+    rows = choose_queries(
+        labels, groups, wrong, probs[np.arange(len(pred)), pred], cfg.queries_per_class, cfg.max_queries, cfg.seed
+    )
+    inner = [n for n in names if n not in (INPUT_LAYER, LOGITS_LAYER)]
+    key_layers = [n for n in (names[0], inner[len(inner) // 2] if inner else None, deep_layers(names)[1]) if n]
+    key_layers = list(dict.fromkeys(key_layers))
+    source = (
+        "leave-one-out within the audited folder" if cfg.reference is None else f"the reference folder {cfg.reference}"
+    )
+    result.sections["knn"] = build_knn_section(
+        knn, names, key_layers, rows, audited, ref_set, vocab, predicted, wrong, groups, cfg.k, cfg.metric, source
+    )
 
-@dataclass
-class ClassGallery:
-    index: int
-    name: str
-    max: list[GalleryTile]
-    min: list[GalleryTile]
-    wrong: list[GalleryTile]
-    cue_mass: float | None = None  # unused unless a caller measures it
+    deep, dup_layer = deep_layers(names)
+    p_label = np.where(truth >= 0, probs[np.arange(len(truth)), np.maximum(truth, 0)], np.nan)
+    with clock("suspects"):
+        mislabels = mislabel_scores(labels, p_label, [knn[n].neighbours for n in deep], ref_labels)
+        dup_ratio = 0.25
+        dup_layers = list(dict.fromkeys(n for n in (INPUT_LAYER, dup_layer) if n in knn))
+        found = []
+        for name in dup_layers:
+            if reference_arrays is None:
+                pairs, _ = near_duplicates(knn[name].neighbours, dup_ratio, layer=name)
+                found.append(pairs)
+            else:
+                # Within the audited folder, and across into the reference (leakage).
+                own = knn_search(
+                    features.arrays[name], features.arrays[name], 1, metric=cfg.metric, query_rows=np.arange(features.n)
+                )
+                scale = float(np.median(own.distances[:, 0])) if own.indices.shape[1] else 0.0
+                found.append(near_duplicates(own, dup_ratio, scale=scale, layer=name)[0])
+                found.append(near_duplicates(knn[name].neighbours, dup_ratio, cross=True, scale=scale, layer=name)[0])
+        dups = merge_pairs(*found)
+    suspects = build_suspects_section(
+        mislabels, dups, knn, deep, dup_layers, dup_ratio, audited, ref_set, vocab, predicted
+    )
+    result.sections["suspects"] = suspects
 
-
-@dataclass
-class GalleriesSection:
-    """Max/min-activating and confidently-wrong images per class, with CAM overlays."""
-
-    method: str | None  # CAM method, None when no map could be made
-    layer: str | None
-    classes: list[ClassGallery]
-    size: int
-    note: str = ""
-    maps: dict[str, np.ndarray] = field(default_factory=dict)  # overlay key -> (H, W) map
-
-    def thumb_keys(self) -> set[str]:
-        return {t.thumb for g in self.classes for t in (*g.max, *g.min, *g.wrong)}
-
-    def overlay_maps(self) -> dict[str, np.ndarray]:
-        return self.maps
-
-    def json_items(self) -> dict[str, Any]:
-        def tiles(items: list[GalleryTile]) -> list[dict[str, Any]]:
-            return [{"file": t.file, "score": t.score, "pred": t.predicted} for t in items]
-
-        return {
-            "galleries": {
-                g.name: {"max": tiles(g.max), "min": tiles(g.min), "wrong": tiles(g.wrong)} for g in self.classes
-            },
-            "cam": {"method": self.method, "layer": self.layer, "note": self.note or None},
-        }
-
-
-@dataclass
-class ChannelTile:
-    file: str
-    thumb: str
-    overlay: str | None
-    activation: float
-
-
-@dataclass
-class ChannelEntry:
-    channel: int
-    variance: float
-    tiles: list[ChannelTile]
-
-
-@dataclass
-class ChannelsSection:
-    layer: str
-    channels: list[ChannelEntry]
-    note: str = ""
-    maps: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def thumb_keys(self) -> set[str]:
-        return {t.thumb for c in self.channels for t in c.tiles}
-
-    def overlay_maps(self) -> dict[str, np.ndarray]:
-        return self.maps
-
-    def json_items(self) -> dict[str, Any]:
-        return {
-            "channels": {
-                "layer": self.layer,
-                "note": self.note or None,
-                "items": [
-                    {
-                        "channel": c.channel,
-                        "variance": c.variance,
-                        "top": [{"file": t.file, "activation": t.activation} for t in c.tiles],
-                    }
-                    for c in self.channels
-                ],
-            }
-        }
+    if cfg.tsne:
+        with clock("tsne"):
+            colour = labels if result.dataset.labeled else pred
+            tsne = tsne_layers(features.arrays, names, colour, seed=cfg.seed, max_points=cfg.tsne_max_points)
+        for summary in result.layers:
+            summary.tsne_trustworthiness = tsne.trustworthiness.get(summary.name)
+            summary.note = tsne.notes.get(summary.name, "")
+        colour_names = vocab if result.dataset.labeled else class_map.classes
+        result.sections["tsne"] = TsneSection(tsne, colour[tsne.rows], wrong[tsne.rows], colour_names)

@@ -1,0 +1,135 @@
+"""``python -m benchmarks [--quick] [--output FILE]``: every figure in one run.
+
+The full run takes about half an hour on 2 cores and writes ``benchmarks/RESULTS.md``;
+``--quick`` shrinks every workload so it runs in a couple of minutes (CI runs it to
+check that the benchmark works; its timings gate nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        total = int(
+            next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
+        )
+        mem = f", {total / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    import numpy
+    import onnxruntime
+    import sklearn
+    import torch
+
+    gpu = "no GPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+    return (
+        f"{cpu}, {os.cpu_count()} cores{mem}, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, scikit-learn {sklearn.__version__}, numpy {numpy.__version__}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny workloads: checks the harness runs, not how fast")
+    parser.add_argument(
+        "--output", type=Path, default=HERE / "RESULTS.md", help="Markdown results (default: benchmarks/RESULTS.md)"
+    )
+    parser.add_argument("--work", type=Path, default=HERE / ".work", help="where the workload is generated and cached")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    from benchmarks import measure
+    from benchmarks.workload import build_images, build_models
+
+    quick = args.quick
+    work = args.work / ("quick" if quick else "full")
+    sizes = {
+        "extract": 64 if quick else 1000,
+        "tsne": [300] if quick else [2000, 10000],
+        "knn": 2000 if quick else 20000,
+        "cam": 8 if quick else 32,
+        "report": [100, 200] if quick else [1000, 5000],
+    }
+    total = max([sizes["extract"], *sizes["tsne"], *sizes["report"], sizes["cam"]])
+    started = time.perf_counter()
+    print(f"building the workload in {work} ({total} images)...", file=sys.stderr)
+    models = build_models(work / "models")
+    images = build_images(work / "images", total)
+    folders = {
+        n: measure.subset_folder(images, work / f"subset-{n}", n)
+        for n in {sizes["extract"], *sizes["tsne"], *sizes["report"], sizes["cam"]}
+    }
+    rows: list[measure.Figure] = []
+
+    def step(name: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f} s] {name}", file=sys.stderr, flush=True)
+
+    step("extraction efficiency")
+    rows += measure.extraction_efficiency(models, folders[sizes["extract"]], args.batch_size)
+    for n in sizes["tsne"]:
+        step(f"t-SNE, N = {n}")
+        arrays, layers, labels = measure.layer_features(models["onnx"], folders[n], args.batch_size)
+        rows.append(measure.tsne_ratio(arrays, layers, labels))
+    step("kNN")
+    rows.append(measure.knn_ratio(sizes["knn"]))
+    step("Grad-CAM")
+    rows += measure.gradcam_ratio(models, folders[sizes["cam"]], sizes["cam"])
+    step("whole reports")
+    out_dir = work / "reports"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    report_rows, reports = measure.whole_report(
+        models["onnx"], {n: folders[n] for n in sizes["report"]}, out_dir, args.batch_size
+    )
+    rows += report_rows
+    largest = max(reports)
+    rows.append(measure.report_size(reports[largest], largest))
+    elapsed = time.perf_counter() - started
+
+    table = ["| figure | value | target | met | how it was measured |", "|---|---|---|---|---|"]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "–"}[r.ok]
+        value = "–" if r.value is None else f"{r.value:.2f}"
+        table.append(f"| {r.name} | {value} | {r.target} | {met} | {r.detail} |")
+    command = "python -m benchmarks" + (" --quick" if quick else "")
+    text = "\n".join(
+        [
+            "# Benchmark results" + (" (quick mode: tiny workloads, timings meaningless)" if quick else ""),
+            "",
+            f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- machine: {machine()}",
+            f"- command: `{command}` ({elapsed / 60:.1f} min)",
+            "- workload: torchvision ResNet-18, seeded random weights, 10 outputs, exported to ONNX (opset 17) and "
+            "TorchScript; seeded synthetic 400x300 JPEGs in 10 class folders; kNN on seeded clustered 512-d features",
+            "",
+            *table,
+            "",
+        ]
+    )
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

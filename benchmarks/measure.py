@@ -1,0 +1,359 @@
+"""Each benchmark figure: reportgen against what a user would otherwise write, measured
+side by side in the same process (or, for whole reports, the same machine and run)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reportgen.data import Preprocess, discover, load_one
+from reportgen.extract import extract
+from reportgen.models import load_model
+from reportgen.pipeline import resolve_layers
+
+
+@dataclass
+class Figure:
+    """One row of the results table."""
+
+    name: str
+    value: float | None
+    target: str
+    ok: bool | None
+    detail: str
+
+
+def _best_of(fn, repeats: int = 3) -> float:
+    """Fastest of a few timed runs (after one warm-up run)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _decode_all(files: list[Path], pre: Preprocess) -> np.ndarray:
+    return np.stack([load_one(f, pre)[0] for f in files])
+
+
+def bare_forward(kind: str, path: Path, pixels: np.ndarray, batch: int) -> float:
+    """Seconds for the runtime's own forward pass over pre-decoded tensors."""
+    if kind == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+
+        def run() -> None:
+            for i in range(0, len(pixels), batch):
+                sess.run(None, {name: pixels[i : i + batch]})
+    else:
+        import torch
+
+        module = torch.jit.load(str(path)).eval()
+        tensors = torch.from_numpy(pixels)
+
+        def run() -> None:
+            with torch.inference_mode():
+                for i in range(0, len(tensors), batch):
+                    module(tensors[i : i + batch])
+
+    return _best_of(run, repeats=2)
+
+
+def extraction_efficiency(models: dict[str, Path], images: Path, batch: int) -> list[Figure]:
+    """reportgen's images/s from decode to pooled features of all default layers, over the
+    runtime's bare forward images/s on pre-decoded tensors (same model, same batch)."""
+    dataset = discover(images)
+    pre = Preprocess((224, 224))
+    files = [dataset.root / r.file for r in dataset.records]
+    pixels = _decode_all(files, pre)
+    out = []
+    for kind in ("onnx", "torchscript"):
+        adapter = load_model(models[kind], device="cpu")
+        adapter.prepare(pre.size)
+        layers = resolve_layers(None, adapter, pre)
+        ours = _best_of(
+            lambda a=adapter, ls=layers: extract(dataset, a, ls, pre, batch_size=batch, show_progress=False),
+            repeats=2,
+        )
+        bare = bare_forward(kind, models[kind], pixels, batch)
+        ratio = bare / ours  # (n / ours) / (n / bare)
+        out.append(
+            Figure(
+                f"extraction efficiency, {'ONNX Runtime' if kind == 'onnx' else 'torch (TorchScript file)'}",
+                ratio,
+                ">= 0.8",
+                ratio >= 0.8,
+                f"{len(files)} JPEGs 400x300 -> 224 px, {len(layers)} layers, batch {batch}: "
+                f"reportgen {len(files) / ours:.1f} img/s (decode included), bare forward {len(files) / bare:.1f} img/s",
+            )
+        )
+    return out
+
+
+def layer_features(model: Path, images: Path, batch: int) -> tuple[dict[str, np.ndarray], list[str], np.ndarray]:
+    """Pooled features of every default layer (ONNX model) for a folder of images."""
+    dataset = discover(images)
+    pre = Preprocess((224, 224))
+    adapter = load_model(model, device="cpu")
+    adapter.prepare(pre.size)
+    layers = resolve_layers(None, adapter, pre)
+    feats = extract(dataset, adapter, layers, pre, batch_size=batch, show_progress=False)
+    return feats.arrays, [layer.name for layer in layers], feats.labels
+
+
+def tsne_ratio(arrays: dict[str, np.ndarray], layers: list[str], labels: np.ndarray) -> Figure:
+    """reportgen's aligned t-SNE of all layers over scikit-learn's TSNE (defaults, all
+    cores) run on each layer's features; trustworthiness compared layer by layer."""
+    from sklearn.manifold import TSNE
+
+    from reportgen.analyses.tsne import trustworthiness, tsne_layers
+
+    n = len(labels)
+    start = time.perf_counter()
+    ours = tsne_layers(arrays, layers, labels, seed=0, max_points=max(n, 10))
+    ours_s = time.perf_counter() - start - 0.0
+    ours_tsne_s = sum(ours.seconds.values())
+    sk_s = 0.0
+    gaps = []
+    for layer in layers:
+        x = arrays[layer]
+        t = time.perf_counter()
+        y = TSNE(random_state=0, n_jobs=-1).fit_transform(x)
+        sk_s += time.perf_counter() - t
+        sk_trust = trustworthiness(x, y, 10)
+        mine = ours.trustworthiness.get(layer)
+        if mine is not None:
+            gaps.append(sk_trust - mine)
+    ratio = ours_tsne_s / sk_s
+    worst = max(gaps) if gaps else 0.0
+    return Figure(
+        f"t-SNE, N = {n:,}",
+        ratio,
+        "<= 0.25, trustworthiness within 0.01",
+        ratio <= 0.25 and worst <= 0.01,
+        f"{len(layers)} layers: reportgen {ours_tsne_s:.1f} s (plus {ours_s - ours_tsne_s:.1f} s computing trustworthiness), "
+        f"scikit-learn {sk_s:.1f} s; largest trustworthiness shortfall vs scikit-learn {worst:+.4f}",
+    )
+
+
+def knn_ratio(n: int, dim: int = 512) -> Figure:
+    """reportgen's exact leave-one-out kNN over scikit-learn's brute-force NearestNeighbors."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from benchmarks.workload import synthetic_features
+    from reportgen.analyses.knn import knn_search
+
+    x, _ = synthetic_features(n, dim)
+    result = {}
+
+    def ours() -> None:
+        result["ours"] = knn_search(x, x, 10, query_rows=np.arange(n))
+
+    def theirs() -> None:
+        result["sk"] = NearestNeighbors(n_neighbors=10, algorithm="brute", n_jobs=-1).fit(x).kneighbors()
+
+    ours_s = _best_of(ours, repeats=2)
+    sk_s = _best_of(theirs, repeats=2)
+    same = float(np.mean(result["ours"].indices == result["sk"][1]))
+    ratio = ours_s / sk_s
+    return Figure(
+        f"kNN, N = {n:,}, {dim} dims",
+        ratio,
+        "<= 1.0, identical neighbours",
+        ratio <= 1.0 and same == 1.0,
+        f"reportgen {ours_s:.2f} s, scikit-learn {sk_s:.2f} s; identical neighbour indices: {100 * same:.4f}%",
+    )
+
+
+def gradcam_ratio(models: dict[str, Path], images: Path, n_images: int) -> list[Figure]:
+    """reportgen's Grad-CAM images/s over the grad-cam package's GradCAM (same weights,
+    layer, images and targets), and each one's cost in forward passes."""
+    import torch
+    import torchvision
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from reportgen.analyses.cam import compute_cam
+    from reportgen.models import last_spatial_layer
+
+    dataset = discover(images)
+    pre = Preprocess((224, 224))
+    files = [dataset.root / r.file for r in dataset.records][:n_images]
+    x = _decode_all(files, pre)
+    targets = np.arange(len(x)) % 10
+    eager = torchvision.models.resnet18(num_classes=10).eval()
+    eager.load_state_dict(torch.load(models["state_dict"], weights_only=True))
+    xt = torch.from_numpy(x)
+
+    def eager_forward() -> None:
+        with torch.inference_mode():
+            eager(xt)
+
+    cam = GradCAM(model=eager, target_layers=[eager.layer4[-1]])
+    package_s = _best_of(
+        lambda: cam(input_tensor=xt, targets=[ClassifierOutputTarget(int(t)) for t in targets]), repeats=2
+    )
+    eager_s = _best_of(eager_forward, repeats=2)
+    out = []
+    for kind, path, kwargs in (
+        ("state_dict", models["state_dict"], {"arch": "resnet18"}),
+        ("onnx", models["onnx"], {}),
+    ):
+        adapter = load_model(path, device="cpu", **kwargs)
+        adapter.prepare(pre.size)
+        split = adapter.split(last_spatial_layer(adapter.layers()))
+        ours_s = _best_of(lambda split=split: compute_cam("gradcam", split, x, targets, pre.size), repeats=2)
+        fwd_s = _best_of(lambda adapter=adapter: adapter.extract(x, []), repeats=2)
+        ratio = package_s / ours_s
+        label = "torch (state_dict)" if kind == "state_dict" else "ONNX Runtime (central differences)"
+        out.append(
+            Figure(
+                f"Grad-CAM speed, {label}",
+                ratio,
+                ">= 2 (x the grad-cam package)",
+                ratio >= 2.0,
+                f"{len(x)} images at 224 px, layer4 output: reportgen {len(x) / ours_s:.1f} img/s = "
+                f"{ours_s / fwd_s:.2f} forward passes; grad-cam package {len(x) / package_s:.1f} img/s = "
+                f"{package_s / eager_s:.2f} eager forward passes",
+            )
+        )
+    return out
+
+
+def _run_measured(cmd: list[str]) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS (bytes) and exit status of a child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip()[-500:]}")
+    return wall, usage.ru_maxrss * 1024, code
+
+
+def subset_folder(source: Path, dest: Path, n: int) -> Path:
+    """A folder of symbolic links to the first n images of ``source`` (round-robin over classes)."""
+    if dest.exists():
+        return dest
+    classes = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [sorted(c.glob("*.jpg")) for c in classes]
+    picked = [f for group in zip(*files, strict=False) for f in group][:n]
+    for f in picked:
+        target = dest / f.parent.name / f.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(f.resolve())
+    return dest
+
+
+def whole_report(
+    model: Path, folders: dict[int, Path], out_dir: Path, batch: int
+) -> tuple[list[Figure], dict[int, Path]]:
+    """Wall time of `reportgen audit` over (sequential decode + bare forward), peak RSS
+    growth, report size."""
+    figures = []
+    rss = {}
+    reports = {}
+    for n, folder in folders.items():
+        report = out_dir / f"report-{n}" / "report.html"
+        cmd = [
+            sys.executable,
+            "-m",
+            "reportgen",
+            "audit",
+            str(model),
+            str(folder),
+            "-o",
+            str(report),
+            "-q",
+            "--no-cache",
+            "--batch-size",
+            str(batch),
+        ]
+        wall, peak, _ = _run_measured(cmd)
+        rss[n] = peak
+        reports[n] = report
+        pre = Preprocess((224, 224))
+        files = sorted(folder.rglob("*.jpg"))
+        gc.collect()
+        start = time.perf_counter()
+        pixels = _decode_all(files, pre)
+        decode_s = time.perf_counter() - start
+        forward_s = bare_forward("onnx", model, pixels, batch)
+        del pixels
+        ratio = wall / (decode_s + forward_s)
+        figures.append(
+            Figure(
+                f"whole report, N = {n:,}",
+                ratio,
+                "<= 2.5",
+                ratio <= 2.5,
+                f"`reportgen audit` {wall:.1f} s wall; decode {decode_s:.1f} s + bare ONNX forward {forward_s:.1f} s; "
+                f"peak RSS {peak / 2**20:.0f} MiB; HTML {report.stat().st_size / 2**20:.1f} MiB",
+            )
+        )
+    small, large = min(rss), max(rss)
+    growth = rss[large] / rss[small]
+    figures.append(
+        Figure(
+            f"memory, peak RSS N = {large:,} / N = {small:,}",
+            growth,
+            "<= 1.3",
+            growth <= 1.3,
+            f"{rss[large] / 2**20:.0f} MiB / {rss[small] / 2**20:.0f} MiB",
+        )
+    )
+    return figures, reports
+
+
+def report_size(report: Path, n: int) -> Figure:
+    """Bytes of the HTML, and whether it opens in Chromium without errors."""
+    size = report.stat().st_size
+    opened = _opens_in_chromium(report)
+    ok = size <= 20 * 2**20 and opened is not False
+    state = {
+        True: "opens in headless Chromium with no console error",
+        False: "FAILED to open cleanly in Chromium",
+        None: "Chromium not available: not opened",
+    }[opened]
+    return Figure(
+        f"report size, N = {n:,}", size / 2**20, "<= 20 MB, opens in Chromium", ok, f"{size:,} bytes; {state}"
+    )
+
+
+def _opens_in_chromium(report: Path) -> bool | None:
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        page = browser.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(report.resolve().as_uri(), timeout=120_000)
+        loaded = page.evaluate(
+            "document.getElementById('tsne-gif') !== null && document.querySelectorAll('img[data-thumb]:not([src])').length === 0"
+        )
+        browser.close()
+    return bool(loaded) and not errors

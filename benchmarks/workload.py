@@ -1,0 +1,105 @@
+"""The benchmark's own workload: a seeded ResNet-18 and seeded synthetic JPEGs.
+
+Everything is generated here (no download): a torchvision ResNet-18 with seeded random
+weights and 10 outputs, exported to ONNX and TorchScript, and N images of about
+400x300 pixels in 10 class folders -- shapes of a class-dependent kind and colour on
+gradients and clutter, saved as JPEG.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+CLASSES = [f"class_{i:02d}" for i in range(10)]
+SIZE = (400, 300)
+
+
+def build_models(folder: Path, seed: int = 0) -> dict[str, Path]:
+    """ResNet-18 (10 outputs, seeded weights) as ONNX and TorchScript; reused if present."""
+    import torch
+    import torchvision
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "onnx": folder / "resnet18.onnx",
+        "torchscript": folder / "resnet18.ts",
+        "state_dict": folder / "resnet18.pth",
+    }
+    if all(p.exists() for p in paths.values()):
+        return paths
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    example = torch.zeros(2, 3, 224, 224)
+    torch.save(model.state_dict(), paths["state_dict"])
+    torch.jit.save(torch.jit.trace(model, example), str(paths["torchscript"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(paths["onnx"]),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+        )
+    return paths
+
+
+def _image(cls: int, rng: np.random.Generator) -> Image.Image:
+    w, h = SIZE
+    c0, c1 = rng.uniform(30, 225, 3), rng.uniform(30, 225, 3)
+    t = np.linspace(0, 1, w)[None, :] * 0.6 + np.linspace(0, 1, h)[:, None] * 0.4
+    bg = c0 * (1 - t[..., None]) + c1 * t[..., None] + rng.normal(0, 8, (h, w, 3))
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.integers(3, 8)):
+        draw.line(
+            [tuple(rng.uniform(0, w, 2)), tuple(rng.uniform(0, h, 2))],
+            fill=tuple(int(v) for v in rng.uniform(0, 255, 3)),
+            width=2,
+        )
+    # The class: a polygon with (cls % 5) + 3 corners, in a class-tinted colour.
+    sides = cls % 5 + 3
+    cx, cy, r = rng.uniform(120, 280), rng.uniform(90, 210), rng.uniform(45, 80)
+    angle = rng.uniform(0, 2 * math.pi)
+    pts = [
+        (cx + r * math.cos(angle + k * 2 * math.pi / sides), cy + r * math.sin(angle + k * 2 * math.pi / sides))
+        for k in range(sides)
+    ]
+    tint = np.array([(cls * 53) % 255, (cls * 97) % 255, (cls * 151) % 255], float)
+    draw.polygon(pts, fill=tuple(int(v) for v in np.clip(tint + rng.normal(0, 25, 3), 0, 255)))
+    return img.filter(ImageFilter.GaussianBlur(0.7))
+
+
+def build_images(folder: Path, n: int, seed: int = 0) -> Path:
+    """``n`` JPEGs in 10 class folders (reused when the folder already holds them)."""
+    marker = folder / f".complete-{n}-{seed}"
+    if marker.exists():
+        return folder
+    rng = np.random.default_rng(seed)
+    for name in CLASSES:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cls = i % len(CLASSES)
+        buf = io.BytesIO()
+        _image(cls, rng).save(buf, "JPEG", quality=90)
+        (folder / CLASSES[cls] / f"img_{i:06d}.jpg").write_bytes(buf.getvalue())
+    marker.write_text("")
+    return folder
+
+
+def synthetic_features(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered, non-negative (ReLU-like) float32 features and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    centres = rng.standard_normal((10, dim)) * 2.0
+    x = np.maximum(centres[labels] + rng.standard_normal((n, dim)), 0).astype(np.float32)
+    return x, labels

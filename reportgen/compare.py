@@ -1,0 +1,466 @@
+"""``reportgen compare OLD NEW``: what changed between two audits of the same images.
+
+Inputs are two JSON sidecars (or their HTML reports); their features caches are used
+when present.  Everything is computed on the images both audits used:
+
+* accuracy of each model and of their difference, with paired bootstrap 95% intervals;
+* per-class precision / recall / F1 and their deltas;
+* prediction flips: images right before and wrong now (regressions), and the reverse
+  (fixes), with both predictions, both scores and, when both model files can be opened
+  again, both Grad-CAM maps;
+* the confusion-matrix difference;
+* per-layer representation similarity (linear CKA, kNN overlap@10) for the layers the two
+  audits share by position, when both features caches exist;
+* files added, removed or changed between the two runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reportgen import __version__
+from reportgen.analyses.metrics import classification_metrics
+from reportgen.analyses.similarity import PairedAccuracy, knn_overlap, linear_cka, paired_bootstrap
+from reportgen.config import source_date_epoch
+from reportgen.errors import UserError
+from reportgen.report import JSON_SCHEMA_VERSION
+from reportgen.util import round_floats
+
+COMPARE_GATES = ("accuracy_drop", "class_recall_drop", "macro_f1_drop", "regressions")
+SHOWN_FLIPS = 60
+
+
+@dataclass
+class Audit:
+    """One audit as read back from disk."""
+
+    json_path: Path
+    data: dict[str, Any]
+    cache: Path | None  # its features cache, when it exists and matches the JSON
+
+    @property
+    def label(self) -> str:
+        return f"{self.data['model']['path']} ({self.data['model']['format']})"
+
+
+def load_audit(path: Path) -> Audit:
+    """Read an audit's JSON sidecar (given, or beside the given HTML) and check it."""
+    json_path = path.with_suffix(".json") if path.suffix.lower() in (".html", ".htm") else path
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"audit not found: {json_path}") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {json_path} as a reportgen JSON sidecar: {exc}") from None
+    if not isinstance(data, dict) or "predictions" not in data or "schema_version" not in data:
+        raise UserError(f"{json_path} is not a reportgen audit (no schema_version / predictions)")
+    version = data["schema_version"]
+    if not isinstance(version, int) or version > JSON_SCHEMA_VERSION:
+        raise UserError(
+            f"{json_path} was written by reportgen {data.get('tool_version', '?')} with JSON schema {version}; "
+            f"this reportgen ({__version__}) reads schema {JSON_SCHEMA_VERSION} and older: upgrade reportgen"
+        )
+    options = data.get("options") or {}
+    cache = (
+        Path(options["features"]) if options.get("features") else json_path.with_name(json_path.stem + ".features.npz")
+    )
+    if not options.get("use_cache", True) or not cache.is_file():
+        cache = None
+    return Audit(json_path, data, cache)
+
+
+def _check_same_folder(old: Audit, new: Audit) -> list[str]:
+    a, b = old.data["dataset"], new.data["dataset"]
+    files_a = {p["file"] for p in old.data["predictions"]} | {s["file"] for s in old.data["skipped"]}
+    files_b = {p["file"] for p in new.data["predictions"]} | {s["file"] for s in new.data["skipped"]}
+    overlap = len(files_a & files_b) / max(1, min(len(files_a), len(files_b)))
+    same_root = str(a.get("root_resolved", a["root"])) == str(b.get("root_resolved", b["root"]))
+    if overlap < 0.5:
+        raise UserError(
+            f"the two audits are of different image folders ({a['root']} vs {b['root']}: "
+            f"{100 * overlap:.0f}% of files in common); compare audits of the same folder"
+        )
+    return (
+        []
+        if same_root
+        else [f"the image folder moved ({a['root']} -> {b['root']}); files are matched by relative path"]
+    )
+
+
+@dataclass
+class Flip:
+    file: str
+    label: str | None
+    old_pred: str
+    old_score: float
+    new_pred: str
+    new_score: float
+    thumb: str
+    old_overlay: str | None = None
+    new_overlay: str | None = None
+
+
+@dataclass
+class ClassDelta:
+    name: str
+    support: int
+    precision: tuple[float, float]
+    recall: tuple[float, float]
+    f1: tuple[float, float]
+
+    @property
+    def f1_delta(self) -> float:
+        return self.f1[1] - self.f1[0]
+
+    @property
+    def recall_delta(self) -> float:
+        return self.recall[1] - self.recall[0]
+
+    @property
+    def precision_delta(self) -> float:
+        return self.precision[1] - self.precision[0]
+
+
+@dataclass
+class LayerSimilarity:
+    position: int
+    old_layer: str
+    new_layer: str
+    cka: float
+    knn_overlap: float
+
+
+@dataclass
+class CompareResult:
+    tool_version: str
+    generated_at: str | None
+    old: Audit
+    new: Audit
+    classes: list[str]
+    common: int  # images both audits used
+    labeled: int  # of which labeled with a class both models know
+    accuracy: PairedAccuracy | None
+    macro_f1: tuple[float, float] | None
+    per_class: list[ClassDelta]
+    regressions: list[Flip]
+    fixes: list[Flip]
+    changed: int  # images whose predicted class changed at all
+    confusion_old: np.ndarray | None
+    confusion_new: np.ndarray | None
+    similarity: list[LayerSimilarity]
+    similarity_note: str
+    added: list[str]
+    removed: list[str]
+    modified: list[str]
+    warnings: list[str] = field(default_factory=list)
+    cam_note: str = ""
+    overlays: dict[str, np.ndarray] = field(default_factory=dict)  # key -> map, for the figures
+
+
+def _metrics_pair(truth: np.ndarray, old_pred: np.ndarray, new_pred: np.ndarray, classes: list[str]):
+    k = len(classes)
+    one_hot_old = np.eye(k, dtype=np.float32)[old_pred]
+    one_hot_new = np.eye(k, dtype=np.float32)[new_pred]
+    return classification_metrics(truth, one_hot_old, classes), classification_metrics(truth, one_hot_new, classes)
+
+
+def _features(audit: Audit) -> tuple[list[str], list[str], dict[str, np.ndarray]] | None:
+    """(files, layer names, arrays) from the audit's cache, or None."""
+    if audit.cache is None:
+        return None
+    try:
+        with np.load(audit.cache, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            names = [layer["name"] for layer in meta["layers"]]
+            arrays = {name: (npz["outputs"] if name == "logits" else npz[f"layer_{i}"]) for i, name in enumerate(names)}
+            files = [str(f) for f in npz["files"]]
+    except (OSError, ValueError, KeyError):
+        return None
+    return files, names, arrays
+
+
+def compare(old: Audit, new: Audit, *, seed: int = 0) -> CompareResult:
+    """Everything but the CAM overlays (see :func:`add_cam_overlays`)."""
+    warnings = _check_same_folder(old, new)
+    if old.data["model"]["sha256"] == new.data["model"]["sha256"]:
+        warnings.append("both audits ran the same model file (identical SHA-256)")
+    classes = list(dict.fromkeys([*old.data["classes"], *new.data["classes"]]))
+    index = {c: i for i, c in enumerate(classes)}
+    old_by_file = {p["file"]: p for p in old.data["predictions"]}
+    new_by_file = {p["file"]: p for p in new.data["predictions"]}
+    common = sorted(set(old_by_file) & set(new_by_file))
+    old_pred = np.array([index[old_by_file[f]["pred"]] for f in common], np.int64)
+    new_pred = np.array([index[new_by_file[f]["pred"]] for f in common], np.int64)
+    labels = [new_by_file[f]["label"] for f in common]
+    truth = np.array([index.get(lab, -1) if lab is not None else -1 for lab in labels], np.int64)
+    known = truth >= 0
+
+    accuracy = None
+    macro = None
+    per_class: list[ClassDelta] = []
+    confusion_old = confusion_new = None
+    if known.any():
+        accuracy = paired_bootstrap(old_pred[known] == truth[known], new_pred[known] == truth[known], seed=seed)
+        m_old, m_new = _metrics_pair(truth, old_pred, new_pred, classes)
+        assert m_old is not None and m_new is not None
+        macro = (m_old.macro_f1, m_new.macro_f1)
+        confusion_old, confusion_new = m_old.confusion, m_new.confusion
+        for a, b in zip(m_old.per_class, m_new.per_class, strict=True):
+            if a.support or a.predicted or b.predicted:
+                per_class.append(
+                    ClassDelta(a.name, a.support, (a.precision, b.precision), (a.recall, b.recall), (a.f1, b.f1))
+                )
+        per_class.sort(key=lambda d: (-abs(d.f1_delta), -abs(d.recall_delta), d.name))
+
+    regressions, fixes = [], []
+    for i, f in enumerate(common):
+        if truth[i] < 0:
+            continue
+        was, now = old_pred[i] == truth[i], new_pred[i] == truth[i]
+        if was != now:
+            flip = Flip(
+                f,
+                labels[i],
+                classes[old_pred[i]],
+                float(old_by_file[f]["score"]),
+                classes[new_pred[i]],
+                float(new_by_file[f]["score"]),
+                "a:" + f,
+            )
+            (regressions if was else fixes).append(flip)
+    # Most confident new mistakes (and most confident new successes) first.
+    regressions.sort(key=lambda fl: (-fl.new_score, fl.file))
+    fixes.sort(key=lambda fl: (-fl.new_score, fl.file))
+
+    similarity, note = _similarity(old, new, common)
+    old_files = set(old_by_file) | {s["file"] for s in old.data["skipped"]}
+    new_files = set(new_by_file) | {s["file"] for s in new.data["skipped"]}
+    modified = sorted(
+        f
+        for f in common
+        if old_by_file[f].get("sha256")
+        and new_by_file[f].get("sha256")
+        and old_by_file[f]["sha256"] != new_by_file[f]["sha256"]
+    )
+    epoch = source_date_epoch()
+    moment = datetime.fromtimestamp(epoch, UTC) if epoch is not None else datetime.now(UTC)
+    return CompareResult(
+        tool_version=__version__,
+        generated_at=moment.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        old=old,
+        new=new,
+        classes=classes,
+        common=len(common),
+        labeled=int(known.sum()),
+        accuracy=accuracy,
+        macro_f1=macro,
+        per_class=per_class,
+        regressions=regressions,
+        fixes=fixes,
+        changed=int((old_pred != new_pred).sum()),
+        confusion_old=confusion_old,
+        confusion_new=confusion_new,
+        similarity=similarity,
+        similarity_note=note,
+        added=sorted(new_files - old_files),
+        removed=sorted(old_files - new_files),
+        modified=modified,
+        warnings=warnings,
+    )
+
+
+def _similarity(old: Audit, new: Audit, common: list[str]) -> tuple[list[LayerSimilarity], str]:
+    a, b = _features(old), _features(new)
+    if a is None or b is None:
+        missing = " and ".join(x.json_path.name for x, f in ((old, a), (new, b)) if f is None)
+        return [], f"no features cache for {missing}: representation similarity needs both (audit without --no-cache)"
+    files_a, names_a, arrays_a = a
+    files_b, names_b, arrays_b = b
+    pos_a = {f: i for i, f in enumerate(files_a)}
+    pos_b = {f: i for i, f in enumerate(files_b)}
+    shared = [f for f in common if f in pos_a and f in pos_b]
+    if len(shared) < 3:
+        return [], "too few images in both caches to compare representations"
+    rows_a = np.array([pos_a[f] for f in shared])
+    rows_b = np.array([pos_b[f] for f in shared])
+    out = []
+    for position, (la, lb) in enumerate(zip(names_a, names_b, strict=False)):
+        xa = arrays_a[la][rows_a]
+        xb = arrays_b[lb][rows_b]
+        out.append(LayerSimilarity(position, la, lb, linear_cka(xa, xb), knn_overlap(xa, xb, 10)))
+    note = ""
+    if len(names_a) != len(names_b):
+        note = f"the audits have {len(names_a)} and {len(names_b)} layers; the first {len(out)} are paired by position"
+    return out, note
+
+
+def add_cam_overlays(result: CompareResult, *, device: str, trust_pickle: bool, batch_size: int) -> None:
+    """Both models' Grad-CAM maps of the shown flips, each for its own prediction, when
+    both model files still exist unchanged."""
+    from reportgen.analyses.cam import compute_cam
+    from reportgen.data import DecodeError, Preprocess, load_one
+    from reportgen.models import last_spatial_layer, load_model
+    from reportgen.util import file_sha256
+
+    flips = result.regressions[:SHOWN_FLIPS] + result.fixes[:SHOWN_FLIPS]
+    if not flips:
+        return
+    dataset = result.new.data["dataset"]
+    root = Path(dataset.get("root_resolved") or dataset["root"])
+    for side, audit in (("old", result.old), ("new", result.new)):
+        model = Path(audit.data["model"]["path"])
+        if not model.is_file() or file_sha256(model) != audit.data["model"]["sha256"]:
+            result.cam_note = (
+                f"the {side} model file ({model}) is missing or changed since its audit: no activation maps"
+            )
+            return
+    for side, audit in (("old", result.old), ("new", result.new)):
+        p = audit.data["preprocessing"]
+        pre = Preprocess(
+            tuple(p["size"]), tuple(p["mean"]), tuple(p["std"]), p["channels"], p["resize"], p["channels_last"]
+        )
+        adapter = load_model(
+            Path(audit.data["model"]["path"]),
+            device=device,
+            arch=(audit.data.get("options") or {}).get("arch"),
+            trust_pickle=trust_pickle,
+        )
+        adapter.prepare(pre.size)
+        layer = (audit.data.get("cam") or {}).get("layer") or last_spatial_layer(adapter.layers())
+        if layer is None:
+            result.cam_note = f"the {side} model has no spatial tensor: no activation maps"
+            return
+        split = adapter.split(layer)
+        classes = audit.data["classes"]
+        todo = []
+        for flip in flips:
+            pred = flip.old_pred if side == "old" else flip.new_pred
+            if pred in classes:
+                try:
+                    todo.append((flip, classes.index(pred), load_one(root / flip.file, pre)[0]))
+                except DecodeError:
+                    continue
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            cams = compute_cam(
+                "gradcam", split, np.stack([x for _, _, x in chunk]), np.array([t for _, t, _ in chunk]), pre.size
+            )
+            for (flip, _, _), cam in zip(chunk, cams.maps, strict=True):
+                key = f"{side}:{flip.file}"
+                result.overlays[key] = cam
+                if side == "old":
+                    flip.old_overlay = key
+                else:
+                    flip.new_overlay = key
+
+
+def _interval(i: Any) -> dict[str, float]:
+    return {"value": i.value, "low": i.low, "high": i.high}
+
+
+def compare_json(r: CompareResult, gates: dict[str, Any]) -> dict[str, Any]:
+    def side(a: Audit) -> dict[str, Any]:
+        d = a.data
+        return {
+            "json": str(a.json_path),
+            "model": {k: d["model"][k] for k in ("path", "format", "sha256")},
+            "tool_version": d.get("tool_version"),
+            "accuracy": d.get("accuracy"),
+            "n_images": d["dataset"]["n_images"],
+            "features_cache": str(a.cache) if a.cache else None,
+        }
+
+    def flips(items: list[Flip]) -> list[dict[str, Any]]:
+        return [
+            {
+                "file": f.file,
+                "label": f.label,
+                "old_pred": f.old_pred,
+                "old_score": f.old_score,
+                "new_pred": f.new_pred,
+                "new_score": f.new_score,
+            }
+            for f in items
+        ]
+
+    out = {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "tool_version": r.tool_version,
+        "generated_at": r.generated_at,
+        "old": side(r.old),
+        "new": side(r.new),
+        "classes": r.classes,
+        "common_images": r.common,
+        "labeled_images": r.labeled,
+        "accuracy": None
+        if r.accuracy is None
+        else {
+            "old": _interval(r.accuracy.old),
+            "new": _interval(r.accuracy.new),
+            "delta": _interval(r.accuracy.delta),
+            "level": 0.95,
+            "resamples": 2000,
+        },
+        "macro_f1": None
+        if r.macro_f1 is None
+        else {"old": r.macro_f1[0], "new": r.macro_f1[1], "delta": r.macro_f1[1] - r.macro_f1[0]},
+        "per_class": [
+            {
+                "class": d.name,
+                "support": d.support,
+                "precision": {"old": d.precision[0], "new": d.precision[1], "delta": d.precision_delta},
+                "recall": {"old": d.recall[0], "new": d.recall[1], "delta": d.recall_delta},
+                "f1": {"old": d.f1[0], "new": d.f1[1], "delta": d.f1_delta},
+            }
+            for d in r.per_class
+        ],
+        "flips": {"regressions": flips(r.regressions), "fixes": flips(r.fixes)},
+        "changed_predictions": r.changed,
+        "confusion_difference": None if r.confusion_old is None else (r.confusion_new - r.confusion_old).tolist(),
+        "layers_similarity": [
+            {
+                "position": s.position,
+                "old_layer": s.old_layer,
+                "new_layer": s.new_layer,
+                "cka": s.cka,
+                "knn_overlap": s.knn_overlap,
+            }
+            for s in r.similarity
+        ],
+        "similarity_note": r.similarity_note or None,
+        "folder_changes": {"added": r.added, "removed": r.removed, "modified": r.modified},
+        "gates": gates,
+        "warnings": r.warnings,
+    }
+    return round_floats(out)
+
+
+def evaluate_gates(r: CompareResult, gates: dict[str, float]) -> tuple[dict[str, Any], list[str]]:
+    """Each gate's measured value, threshold and verdict, and the failures as text."""
+    values: dict[str, float | None] = {
+        "accuracy_drop": None if r.accuracy is None else -(r.accuracy.delta.value),
+        "class_recall_drop": max((-d.recall_delta for d in r.per_class if d.support), default=None),
+        "macro_f1_drop": None if r.macro_f1 is None else r.macro_f1[0] - r.macro_f1[1],
+        "regressions": float(len(r.regressions)),
+    }
+    report: dict[str, Any] = {}
+    failures = []
+    for name, threshold in gates.items():
+        value = values[name]
+        failed = value is None or value > threshold
+        report[name] = {"value": value, "threshold": threshold, "passed": not failed}
+        if value is None:
+            failures.append(f"{name} cannot be measured (no labeled images in common)")
+        elif failed:
+            worst = ""
+            if name == "class_recall_drop":
+                d = max((d for d in r.per_class if d.support), key=lambda d: -d.recall_delta)
+                worst = f" (class {d.name}: {d.recall[0]:.3f} -> {d.recall[1]:.3f})"
+            failures.append(f"{name} {value:.4g} > {threshold}{worst}")
+    return report, failures

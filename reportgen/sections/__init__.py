@@ -1,0 +1,91 @@
+"""Report sections: analysis results joined with file and class names.
+
+Each section is a dataclass the template reads and whose ``json_items`` gives its part of
+the JSON sidecar, so the HTML and the JSON cannot disagree.  One module per part of the
+report: ``layers`` (kNN tables, t-SNE, suspects), ``galleries`` (max/min-activating images
+with CAMs, channel view), ``units`` (feature visualisation).  Each has a ``build``
+function that runs its analyses and stores its sections in ``AuditResult.sections``.
+
+Images are referred to by keys: ``a:<file>`` (audited folder) and ``r:<file>``
+(``--reference``) for thumbnails, ``cam:``, ``ch:``, ``unit:``, ``gbp:`` for pictures; the
+render stage turns every key into one embedded image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from reportgen.data import DecodeError, ImageDataset, Preprocess, load_one
+
+
+def thumb_key(file: str, reference: bool = False) -> str:
+    return ("r:" if reference else "a:") + file
+
+
+@dataclass
+class ImageSet:
+    """Names of the rows of a feature set (the audited folder or the reference)."""
+
+    files: list[str]
+    labels: np.ndarray  # int label per row in the shared vocabulary, -1 unlabeled
+    reference: bool = False
+
+    def key(self, row: int) -> str:
+        return thumb_key(self.files[row], self.reference)
+
+
+@dataclass
+class NeighbourEntry:
+    file: str
+    thumb: str
+    distance: float
+    label: str | None
+    match: bool | None  # same label as the query (None when either is unlabeled)
+
+
+def label_name(vocab: list[str], value: int) -> str | None:
+    return vocab[value] if value >= 0 else None
+
+
+def neighbour_strip(
+    nb_indices: np.ndarray,
+    nb_distances: np.ndarray,
+    ref: ImageSet,
+    own_label: int,
+    vocab: list[str],
+) -> list[NeighbourEntry]:
+    out = []
+    for j, d in zip(nb_indices, nb_distances, strict=True):
+        lab = int(ref.labels[j])
+        match = None if own_label < 0 or lab < 0 else lab == own_label
+        out.append(NeighbourEntry(ref.files[j], ref.key(int(j)), float(d), label_name(vocab, lab), match))
+    return out
+
+
+def overlay_key(kind: str, index: int, file: str) -> str:
+    """Key of a heat-map overlay: ``cam:<class>:<file>`` or ``ch:<channel>:<file>``."""
+    return f"{kind}:{index}:{file}"
+
+
+def load_pixels(dataset: ImageDataset, files: list[str], pre: Preprocess) -> dict[str, np.ndarray]:
+    """Model inputs of a few images, decoded again (the extraction pass kept none)."""
+    out = {}
+    for f in files:
+        try:
+            out[f] = load_one(dataset.root / f, pre)[0]
+        except DecodeError:
+            continue  # changed on disk since extraction; its tile shows no overlay
+    return out
+
+
+def small_map(cam: np.ndarray, side: int = 128) -> np.ndarray:
+    """Maps are kept at most ``side`` px for the overlays (thumbnails are 96 px)."""
+    from reportgen.analyses.cam import resize_bilinear
+
+    h, w = cam.shape
+    if max(h, w) <= side:
+        return cam.astype(np.float32)
+    scale = side / max(h, w)
+    return resize_bilinear(cam[None], (max(1, round(h * scale)), max(1, round(w * scale))))[0]

@@ -1,0 +1,245 @@
+"""Max/min-activating galleries with CAM overlays, and the channel view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reportgen.analyses.cam import compute_cam, resize_bilinear
+from reportgen.analyses.channels import top_channels
+from reportgen.analyses.galleries import class_galleries
+from reportgen.config import AuditConfig
+from reportgen.data import ImageDataset, Preprocess
+from reportgen.errors import UserError
+from reportgen.extract import Features
+from reportgen.labels import ClassMap
+from reportgen.models import last_spatial_layer
+from reportgen.report import AuditResult
+from reportgen.sections import load_pixels, overlay_key, small_map, thumb_key
+
+if TYPE_CHECKING:
+    from reportgen.pipeline import Clock, ModelHandle
+
+
+@dataclass
+class GalleryTile:
+    file: str
+    thumb: str
+    overlay: str | None  # overlay thumbnail key, None when no map could be computed
+    score: float  # probability of the gallery's class
+    predicted: str
+    truth: str | None
+    correct: bool | None
+
+
+@dataclass
+class ClassGallery:
+    index: int
+    name: str
+    max: list[GalleryTile]
+    min: list[GalleryTile]
+    wrong: list[GalleryTile]
+    cue_mass: float | None = None  # unused unless a caller measures it
+
+
+@dataclass
+class GalleriesSection:
+    """Max/min-activating and confidently-wrong images per class, with CAM overlays."""
+
+    method: str | None  # CAM method, None when no map could be made
+    layer: str | None
+    classes: list[ClassGallery]
+    size: int
+    note: str = ""
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # overlay key -> (H, W) map
+
+    def thumb_keys(self) -> set[str]:
+        return {t.thumb for g in self.classes for t in (*g.max, *g.min, *g.wrong)}
+
+    def overlay_maps(self) -> dict[str, np.ndarray]:
+        return self.maps
+
+    def json_items(self) -> dict[str, Any]:
+        def tiles(items: list[GalleryTile]) -> list[dict[str, Any]]:
+            return [{"file": t.file, "score": t.score, "pred": t.predicted} for t in items]
+
+        return {
+            "galleries": {
+                g.name: {"max": tiles(g.max), "min": tiles(g.min), "wrong": tiles(g.wrong)} for g in self.classes
+            },
+            "cam": {"method": self.method, "layer": self.layer, "note": self.note or None},
+        }
+
+
+@dataclass
+class ChannelTile:
+    file: str
+    thumb: str
+    overlay: str | None
+    activation: float
+
+
+@dataclass
+class ChannelEntry:
+    channel: int
+    variance: float
+    tiles: list[ChannelTile]
+
+
+@dataclass
+class ChannelsSection:
+    layer: str
+    channels: list[ChannelEntry]
+    note: str = ""
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def thumb_keys(self) -> set[str]:
+        return {t.thumb for c in self.channels for t in c.tiles}
+
+    def overlay_maps(self) -> dict[str, np.ndarray]:
+        return self.maps
+
+    def json_items(self) -> dict[str, Any]:
+        return {
+            "channels": {
+                "layer": self.layer,
+                "note": self.note or None,
+                "items": [
+                    {
+                        "channel": c.channel,
+                        "variance": c.variance,
+                        "top": [{"file": t.file, "activation": t.activation} for t in c.tiles],
+                    }
+                    for c in self.channels
+                ],
+            }
+        }
+
+
+def build(
+    result: AuditResult,
+    features: Features,
+    probs: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    class_map: ClassMap,
+    cfg: AuditConfig,
+    handle: ModelHandle,
+    pre: Preprocess,
+    dataset: ImageDataset,
+    clock: Clock,
+) -> None:
+    """Per-class galleries with CAM overlays, and the channel view of the CAM layer."""
+
+    if cfg.gallery_size <= 0 and cfg.channels <= 0:
+        return
+    with clock("load model"):
+        adapter = handle.prepared(pre.size)
+    layer = cfg.cam_layer or last_spatial_layer(adapter.layers())
+    split = None
+    note = ""
+    if layer is None:
+        note = "the model has no tensor with spatial extent, so no activation map can be drawn"
+    else:
+        try:
+            split = adapter.split(layer)
+        except UserError as exc:
+            if cfg.cam_layer:
+                raise
+            note = f"no CAM: {exc}"
+    classes = class_map.classes
+    folder = result.dataset.folder_classes
+
+    def tile(row: int, cls: int, keys: dict[tuple[int, int], str]) -> GalleryTile:
+        t = int(truth[row])
+        return GalleryTile(
+            features.files[row],
+            thumb_key(features.files[row]),
+            keys.get((row, cls)),
+            float(probs[row, cls]),
+            classes[pred[row]],
+            classes[t] if t >= 0 else (folder[features.labels[row]] if features.labels[row] >= 0 else None),
+            None if t < 0 else bool(pred[row] == t),
+        )
+
+    if cfg.gallery_size > 0:
+        galleries = class_galleries(probs, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
+        pairs = sorted({(row, g.cls) for g in galleries for row in (*g.max, *g.min, *g.wrong)})
+        maps: dict[str, np.ndarray] = {}
+        keys: dict[tuple[int, int], str] = {}
+        if split is not None and pairs:
+            with clock("cam"):
+                pixels = load_pixels(dataset, sorted({features.files[r] for r, _ in pairs}), pre)
+                todo = [(r, c) for r, c in pairs if features.files[r] in pixels]
+                run_model = lambda x: adapter.extract(x, [])[0]  # noqa: E731 - Score-CAM's forward pass
+                for start in range(0, len(todo), cfg.batch_size):
+                    chunk = todo[start : start + cfg.batch_size]
+                    batch = np.stack([pixels[features.files[r]] for r, _ in chunk])
+                    cams = compute_cam(
+                        cfg.cam,
+                        split,
+                        batch,
+                        np.array([c for _, c in chunk]),
+                        pre.size,
+                        run_model=run_model,
+                        batch_size=cfg.batch_size,
+                        channels_last=pre.channels_last,
+                    )
+                    for (r, c), cam in zip(chunk, cams.maps, strict=True):
+                        key = overlay_key("cam", c, features.files[r])
+                        keys[(r, c)] = key
+                        maps[key] = small_map(cam)
+        section = GalleriesSection(
+            cfg.cam if split is not None else None,
+            layer if split is not None else None,
+            [
+                ClassGallery(
+                    g.cls,
+                    classes[g.cls],
+                    [tile(r, g.cls, keys) for r in g.max],
+                    [tile(r, g.cls, keys) for r in g.min],
+                    [tile(r, g.cls, keys) for r in g.wrong],
+                )
+                for g in galleries
+            ],
+            cfg.gallery_size,
+            note,
+            maps,
+        )
+        result.sections["galleries"] = section
+
+    if cfg.channels > 0 and split is not None:
+        if layer not in features.arrays:
+            result.sections["channels"] = ChannelsSection(
+                layer, [], f"the layer {layer} is not among the audited layers; add it to --layers to see its channels"
+            )
+            return
+        with clock("channels"):
+            picks = top_channels(features.arrays[layer], cfg.channels, cfg.channel_images)
+            rows = sorted({r for p in picks for r in p.rows})
+            pixels = load_pixels(dataset, [features.files[r] for r in rows], pre)
+            ok = [r for r in rows if features.files[r] in pixels]
+            activation = {}
+            for start in range(0, len(ok), cfg.batch_size):
+                chunk = ok[start : start + cfg.batch_size]
+                a, _ = split.body(np.stack([pixels[features.files[r]] for r in chunk]))
+                for r, maps_r in zip(chunk, a, strict=True):
+                    activation[r] = maps_r
+            entries = []
+            ch_maps: dict[str, np.ndarray] = {}
+            for p in picks:
+                stack = [activation[r][p.channel] for r in p.rows if r in activation]
+                # One scale per channel: its strongest response over its top images is 1.
+                top = max((float(np.max(m)) for m in stack), default=0.0)
+                tiles = []
+                for r, value in zip(p.rows, p.activations, strict=True):
+                    key = None
+                    if r in activation and top > 0:
+                        key = overlay_key("ch", p.channel, features.files[r])
+                        m = np.clip(activation[r][p.channel] / top, 0, 1)
+                        ch_maps[key] = small_map(resize_bilinear(m[None], pre.size)[0])
+                    tiles.append(ChannelTile(features.files[r], thumb_key(features.files[r]), key, value))
+                entries.append(ChannelEntry(p.channel, p.variance, tiles))
+        result.sections["channels"] = ChannelsSection(layer, entries, "", ch_maps)

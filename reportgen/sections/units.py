@@ -1,0 +1,172 @@
+"""Feature visualisation in the report: what chosen units respond to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reportgen.analyses.channels import top_channels
+from reportgen.analyses.visualize import Prior, guided_projection, synthesize, unit_evaluator
+from reportgen.config import AuditConfig
+from reportgen.data import ImageDataset, Preprocess
+from reportgen.errors import UserError
+from reportgen.extract import Features
+from reportgen.labels import ClassMap
+from reportgen.models import INPUT_LAYER, LOGITS_LAYER
+from reportgen.report import AuditResult
+from reportgen.sections import load_pixels, thumb_key
+
+if TYPE_CHECKING:
+    from reportgen.pipeline import ModelHandle
+
+
+@dataclass
+class UnitTile:
+    """A unit: its synthesised input, and its top real images with their projections."""
+
+    layer: str
+    index: int
+    name: str  # "channel 12" or the class name
+    value: float  # on its synthesised input: mean activation, or probability for a class
+    mean_value: float  # the same measure averaged over the audited images
+    picture: str  # picture key of the synthesised input
+    top: list[tuple[str, str, str | None]]  # (file, thumbnail key, projection picture key)
+
+
+@dataclass
+class UnitsSection:
+    """Activation maximisation and guided backpropagation for chosen units."""
+
+    route: str
+    steps: int
+    seed: int
+    groups: list[tuple[str, list[UnitTile]]]  # (heading, units)
+    note: str = ""
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (H, W, C) in [0, 1]
+
+    def thumb_keys(self) -> set[str]:
+        return {thumb for _, tiles in self.groups for t in tiles for _, thumb, _ in t.top}
+
+    def json_items(self) -> dict[str, Any]:
+        return {
+            "units": {
+                "route": self.route or None,
+                "steps": self.steps,
+                "seed": self.seed,
+                "note": self.note or None,
+                "groups": [
+                    {
+                        "heading": heading,
+                        "units": [
+                            {
+                                "layer": t.layer,
+                                "index": t.index,
+                                "name": t.name,
+                                "synthesized_value": t.value,
+                                "mean_value": t.mean_value,
+                                "top": [f for f, _, _ in t.top],
+                            }
+                            for t in tiles
+                        ],
+                    }
+                    for heading, tiles in self.groups
+                ],
+            }
+        }
+
+
+def build(
+    result: AuditResult,
+    features: Features,
+    probs: np.ndarray,
+    truth: np.ndarray,
+    class_map: ClassMap,
+    cfg: AuditConfig,
+    handle: ModelHandle,
+    pre: Preprocess,
+    dataset: ImageDataset,
+) -> None:
+    """Synthesised inputs for the most variable channels of the last two spatial layers
+    and for the classes, each beside its top real images and their guided projections."""
+
+    adapter = handle.prepared(pre.size)
+    try:
+        model = adapter.differentiable()
+    except UserError as exc:
+        result.sections["units"] = UnitsSection("", cfg.unit_steps, cfg.seed, [], str(exc))
+        return
+    prior = Prior(steps=cfg.unit_steps)
+    section = UnitsSection(model.route, cfg.unit_steps, cfg.seed, [])
+    n_top = 4
+    spatial = [layer for layer in features.layers if layer.spatial and layer.name not in (INPUT_LAYER, LOGITS_LAYER)][
+        -2:
+    ]
+    plans: list[tuple[str, str, list[int], list[str], list[list[int]], list[float]]] = []
+    for layer in spatial:
+        picks = top_channels(features.arrays[layer.name], cfg.units, n_top)
+        means = features.arrays[layer.name].mean(axis=0)
+        plans.append(
+            (
+                f"Channels of {layer.name}",
+                layer.name,
+                [p.channel for p in picks],
+                [f"channel {p.channel}" for p in picks],
+                [p.rows for p in picks],
+                [float(means[p.channel]) for p in picks],
+            )
+        )
+    k = len(class_map.classes)
+    support = np.bincount(truth[truth >= 0], minlength=k) if (truth >= 0).any() else np.zeros(k, int)
+    classes = sorted(range(k), key=lambda c: (-support[c], c))[:20] if k > 20 else list(range(k))
+    rows = [[int(r) for r in np.argsort(-probs[:, c], kind="stable")[:n_top]] for c in classes]
+    plans.append(
+        (
+            "Classes",
+            LOGITS_LAYER,
+            classes,
+            [class_map.classes[c] for c in classes],
+            rows,
+            [float(probs[:, c].mean()) for c in classes],
+        )
+    )
+    needed = sorted({features.files[r] for plan in plans for group in plan[4] for r in group})
+    pixels = load_pixels(dataset, needed, pre)
+    for heading, layer, units, names, top_rows, means in plans:
+        if not units:
+            continue
+        synth = synthesize(
+            model,
+            layer,
+            np.array(units),
+            pre.size,
+            pre.channels,
+            pre.mean,
+            pre.std,
+            channels_last=pre.channels_last,
+            prior=prior,
+            seed=cfg.seed,
+            evaluate=unit_evaluator(adapter, layer),
+        )
+        tiles = []
+        for i, (unit, name, group, mean) in enumerate(zip(units, names, top_rows, means, strict=True)):
+            key = f"unit:{layer}:{unit}"
+            section.pictures[key] = synth.images[i]
+            files = [features.files[r] for r in group if features.files[r] in pixels]
+            projections: list[str | None] = [None] * len(files)
+            if files:
+                proj = guided_projection(
+                    model, np.stack([pixels[f] for f in files]), layer, np.full(len(files), unit), pre.channels_last
+                )
+                projections = []
+                for f, image in zip(files, proj, strict=True):
+                    pkey = f"gbp:{layer}:{unit}:{f}"
+                    section.pictures[pkey] = image
+                    projections.append(pkey)
+            top = [(f, thumb_key(f), pk) for f, pk in zip(files, projections, strict=True)]
+            # Classes are shown as probabilities (the synthesis maximises the log-probability).
+            value = float(np.exp(synth.values[i])) if layer == LOGITS_LAYER else float(synth.values[i])
+            tiles.append(UnitTile(layer, int(unit), name, value, mean, key, top))
+        section.groups.append((heading, tiles))
+    result.sections["units"] = section

@@ -1,0 +1,202 @@
+"""`reportgen compare` and the quality gates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLE, assert_no_traceback, load_json, run_cli
+
+from reportgen.analyses.similarity import knn_overlap, linear_cka, paired_bootstrap
+
+FAST = ["-q", "--gallery-size", "0", "--channels", "0", "--no-tsne"]
+
+
+@pytest.fixture(scope="module")
+def two_audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shipped model (ONNX) and a second version of it (its last layers perturbed by
+    seeded noise, saved as TorchScript), both audited on the sample."""
+    base = tmp_path_factory.mktemp("compare")
+    sys.path.insert(0, str(SAMPLE))
+    import make_sample
+
+    net = make_sample.build_model()
+    net.load_state_dict(torch.jit.load(str(SAMPLE / "model.ts")).state_dict())
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in (net.conv4.weight, net.fc.weight):
+            param.add_(0.6 * param.std() * torch.randn(param.shape, generator=generator))
+    net.eval()
+    meta = {"classes": make_sample.CLASSES, "input_size": [64, 64]}
+    v2 = base / "model_v2.ts"
+    torch.jit.save(torch.jit.script(net), str(v2), _extra_files={"reportgen.json": json.dumps(meta)})
+    out = {}
+    for name, model in (("v1", SAMPLE / "model.onnx"), ("v2", v2)):
+        html = base / name / "report.html"
+        result = run_cli("audit", model, SAMPLE / "images", "-o", html, *FAST)
+        assert result.code == 0, result.err
+        out[name] = html
+    return out
+
+
+def test_flips_are_exactly_those_the_predictions_imply(two_audits: dict[str, Path], tmp_path: Path) -> None:
+    diff = tmp_path / "diff.html"
+    result = run_cli("compare", two_audits["v1"].with_suffix(".json"), two_audits["v2"], "-o", diff, "-q")
+    assert result.code == 0, result.err
+    data = json.loads(diff.with_suffix(".json").read_text())
+    old = {p["file"]: p for p in load_json(two_audits["v1"])["predictions"]}
+    new = {p["file"]: p for p in load_json(two_audits["v2"])["predictions"]}
+    regressions = sorted(f for f in old if old[f]["pred"] == old[f]["label"] and new[f]["pred"] != new[f]["label"])
+    fixes = sorted(f for f in old if old[f]["pred"] != old[f]["label"] and new[f]["pred"] == new[f]["label"])
+    assert regressions, "the perturbed model should lose some images"
+    assert sorted(f["file"] for f in data["flips"]["regressions"]) == regressions
+    assert sorted(f["file"] for f in data["flips"]["fixes"]) == fixes
+    flip = data["flips"]["regressions"][0]
+    assert flip["old_pred"] == old[flip["file"]]["pred"] and flip["new_pred"] == new[flip["file"]]["pred"]
+    # Accuracy and its interval.
+    acc_old = np.mean([p["pred"] == p["label"] for p in old.values()])
+    acc_new = np.mean([p["pred"] == p["label"] for p in new.values()])
+    acc = data["accuracy"]
+    assert acc["old"]["value"] == pytest.approx(acc_old, abs=1e-6) and acc["new"]["value"] == pytest.approx(
+        acc_new, abs=1e-6
+    )
+    assert acc["delta"]["low"] <= acc["delta"]["value"] <= acc["delta"]["high"]
+    # Confusion difference equals the difference of the two audits' own matrices.
+    cm_old = np.array(load_json(two_audits["v1"])["confusion_matrix"])
+    cm_new = np.array(load_json(two_audits["v2"])["confusion_matrix"])
+    assert data["confusion_difference"] == (cm_new - cm_old).tolist()
+    # Representation similarity from the two caches: below 1 for two different models.
+    sims = data["layers_similarity"]
+    assert len(sims) == len(load_json(two_audits["v1"])["layers"])
+    assert sims[0]["cka"] == pytest.approx(1.0, abs=1e-6)  # the pixel layer is the same
+    assert min(s["cka"] for s in sims) < 0.999
+    html = diff.read_text()
+    assert 'id="flips"' in html and html.count('data-thumb="old:') >= 1 and html.count('data-thumb="new:') >= 1
+    assert "https:" not in html and "http:" not in html
+
+
+def test_a_model_compared_with_itself(two_audits: dict[str, Path], tmp_path: Path) -> None:
+    diff = tmp_path / "self.html"
+    result = run_cli("compare", two_audits["v1"], two_audits["v1"], "-o", diff, "-q", "--no-cam")
+    assert result.code == 0, result.err
+    data = json.loads(diff.with_suffix(".json").read_text())
+    assert all(abs(s["cka"] - 1.0) <= 1e-6 for s in data["layers_similarity"])
+    assert all(s["knn_overlap"] == 1.0 for s in data["layers_similarity"])
+    assert data["flips"] == {"regressions": [], "fixes": []} and data["accuracy"]["delta"]["value"] == 0
+
+
+def test_gates_exit_codes(two_audits: dict[str, Path], tmp_path: Path) -> None:
+    drop = load_json(two_audits["v1"])["accuracy"] - load_json(two_audits["v2"])["accuracy"]
+    assert drop > 0.01
+    out = tmp_path / "gate.html"
+    failing = run_cli(
+        "compare",
+        two_audits["v1"],
+        two_audits["v2"],
+        "-o",
+        out,
+        "-q",
+        "--no-cam",
+        "--fail-on",
+        f"accuracy_drop={drop / 2:.4f}",
+    )
+    assert failing.code == 3 and out.exists(), failing.err
+    assert_no_traceback(failing)
+    lines = failing.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reportgen: gate failed: accuracy_drop")
+    gates = json.loads(out.with_suffix(".json").read_text())["gates"]
+    assert gates["accuracy_drop"]["passed"] is False
+    passing = run_cli(
+        "compare",
+        two_audits["v1"],
+        two_audits["v2"],
+        "-o",
+        out,
+        "-q",
+        "--no-cam",
+        "--fail-on",
+        "accuracy_drop=0.9,class_recall_drop=1.0",
+    )
+    assert passing.code == 0, passing.err
+    recall = run_cli(
+        "compare", two_audits["v1"], two_audits["v2"], "-o", out, "-q", "--no-cam", "--fail-on", "class_recall_drop=0.0"
+    )
+    assert recall.code == 3 and "class_recall_drop" in recall.err and "class " in recall.err
+    bad = run_cli("compare", two_audits["v1"], two_audits["v2"], "-o", out, "--fail-on", "speed=1")
+    assert bad.code == 2 and "accuracy_drop" in bad.err
+
+
+def test_audit_fail_under(tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    failing = run_cli(
+        "audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", out, *FAST, "--fail-under", "accuracy=0.99"
+    )
+    assert failing.code == 3 and out.exists()
+    assert failing.err.strip().splitlines() == [
+        f"reportgen: gate failed: accuracy {load_json(out)['accuracy']:.4f} < 0.99"
+    ]
+    passing = run_cli(
+        "audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", out, *FAST, "--fail-under", "accuracy=0.5,macro_f1=0.5"
+    )
+    assert passing.code == 0, passing.err
+
+
+def test_different_folders_and_future_versions_are_refused(two_audits: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    for cls in ("circle", "ring"):
+        shutil.copytree(SAMPLE / "images" / cls, other / cls)
+    for path in other.rglob("*.jpg"):
+        path.rename(path.with_name("x_" + path.name))
+    elsewhere = tmp_path / "elsewhere" / "r.html"
+    assert run_cli("audit", SAMPLE / "model.onnx", other, "-o", elsewhere, *FAST).code == 0
+    result = run_cli("compare", two_audits["v1"], elsewhere, "-o", tmp_path / "d.html")
+    assert result.code == 2 and "different image folders" in result.err
+    future = tmp_path / "future.json"
+    data = load_json(two_audits["v1"])
+    data["schema_version"] = 99
+    data["tool_version"] = "9.0.0"
+    future.write_text(json.dumps(data))
+    result = run_cli("compare", two_audits["v1"], future, "-o", tmp_path / "d.html")
+    assert result.code == 2 and "upgrade reportgen" in result.err
+    junk = tmp_path / "junk.json"
+    junk.write_text('{"hello": 1}')
+    result = run_cli("compare", junk, two_audits["v1"], "-o", tmp_path / "d.html")
+    assert result.code == 2 and "not a reportgen audit" in result.err
+
+
+def test_folder_changes_are_listed(two_audits: dict[str, Path], tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(SAMPLE / "images", images)
+    first = tmp_path / "a" / "r.html"
+    assert run_cli("audit", SAMPLE / "model.onnx", images, "-o", first, *FAST).code == 0
+    removed = sorted(images.glob("ring/*.jpg"))[0]
+    removed.unlink()
+    changed = sorted(images.glob("star/*.jpg"))[0]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    shutil.copy(SAMPLE / "images" / "circle" / "img_0020.jpg", images / "circle" / "new_one.jpg")
+    second = tmp_path / "b" / "r.html"
+    assert run_cli("audit", SAMPLE / "model.onnx", images, "-o", second, *FAST).code == 0
+    out = tmp_path / "d.html"
+    assert run_cli("compare", first, second, "-o", out, "-q", "--no-cam").code == 0
+    changes = json.loads(out.with_suffix(".json").read_text())["folder_changes"]
+    assert changes == {
+        "added": ["circle/new_one.jpg"],
+        "removed": [f"ring/{removed.name}"],
+        "modified": [f"star/{changed.name}"],
+    }
+
+
+def test_similarity_measures() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 12))
+    q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
+    assert linear_cka(x, 3.0 * x @ q + 5.0) == pytest.approx(1.0, abs=1e-9)  # rotation, scale, shift
+    assert linear_cka(x, rng.standard_normal((200, 12))) < 0.3
+    assert knn_overlap(x, x @ q) == pytest.approx(1.0)
+    boot = paired_bootstrap(np.ones(50), np.zeros(50), resamples=200)
+    assert boot.delta.value == -1 and boot.delta.low == boot.delta.high == -1
