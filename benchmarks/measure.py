@@ -4,7 +4,6 @@ side by side in the same process (or, for whole reports, the same machine and ru
 from __future__ import annotations
 
 import gc
-import os
 import subprocess
 import sys
 import time
@@ -231,17 +230,28 @@ def gradcam_ratio(models: dict[str, Path], images: Path, n_images: int) -> list[
     return out
 
 
+# Run in a fresh, small interpreter: a child forked straight from this (large) process
+# starts with this process's pages counted in its resident set, which would make every
+# peak look like the benchmark's own size.
+_LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = proc.stderr.read()
+_, status, usage = os.wait4(proc.pid, 0)
+sys.stderr.buffer.write(err)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def _run_measured(cmd: list[str]) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS (bytes) and exit status of a child process."""
+    """Wall seconds, peak RSS (bytes) and exit status of a command."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
     wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
+    code, maxrss_kb = (int(v) for v in done.stdout.split())
     if code != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip()[-500:]}")
-    return wall, usage.ru_maxrss * 1024, code
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
+    return wall, maxrss_kb * 1024, code
 
 
 def subset_folder(source: Path, dest: Path, n: int) -> Path:

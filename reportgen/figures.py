@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -53,6 +54,19 @@ def _short(name: str, width: int = 18) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
+def _class_ticks(ax: Any, classes: Sequence[str]) -> None:
+    """Class names on both axes of a class-by-class matrix; none above 60 classes."""
+    k = len(classes)
+    if k > 60:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    labels = [_short(c) for c in classes]
+    small = 8 if k > 20 else 9
+    ax.set_xticks(range(k), labels, rotation=90 if k > 6 else 45, ha="center" if k > 6 else "right", fontsize=small)
+    ax.set_yticks(range(k), labels, fontsize=small)
+
+
 def confusion_figure(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     """Row-normalised confusion matrix (share of each true class), annotated when small."""
     k = len(classes)
@@ -63,19 +77,7 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="share of the true class")
-    if k <= 60:
-        labels = [_short(c) for c in classes]
-        ax.set_xticks(
-            range(k),
-            labels,
-            rotation=90 if k > 6 else 45,
-            ha="center" if k > 6 else "right",
-            fontsize=8 if k > 20 else 9,
-        )
-        ax.set_yticks(range(k), labels, fontsize=8 if k > 20 else 9)
-    else:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    _class_ticks(ax, classes)
     if k <= 20:
         for i in range(k):
             for j in range(k):
@@ -311,16 +313,7 @@ def confusion_difference_figure(old: np.ndarray, new: np.ndarray, classes: Seque
     ax = fig.add_subplot()
     image = ax.imshow(diff, cmap="RdBu", vmin=-limit, vmax=limit, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="change in share of the true class")
-    if k <= 60:
-        labels = [_short(c) for c in classes]
-        ax.set_xticks(
-            range(k),
-            labels,
-            rotation=90 if k > 6 else 45,
-            ha="center" if k > 6 else "right",
-            fontsize=8 if k > 20 else 9,
-        )
-        ax.set_yticks(range(k), labels, fontsize=8 if k > 20 else 9)
+    _class_ticks(ax, classes)
     if k <= 20:
         for i in range(k):
             for j in range(k):

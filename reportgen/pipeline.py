@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import numpy as np
+from tqdm import tqdm
 
 from reportgen import __version__
 from reportgen.analyses.metrics import class_balance, classification_metrics, to_probabilities
@@ -20,7 +21,7 @@ from reportgen.extract import Features, cache_key, extract, load_cache, save_cac
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, default_layers, load_model
 from reportgen.models.base import ModelInfo, input_layer_info
-from reportgen.progress import note
+from reportgen.progress import note, progress
 from reportgen.report import AuditResult, DatasetSummary, Figures, LayerSummary, ModelSummary, Prediction
 from reportgen.sections import galleries as galleries_section
 from reportgen.sections import layers as layers_section
@@ -29,10 +30,16 @@ from reportgen.util import file_sha256
 
 
 class Clock:
-    """Seconds spent per phase, in the order the phases ran."""
+    """Seconds spent per phase, in the order the phases ran, and the progress bars of
+    the phases that loop (shown on stderr unless ``show`` is false)."""
 
-    def __init__(self) -> None:
+    def __init__(self, show: bool = True) -> None:
         self.seconds: dict[str, float] = {}
+        self.show = show
+
+    def bar(self, desc: str, total: int, unit: str) -> tqdm:
+        """A progress bar for one phase; close it when the phase ends."""
+        return progress(total=total, desc=desc, unit=unit, enabled=self.show)
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -206,7 +213,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     """Run a whole audit and return its result and pictures (nothing is written here)."""
     from reportgen.render import build_figures
 
-    clock = Clock()
+    clock = Clock(show=not cfg.quiet)
     epoch = source_date_epoch()
     if not cfg.model.is_file():
         raise UserError(f"model file not found: {cfg.model}")
@@ -302,9 +309,9 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     galleries_section.build(result, features, probs, truth, pred, class_map, cfg, handle, pre, dataset, clock)
     if cfg.units > 0:
         with clock("units"):
-            units_section.build(result, features, probs, truth, class_map, cfg, handle, pre, dataset)
+            units_section.build(result, features, probs, truth, class_map, cfg, handle, pre, dataset, clock)
     with clock("figures"):
-        figures = build_figures(result, dataset.root, cfg.reference)
+        figures = build_figures(result, dataset.root, cfg.reference, clock.bar)
     if epoch is None:
         result.timings = {k: round(v, 3) for k, v in clock.seconds.items()}
         if not features.from_cache and features.seconds > 0:
@@ -332,38 +339,6 @@ def reference_features(
     if cfg.use_cache and features.n:
         save_cache(path, features, key, {"model": _model_meta(adapter, pre)})
     return features, ref.folder_classes
-
-
-def _deep_layers(names: list[str]) -> tuple[list[str], str]:
-    """The layers the suspects read: the last two feature layers (not the pixels, not the
-    logits) for mislabels, the last of them for near-duplicates; the logits as fallback."""
-    inner = [n for n in names if n not in (INPUT_LAYER, LOGITS_LAYER)]
-    deep = inner[-2:] if inner else [n for n in names if n == LOGITS_LAYER]
-    return deep, (deep[-1] if deep else names[-1])
-
-
-def _load_pixels(dataset: ImageDataset, files: list[str], pre: Preprocess) -> dict[str, np.ndarray]:
-    """Model inputs of a few images, decoded again (the extraction pass kept none)."""
-    from reportgen.data import DecodeError, load_one
-
-    out = {}
-    for f in files:
-        try:
-            out[f] = load_one(dataset.root / f, pre)[0]
-        except DecodeError:
-            continue  # changed on disk since extraction; its tile shows no overlay
-    return out
-
-
-def _small(cam: np.ndarray, side: int = 128) -> np.ndarray:
-    """Maps are kept at most ``side`` px for the overlays (thumbnails are 96 px)."""
-    from reportgen.analyses.cam import resize_bilinear
-
-    h, w = cam.shape
-    if max(h, w) <= side:
-        return cam.astype(np.float32)
-    scale = side / max(h, w)
-    return resize_bilinear(cam[None], (max(1, round(h * scale)), max(1, round(w * scale))))[0]
 
 
 def _timestamp(epoch: int | None) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +112,54 @@ def csp(script: str) -> str:
 # ------------------------------------------------------------------ figures
 
 
-def build_figures(result: AuditResult, root: Path, reference_root: Path | None = None) -> Figures:
-    """Every picture the HTML shows, from the numbers in ``result``."""
+def build_figures(
+    result: AuditResult,
+    root: Path,
+    reference_root: Path | None = None,
+    bar: Callable[[str, int, str], Any] | None = None,
+) -> Figures:
+    """Every picture the HTML shows, from the numbers in ``result``; ``bar`` (description,
+    total, unit -> a tqdm-like bar) reports progress over the pictures."""
+    sections = result.sections
+    wanted: set[str] = set()
+    for section in sections.values():
+        wanted |= getattr(section, "thumb_keys", lambda: set())()
+    pictures = [(k, p) for section in sections.values() for k, p in sorted(getattr(section, "pictures", {}).items())]
+    overlays = [
+        (k, m) for section in sections.values() for k, m in sorted(getattr(section, "overlay_maps", dict)().items())
+    ]
+    tsne = sections.get("tsne")
+    total = 3 + (2 if tsne is not None else 0) + len(wanted) + len(pictures) + len(overlays)
+    progress = bar("figures", total, "pic") if bar is not None else nullcontext(_NoBar())
+    with progress as tick:
+        figs = _charts(result, tick)
+        figs.thumbs = thumbnails(wanted, root, reference_root, on_each=tick.update)
+        for key, picture in pictures:
+            figs.thumbs[key] = picture_uri(picture)
+            tick.update()
+        resize = str(result.preprocessing.get("resize", "stretch"))
+        for key, cam in overlays:
+            file = key.split(":", 2)[2]
+            figs.thumbs[key] = overlay_thumbnail(root / file, cam, resize)
+            tick.update()
+    return figs
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _charts(result: AuditResult, tick: Any) -> Figures:
+    """The plots: confusion, balance, layer curves, t-SNE animation and grid."""
     figs = Figures()
     if result.metrics is not None:
         figs.images["confusion"] = plots.confusion_figure(result.metrics.confusion, result.classes)
+    tick.update()
     figs.images["balance"] = plots.balance_figure(
         result.classes, result.balance.true_counts, result.balance.predicted_counts
     )
+    tick.update()
     sections = result.sections
     if any(layer.knn_accuracy is not None or layer.tsne_trustworthiness is not None for layer in result.layers):
         series = {
@@ -127,6 +169,7 @@ def build_figures(result: AuditResult, root: Path, reference_root: Path | None =
         }
         series = {k: v for k, v in series.items() if any(x is not None for x in v)}
         figs.images["layer_curve"] = plots.layer_curve_figure([layer.name for layer in result.layers], series, "score")
+    tick.update()
     tsne = sections.get("tsne")
     if tsne is not None:
         r = tsne.result
@@ -142,20 +185,10 @@ def build_figures(result: AuditResult, root: Path, reference_root: Path | None =
         k = len(tsne.class_names)
         gif, keys = plots.tsne_animation(r.layers, embeddings, subtitles, tsne.labels, tsne.misclassified, k)
         figs.images["tsne_gif"] = gif
+        tick.update()
         figs.images["tsne_grid"] = plots.tsne_grid(r.layers, embeddings, subtitles, tsne.labels, tsne.misclassified, k)
         figs.meta["tsne_key_frames"] = keys
-    wanted: set[str] = set()
-    for section in sections.values():
-        wanted |= getattr(section, "thumb_keys", lambda: set())()
-    figs.thumbs = thumbnails(wanted, root, reference_root)
-    for section in sections.values():
-        for key, picture in sorted(getattr(section, "pictures", {}).items()):
-            figs.thumbs[key] = picture_uri(picture)
-    resize = str(result.preprocessing.get("resize", "stretch"))
-    for section in sections.values():
-        for key, cam in sorted(getattr(section, "overlay_maps", dict)().items()):
-            file = key.split(":", 2)[2]
-            figs.thumbs[key] = overlay_thumbnail(root / file, cam, resize)
+        tick.update()
     return figs
 
 

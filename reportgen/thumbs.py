@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -29,11 +30,15 @@ def thumbnail_uri(path: Path, side: int = THUMB) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(thumbnail(path, side)).decode("ascii")
 
 
-def thumbnails(keys: set[str], audited_root: Path, reference_root: Path | None) -> dict[str, str]:
+def thumbnails(
+    keys: set[str], audited_root: Path, reference_root: Path | None, on_each: Callable[[], object] | None = None
+) -> dict[str, str]:
     """Data URIs for thumbnail keys ``a:<file>`` (audited folder) and ``r:<file>`` (reference)."""
     out: dict[str, str] = {}
     for key in sorted(keys):
         kind, _, rel = key.partition(":")
         root = reference_root if kind == "r" and reference_root is not None else audited_root
         out[key] = thumbnail_uri(root / rel)
+        if on_each is not None:
+            on_each()
     return out

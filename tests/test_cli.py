@@ -137,6 +137,26 @@ def test_flat_folder_shows_predictions_without_accuracy(tmp_path: Path) -> None:
     assert sum(p["pred"] == "ring" for p in data["predictions"]) >= 10
 
 
+def test_every_slow_step_has_a_progress_bar_and_quiet_silences_them(tmp_path: Path) -> None:
+    images = tmp_path / "few"
+    for cls in ("ring", "square", "triangle"):
+        (images / cls).mkdir(parents=True)
+        for path in sorted((SAMPLE / "images" / cls).glob("*.jpg"))[:10]:
+            shutil.copy(path, images / cls / path.name)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(json.loads((SAMPLE / "manifest.json").read_text())["classes"]) + "\n")
+    args = ["audit", SAMPLE / "model.onnx", images, "--labels", labels, "--units", "1", "--unit-steps", "5"]
+    loud = run_cli(*args, "-o", tmp_path / "loud.html")
+    assert loud.code == 0, loud.err
+    bars = {m.group(1) for m in re.finditer(r"(?:^|\r)([\w -]+?):\s+\d+%\|", loud.err, re.M)}
+    assert bars == {"extract", "kNN", "t-SNE", "gradcam", "feature visualisation", "figures"}, loud.err
+    # Each bar counts what its step does: 30 images, 3 x 5 optimisation steps.
+    assert re.search(r"extract:\s+0%\|.*\| 0/30 ", loud.err), loud.err
+    assert re.search(r"feature visualisation:\s+0%\|.*\| 0/15 ", loud.err), loud.err
+    quiet = run_cli(*args, "-o", tmp_path / "quiet.html", "-q")
+    assert quiet.code == 0 and quiet.err == "", quiet.err
+
+
 def test_count_mismatch_is_reported_not_guessed(tmp_path: Path) -> None:
     images = tmp_path / "images"
     for cls in ("circle", "ring", "star"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,8 +225,10 @@ def tsne_layers(
     max_points: int = 10000,
     schedule: TsneSchedule | None = None,
     trust_k: int = 10,
+    on_layer: Callable[[], object] | None = None,
 ) -> TsneResult:
-    """Aligned t-SNE embeddings of every layer (see the module docstring)."""
+    """Aligned t-SNE embeddings of every layer (see the module docstring); ``on_layer``
+    is called after each layer, for progress reporting."""
     schedule = schedule or TsneSchedule()
     n_total = len(labels)
     rows = stratified_sample(labels, max_points, seed)
@@ -234,29 +237,42 @@ def tsne_layers(
     )
     previous: np.ndarray | None = None
     for layer in layers:
-        start = time.perf_counter()
-        x = np.asarray(arrays[layer][rows], np.float64)
-        if len(x) < 5:
-            result.embeddings[layer] = None
-            result.trustworthiness[layer] = None
-            result.notes[layer] = "too few images for t-SNE"
-            continue
-        if is_degenerate(x):
-            result.embeddings[layer] = None
-            result.trustworthiness[layer] = None
-            result.notes[layer] = "every image has the same features at this layer: nothing to embed"
-            continue
+        _embed_layer(arrays[layer][rows], layer, result, previous, schedule, seed, trust_k)
+        previous = result.embeddings[layer] if result.embeddings[layer] is not None else previous
+        if on_layer is not None:
+            on_layer()
+    return result
+
+
+def _embed_layer(
+    features: np.ndarray,
+    layer: str,
+    result: TsneResult,
+    previous: np.ndarray | None,
+    schedule: TsneSchedule,
+    seed: int,
+    trust_k: int,
+) -> None:
+    """One layer's embedding, aligned to ``previous``, or a note saying why there is none."""
+    start = time.perf_counter()
+    x = np.asarray(features, np.float64)
+    y = None
+    if len(x) < 5:
+        result.notes[layer] = "too few images for t-SNE"
+    elif is_degenerate(x):
+        result.notes[layer] = "every image has the same features at this layer: nothing to embed"
+    else:
         y = embed(x, previous, schedule, seed=seed)
         if not np.all(np.isfinite(y)):
-            result.embeddings[layer] = None
-            result.trustworthiness[layer] = None
             result.notes[layer] = "t-SNE diverged at this layer"
-            continue
-        y = _unit_rms(y)
-        if previous is not None:
-            y = _unit_rms(procrustes(y, previous))
-        result.embeddings[layer] = y
-        result.seconds[layer] = time.perf_counter() - start
-        result.trustworthiness[layer] = trustworthiness(x, y, trust_k) if len(x) > 2 * trust_k else None
-        previous = y
-    return result
+            y = None
+    if y is None:
+        result.embeddings[layer] = None
+        result.trustworthiness[layer] = None
+        return
+    y = _unit_rms(y)
+    if previous is not None:
+        y = _unit_rms(procrustes(y, previous))
+    result.embeddings[layer] = y
+    result.seconds[layer] = time.perf_counter() - start
+    result.trustworthiness[layer] = trustworthiness(x, y, trust_k) if len(x) > 2 * trust_k else None

@@ -138,11 +138,13 @@ def synthesize(
     prior: Prior | None = None,
     seed: int = 0,
     evaluate: Callable[[np.ndarray], np.ndarray] | None = None,
+    on_step: Callable[[], object] | None = None,
 ) -> Synthesis:
     """One synthesised image per unit of ``layer`` (see the module docstring).
 
     ``evaluate`` (model inputs -> every unit's value, (N, units)) enables the coarse
-    block search that gives each unit its starting point.
+    block search that gives each unit its starting point; ``on_step`` is called after
+    each optimisation step, for progress reporting.
     """
     prior = prior or Prior()
     # A class is asked to win, not just to grow: raising every output at once (what the
@@ -190,6 +192,8 @@ def synthesize(
             cut = np.quantile(norm.reshape(n, -1), prior.clip_share, axis=1)[:, None, None]
             x = np.where((norm < cut)[..., None], 0.5, x)
         x = np.clip(x, 0.0, 1.0).astype(np.float32)
+        if on_step is not None:
+            on_step()
     last = sigma_at(prior.steps - 1)
     final = np.clip(gaussian_filter(x, sigma=(0, last, last, 0)), 0.0, 1.0).astype(np.float32)
     values, _ = model.gradient(_normalise(final, m, s, channels_last), layer, units, reduce=objective)

@@ -170,9 +170,10 @@ def build(
         maps: dict[str, np.ndarray] = {}
         keys: dict[tuple[int, int], str] = {}
         if split is not None and pairs:
-            with clock("cam"):
+            with clock("cam"), clock.bar(f"{cfg.cam}", len(pairs), "map") as bar:
                 pixels = load_pixels(dataset, sorted({features.files[r] for r, _ in pairs}), pre)
                 todo = [(r, c) for r, c in pairs if features.files[r] in pixels]
+                bar.update(len(pairs) - len(todo))
                 run_model = lambda x: adapter.extract(x, [])[0]  # noqa: E731 - Score-CAM's forward pass
                 for start in range(0, len(todo), cfg.batch_size):
                     chunk = todo[start : start + cfg.batch_size]
@@ -191,6 +192,7 @@ def build(
                         key = overlay_key("cam", c, features.files[r])
                         keys[(r, c)] = key
                         maps[key] = small_map(cam)
+                    bar.update(len(chunk))
         section = GalleriesSection(
             cfg.cam if split is not None else None,
             layer if split is not None else None,

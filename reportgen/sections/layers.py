@@ -336,9 +336,10 @@ def build(
         reference_arrays = ref_features.arrays
         result.sections["reference"] = {"root": str(cfg.reference), "n_images": ref_features.n, "classes": ref_classes}
 
-    with clock("knn"):
+    with clock("knn"), clock.bar("kNN", len(names), "layer") as bar:
         knn = {}
         for name in names:
+            bar.set_postfix_str(name, refresh=False)
             knn[name] = layer_knn(
                 features.arrays[name],
                 labels,
@@ -348,6 +349,7 @@ def build(
                 reference_labels=ref_labels,
                 layer=name,
             )
+            bar.update()
     for summary in result.layers:
         summary.knn_accuracy = knn[summary.name].accuracy
         summary.knn_agreement = knn[summary.name].agreement
@@ -394,9 +396,11 @@ def build(
     result.sections["suspects"] = suspects
 
     if cfg.tsne:
-        with clock("tsne"):
+        with clock("tsne"), clock.bar("t-SNE", len(names), "layer") as bar:
             colour = labels if result.dataset.labeled else pred
-            tsne = tsne_layers(features.arrays, names, colour, seed=cfg.seed, max_points=cfg.tsne_max_points)
+            tsne = tsne_layers(
+                features.arrays, names, colour, seed=cfg.seed, max_points=cfg.tsne_max_points, on_layer=bar.update
+            )
         for summary in result.layers:
             summary.tsne_trustworthiness = tsne.trustworthiness.get(summary.name)
             summary.note = tsne.notes.get(summary.name, "")

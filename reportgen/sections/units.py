@@ -19,7 +19,7 @@ from reportgen.report import AuditResult
 from reportgen.sections import load_pixels, thumb_key
 
 if TYPE_CHECKING:
-    from reportgen.pipeline import ModelHandle
+    from reportgen.pipeline import Clock, ModelHandle
 
 
 @dataclass
@@ -87,6 +87,7 @@ def build(
     handle: ModelHandle,
     pre: Preprocess,
     dataset: ImageDataset,
+    clock: Clock,
 ) -> None:
     """Synthesised inputs for the most variable channels of the last two spatial layers
     and for the classes, each beside its top real images and their guided projections."""
@@ -133,9 +134,11 @@ def build(
     )
     needed = sorted({features.files[r] for plan in plans for group in plan[4] for r in group})
     pixels = load_pixels(dataset, needed, pre)
+    bar = clock.bar("feature visualisation", prior.steps * sum(1 for plan in plans if plan[2]), "step")
     for heading, layer, units, names, top_rows, means in plans:
         if not units:
             continue
+        bar.set_postfix_str(layer, refresh=False)
         synth = synthesize(
             model,
             layer,
@@ -148,6 +151,7 @@ def build(
             prior=prior,
             seed=cfg.seed,
             evaluate=unit_evaluator(adapter, layer),
+            on_step=bar.update,
         )
         tiles = []
         for i, (unit, name, group, mean) in enumerate(zip(units, names, top_rows, means, strict=True)):
@@ -169,4 +173,5 @@ def build(
             value = float(np.exp(synth.values[i])) if layer == LOGITS_LAYER else float(synth.values[i])
             tiles.append(UnitTile(layer, int(unit), name, value, mean, key, top))
         section.groups.append((heading, tiles))
+    bar.close()
     result.sections["units"] = section
