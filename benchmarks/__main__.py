@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             f"- command: `{command}` ({elapsed / 60:.1f} min)",
             "- workload: torchvision ResNet-18, seeded random weights, 10 outputs, exported to ONNX (opset 17) and "
             "TorchScript; seeded synthetic 400x300 JPEGs in 10 class folders; kNN on seeded clustered 512-d features",
+            "- every figure is measured on the CPU (`--device cpu` in every run), even where a GPU is present: "
+            "GPU figures are a separate run on a GPU machine, recorded in their own file",
             "",
             *table,
             "",

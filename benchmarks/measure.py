@@ -289,6 +289,8 @@ def whole_report(
             str(report),
             "-q",
             "--no-cache",
+            "--device",
+            "cpu",
             "--batch-size",
             str(batch),
         ]
