@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
 
 import matplotlib
 
@@ -54,46 +53,60 @@ def _short(name: str, width: int = 18) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def _class_ticks(ax: Any, classes: Sequence[str]) -> None:
-    """Class names on both axes of a class-by-class matrix; none above 60 classes."""
+def _row_shares(confusion: np.ndarray) -> np.ndarray:
+    """Each row as shares of its true class (rows without images stay 0)."""
+    rows = confusion.sum(axis=1, keepdims=True)
+    return np.divide(confusion, rows, out=np.zeros(confusion.shape, float), where=rows > 0)
+
+
+def _class_matrix(
+    values: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    *,
+    cmap: str,
+    limits: tuple[float, float],
+    colorbar: str,
+    dark: np.ndarray,
+) -> bytes:
+    """A true-by-predicted class matrix coloured by ``values``; when at most 20 classes,
+    the non-empty cells carry their ``labels`` (white where ``dark``). Class names are on
+    both axes up to 60 classes."""
     k = len(classes)
-    if k > 60:
+    side = min(14.0, max(4.0, 0.42 * k + 2.0))
+    fig = _new_figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label=colorbar)
+    if k <= 60:
+        names = [_short(c) for c in classes]
+        small = 8 if k > 20 else 9
+        ax.set_xticks(range(k), names, rotation=90 if k > 6 else 45, ha="center" if k > 6 else "right", fontsize=small)
+        ax.set_yticks(range(k), names, fontsize=small)
+    else:
         ax.set_xticks([])
         ax.set_yticks([])
-        return
-    labels = [_short(c) for c in classes]
-    small = 8 if k > 20 else 9
-    ax.set_xticks(range(k), labels, rotation=90 if k > 6 else 45, ha="center" if k > 6 else "right", fontsize=small)
-    ax.set_yticks(range(k), labels, fontsize=small)
+    if k <= 20:
+        for i, j in zip(*np.nonzero(labels != ""), strict=True):
+            ax.text(j, i, labels[i, j], ha="center", va="center", fontsize=8, color="white" if dark[i, j] else INK)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    return to_png(fig)
 
 
 def confusion_figure(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     """Row-normalised confusion matrix (share of each true class), annotated when small."""
-    k = len(classes)
-    rows = confusion.sum(axis=1, keepdims=True)
-    share = np.divide(confusion, rows, out=np.zeros(confusion.shape, float), where=rows > 0)
-    side = min(14.0, max(4.0, 0.42 * k + 2.0))
-    fig = _new_figure(side + 1.2, side)
-    ax = fig.add_subplot()
-    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="share of the true class")
-    _class_ticks(ax, classes)
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                if confusion[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        str(confusion[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        color="white" if share[i, j] > 0.55 else INK,
-                    )
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    return to_png(fig)
+    share = _row_shares(confusion)
+    labels = np.where(confusion != 0, confusion.astype(str), "")
+    return _class_matrix(
+        share,
+        labels,
+        classes,
+        cmap="Blues",
+        limits=(0.0, 1.0),
+        colorbar="share of the true class",
+        dark=share > 0.55,
+    )
 
 
 def balance_figure(classes: Sequence[str], true_counts: Sequence[int] | None, predicted: Sequence[int]) -> bytes:
@@ -299,34 +312,16 @@ def tsne_grid(
 def confusion_difference_figure(old: np.ndarray, new: np.ndarray, classes: Sequence[str]) -> bytes:
     """New minus old confusion, as shares of each true class (blue: more, red: fewer),
     annotated with the change in image counts when the matrix is small."""
-    k = len(classes)
-
-    def shares(cm: np.ndarray) -> np.ndarray:
-        rows = cm.sum(axis=1, keepdims=True)
-        return np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
-
-    diff = shares(new) - shares(old)
+    diff = _row_shares(new) - _row_shares(old)
     counts = new - old
     limit = max(0.05, float(np.abs(diff).max()))
-    side = min(14.0, max(4.0, 0.42 * k + 2.0))
-    fig = _new_figure(side + 1.2, side)
-    ax = fig.add_subplot()
-    image = ax.imshow(diff, cmap="RdBu", vmin=-limit, vmax=limit, interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="change in share of the true class")
-    _class_ticks(ax, classes)
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                if counts[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        f"{counts[i, j]:+d}",
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        color="white" if abs(diff[i, j]) > 0.6 * limit else INK,
-                    )
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    return to_png(fig)
+    labels = np.array([[f"{c:+d}" if c else "" for c in row] for row in counts.tolist()], dtype=object)
+    return _class_matrix(
+        diff,
+        labels,
+        classes,
+        cmap="RdBu",
+        limits=(-limit, limit),
+        colorbar="change in share of the true class",
+        dark=np.abs(diff) > 0.6 * limit,
+    )

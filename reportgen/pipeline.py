@@ -23,6 +23,7 @@ from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter,
 from reportgen.models.base import ModelInfo, input_layer_info
 from reportgen.progress import note, progress
 from reportgen.report import AuditResult, DatasetSummary, Figures, LayerSummary, ModelSummary, Prediction
+from reportgen.sections import SectionInputs
 from reportgen.sections import galleries as galleries_section
 from reportgen.sections import layers as layers_section
 from reportgen.sections import units as units_section
@@ -305,11 +306,12 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     if cfg.reference is not None:
         with clock("reference"):
             reference = reference_features(cfg, handle, pre, features.layers, model_sha)
-    layers_section.build(result, features, probs, truth, pred, class_map, cfg, reference, clock)
-    galleries_section.build(result, features, probs, truth, pred, class_map, cfg, handle, pre, dataset, clock)
+    inputs = SectionInputs(cfg, result, features, probs, truth, pred, class_map, dataset, pre, handle, clock)
+    layers_section.build(inputs, reference)
+    galleries_section.build(inputs)
     if cfg.units > 0:
         with clock("units"):
-            units_section.build(result, features, probs, truth, class_map, cfg, handle, pre, dataset, clock)
+            units_section.build(inputs)
     with clock("figures"):
         figures = build_figures(result, dataset.root, cfg.reference, clock.bar)
     if epoch is None:

@@ -4,7 +4,8 @@ Each section is a dataclass the template reads and whose ``json_items`` gives it
 the JSON sidecar, so the HTML and the JSON cannot disagree.  One module per part of the
 report: ``layers`` (kNN tables, t-SNE, suspects), ``galleries`` (max/min-activating images
 with CAMs, channel view), ``units`` (feature visualisation).  Each has a ``build``
-function that runs its analyses and stores its sections in ``AuditResult.sections``.
+function that reads a ``SectionInputs``, runs its analyses and stores its sections in
+``AuditResult.sections``.
 
 Images are referred to by keys: ``a:<file>`` (audited folder) and ``r:<file>``
 (``--reference``) for thumbnails, ``cam:``, ``ch:``, ``unit:``, ``gbp:`` for pictures; the
@@ -14,10 +15,35 @@ render stage turns every key into one embedded image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from reportgen.config import AuditConfig
 from reportgen.data import DecodeError, ImageDataset, Preprocess, load_one
+from reportgen.extract import Features
+from reportgen.labels import ClassMap
+from reportgen.report import AuditResult
+
+if TYPE_CHECKING:
+    from reportgen.pipeline import Clock, ModelHandle
+
+
+@dataclass
+class SectionInputs:
+    """What every section builder reads, once the model has run over the images."""
+
+    cfg: AuditConfig
+    result: AuditResult  # the builders add their sections to ``result.sections``
+    features: Features  # every audited layer, one row per decoded image
+    probs: np.ndarray  # (N, K) output probabilities
+    truth: np.ndarray  # (N,) true output index, -1 where unknown
+    pred: np.ndarray  # (N,) predicted output index
+    class_map: ClassMap
+    dataset: ImageDataset
+    pre: Preprocess
+    handle: ModelHandle  # loads the model only when a section needs it
+    clock: Clock
 
 
 def thumb_key(file: str, reference: bool = False) -> str:

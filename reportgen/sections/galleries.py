@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from reportgen.analyses.cam import compute_cam, resize_bilinear
 from reportgen.analyses.channels import top_channels
 from reportgen.analyses.galleries import class_galleries
-from reportgen.config import AuditConfig
-from reportgen.data import ImageDataset, Preprocess
 from reportgen.errors import UserError
-from reportgen.extract import Features
-from reportgen.labels import ClassMap
 from reportgen.models import last_spatial_layer
-from reportgen.report import AuditResult
-from reportgen.sections import load_pixels, overlay_key, small_map, thumb_key
-
-if TYPE_CHECKING:
-    from reportgen.pipeline import Clock, ModelHandle
+from reportgen.sections import SectionInputs, load_pixels, overlay_key, small_map, thumb_key
 
 
 @dataclass
@@ -118,25 +110,15 @@ class ChannelsSection:
         }
 
 
-def build(
-    result: AuditResult,
-    features: Features,
-    probs: np.ndarray,
-    truth: np.ndarray,
-    pred: np.ndarray,
-    class_map: ClassMap,
-    cfg: AuditConfig,
-    handle: ModelHandle,
-    pre: Preprocess,
-    dataset: ImageDataset,
-    clock: Clock,
-) -> None:
+def build(inputs: SectionInputs) -> None:
     """Per-class galleries with CAM overlays, and the channel view of the CAM layer."""
+    cfg, result, features, clock = inputs.cfg, inputs.result, inputs.features, inputs.clock
+    probs, truth, pred, pre, dataset = inputs.probs, inputs.truth, inputs.pred, inputs.pre, inputs.dataset
 
     if cfg.gallery_size <= 0 and cfg.channels <= 0:
         return
     with clock("load model"):
-        adapter = handle.prepared(pre.size)
+        adapter = inputs.handle.prepared(pre.size)
     layer = cfg.cam_layer or last_spatial_layer(adapter.layers())
     split = None
     note = ""
@@ -149,7 +131,7 @@ def build(
             if cfg.cam_layer:
                 raise
             note = f"no CAM: {exc}"
-    classes = class_map.classes
+    classes = inputs.class_map.classes
     folder = result.dataset.folder_classes
 
     def tile(row: int, cls: int, keys: dict[tuple[int, int], str]) -> GalleryTile:

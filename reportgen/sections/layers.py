@@ -4,22 +4,16 @@ suspected mislabels and near-duplicates, and the aligned t-SNE of every layer.""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from reportgen.analyses.knn import LayerKnn, knn_search, layer_knn
 from reportgen.analyses.suspects import DuplicatePair, Mislabel, merge_pairs, mislabel_scores, near_duplicates
 from reportgen.analyses.tsne import TsneResult, tsne_layers
-from reportgen.config import AuditConfig
 from reportgen.extract import Features
-from reportgen.labels import ClassMap
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
-from reportgen.report import AuditResult
-from reportgen.sections import ImageSet, NeighbourEntry, label_name, neighbour_strip
-
-if TYPE_CHECKING:
-    from reportgen.pipeline import Clock
+from reportgen.sections import ImageSet, NeighbourEntry, SectionInputs, label_name, neighbour_strip
 
 
 @dataclass
@@ -304,18 +298,11 @@ def deep_layers(names: list[str]) -> tuple[list[str], str]:
     return deep, (deep[-1] if deep else names[-1])
 
 
-def build(
-    result: AuditResult,
-    features: Features,
-    probs: np.ndarray,
-    truth: np.ndarray,
-    pred: np.ndarray,
-    class_map: ClassMap,
-    cfg: AuditConfig,
-    reference: tuple[Features, list[str]] | None,
-    clock: Clock,
-) -> None:
-    """kNN tables and per-layer kNN accuracy, suspects, and the t-SNE of every layer."""
+def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -> None:
+    """kNN tables and per-layer kNN accuracy, suspects, and the t-SNE of every layer;
+    ``reference`` is the ``--reference`` folder's features and class names."""
+    cfg, result, features, clock = inputs.cfg, inputs.result, inputs.features, inputs.clock
+    probs, truth, pred, class_map = inputs.probs, inputs.truth, inputs.pred, inputs.class_map
 
     names = [layer.name for layer in features.layers]
     if not names:

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from reportgen.analyses.channels import top_channels
 from reportgen.analyses.visualize import Prior, guided_projection, synthesize, unit_evaluator
-from reportgen.config import AuditConfig
-from reportgen.data import ImageDataset, Preprocess
 from reportgen.errors import UserError
-from reportgen.extract import Features
-from reportgen.labels import ClassMap
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
-from reportgen.report import AuditResult
-from reportgen.sections import load_pixels, thumb_key
-
-if TYPE_CHECKING:
-    from reportgen.pipeline import Clock, ModelHandle
+from reportgen.sections import SectionInputs, load_pixels, thumb_key
 
 
 @dataclass
@@ -77,22 +69,12 @@ class UnitsSection:
         }
 
 
-def build(
-    result: AuditResult,
-    features: Features,
-    probs: np.ndarray,
-    truth: np.ndarray,
-    class_map: ClassMap,
-    cfg: AuditConfig,
-    handle: ModelHandle,
-    pre: Preprocess,
-    dataset: ImageDataset,
-    clock: Clock,
-) -> None:
+def build(inputs: SectionInputs) -> None:
     """Synthesised inputs for the most variable channels of the last two spatial layers
     and for the classes, each beside its top real images and their guided projections."""
+    cfg, result, features, probs, pre = inputs.cfg, inputs.result, inputs.features, inputs.probs, inputs.pre
 
-    adapter = handle.prepared(pre.size)
+    adapter = inputs.handle.prepared(pre.size)
     try:
         model = adapter.differentiable()
     except UserError as exc:
@@ -118,7 +100,8 @@ def build(
                 [float(means[p.channel]) for p in picks],
             )
         )
-    k = len(class_map.classes)
+    k = len(inputs.class_map.classes)
+    truth = inputs.truth
     support = np.bincount(truth[truth >= 0], minlength=k) if (truth >= 0).any() else np.zeros(k, int)
     classes = sorted(range(k), key=lambda c: (-support[c], c))[:20] if k > 20 else list(range(k))
     rows = [[int(r) for r in np.argsort(-probs[:, c], kind="stable")[:n_top]] for c in classes]
@@ -127,14 +110,14 @@ def build(
             "Classes",
             LOGITS_LAYER,
             classes,
-            [class_map.classes[c] for c in classes],
+            [inputs.class_map.classes[c] for c in classes],
             rows,
             [float(probs[:, c].mean()) for c in classes],
         )
     )
     needed = sorted({features.files[r] for plan in plans for group in plan[4] for r in group})
-    pixels = load_pixels(dataset, needed, pre)
-    bar = clock.bar("feature visualisation", prior.steps * sum(1 for plan in plans if plan[2]), "step")
+    pixels = load_pixels(inputs.dataset, needed, pre)
+    bar = inputs.clock.bar("feature visualisation", prior.steps * sum(1 for plan in plans if plan[2]), "step")
     for heading, layer, units, names, top_rows, means in plans:
         if not units:
             continue
