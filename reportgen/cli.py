@@ -403,7 +403,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     result = compare(old, new, seed=args.seed)
     if not args.no_cam:
         try:
-            add_cam_overlays(result, device=args.device, trust_pickle=args.trust_pickle, batch_size=args.batch_size)
+            add_cam_overlays(
+                result,
+                device=args.device,
+                trust_pickle=args.trust_pickle,
+                batch_size=args.batch_size,
+                show_progress=not args.quiet,
+            )
         except UserError as exc:
             result.cam_note = f"no activation maps: {exc}"
     gates, failures = evaluate_gates(result, args.fail_on)

@@ -300,12 +300,12 @@ def _similarity(old: Audit, new: Audit, common: list[str]) -> tuple[list[LayerSi
     return out, note
 
 
-def add_cam_overlays(result: CompareResult, *, device: str, trust_pickle: bool, batch_size: int) -> None:
+def add_cam_overlays(
+    result: CompareResult, *, device: str, trust_pickle: bool, batch_size: int, show_progress: bool = True
+) -> None:
     """Both models' Grad-CAM maps of the shown flips, each for its own prediction, when
     both model files still exist unchanged."""
-    from reportgen.analyses.cam import compute_cam
-    from reportgen.data import DecodeError, Preprocess, load_one
-    from reportgen.models import last_spatial_layer, load_model
+    from reportgen.progress import progress
     from reportgen.util import file_sha256
 
     flips = result.regressions[:SHOWN_FLIPS] + result.fixes[:SHOWN_FLIPS]
@@ -320,44 +320,68 @@ def add_cam_overlays(result: CompareResult, *, device: str, trust_pickle: bool, 
                 f"the {side} model file ({model}) is missing or changed since its audit: no activation maps"
             )
             return
-    for side, audit in (("old", result.old), ("new", result.new)):
-        p = audit.data["preprocessing"]
-        pre = Preprocess(
-            tuple(p["size"]), tuple(p["mean"]), tuple(p["std"]), p["channels"], p["resize"], p["channels_last"]
+    with progress(total=2 * len(flips), desc="gradcam", unit="map", enabled=show_progress) as bar:
+        for side, audit in (("old", result.old), ("new", result.new)):
+            if not _side_overlays(result, side, audit, flips, root, device, trust_pickle, batch_size, bar):
+                return
+
+
+def _side_overlays(
+    result: CompareResult,
+    side: str,
+    audit: Audit,
+    flips: list[Flip],
+    root: Path,
+    device: str,
+    trust_pickle: bool,
+    batch_size: int,
+    bar: Any,
+) -> bool:
+    """One model's maps of the flips, for its own predictions (see ``add_cam_overlays``);
+    false, with a note, when the model has no tensor to explain."""
+    from reportgen.analyses.cam import compute_cam
+    from reportgen.data import DecodeError, Preprocess, load_one
+    from reportgen.models import last_spatial_layer, load_model
+
+    p = audit.data["preprocessing"]
+    pre = Preprocess(
+        tuple(p["size"]), tuple(p["mean"]), tuple(p["std"]), p["channels"], p["resize"], p["channels_last"]
+    )
+    adapter = load_model(
+        Path(audit.data["model"]["path"]),
+        device=device,
+        arch=(audit.data.get("options") or {}).get("arch"),
+        trust_pickle=trust_pickle,
+    )
+    adapter.prepare(pre.size)
+    layer = (audit.data.get("cam") or {}).get("layer") or last_spatial_layer(adapter.layers())
+    if layer is None:
+        result.cam_note = f"the {side} model has no spatial tensor: no activation maps"
+        return False
+    split = adapter.split(layer)
+    classes = audit.data["classes"]
+    todo = []
+    for flip in flips:
+        pred = flip.old_pred if side == "old" else flip.new_pred
+        if pred in classes:
+            try:
+                todo.append((flip, classes.index(pred), load_one(root / flip.file, pre)[0]))
+            except DecodeError:
+                continue
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        cams = compute_cam(
+            "gradcam", split, np.stack([x for _, _, x in chunk]), np.array([t for _, t, _ in chunk]), pre.size
         )
-        adapter = load_model(
-            Path(audit.data["model"]["path"]),
-            device=device,
-            arch=(audit.data.get("options") or {}).get("arch"),
-            trust_pickle=trust_pickle,
-        )
-        adapter.prepare(pre.size)
-        layer = (audit.data.get("cam") or {}).get("layer") or last_spatial_layer(adapter.layers())
-        if layer is None:
-            result.cam_note = f"the {side} model has no spatial tensor: no activation maps"
-            return
-        split = adapter.split(layer)
-        classes = audit.data["classes"]
-        todo = []
-        for flip in flips:
-            pred = flip.old_pred if side == "old" else flip.new_pred
-            if pred in classes:
-                try:
-                    todo.append((flip, classes.index(pred), load_one(root / flip.file, pre)[0]))
-                except DecodeError:
-                    continue
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            cams = compute_cam(
-                "gradcam", split, np.stack([x for _, _, x in chunk]), np.array([t for _, t, _ in chunk]), pre.size
-            )
-            for (flip, _, _), cam in zip(chunk, cams.maps, strict=True):
-                key = f"{side}:{flip.file}"
-                result.overlays[key] = cam
-                if side == "old":
-                    flip.old_overlay = key
-                else:
-                    flip.new_overlay = key
+        for (flip, _, _), cam in zip(chunk, cams.maps, strict=True):
+            key = f"{side}:{flip.file}"
+            result.overlays[key] = cam
+            if side == "old":
+                flip.old_overlay = key
+            else:
+                flip.new_overlay = key
+        bar.update(len(chunk))
+    return True
 
 
 def _interval(i: Any) -> dict[str, float]:
