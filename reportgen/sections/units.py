@@ -117,44 +117,43 @@ def build(inputs: SectionInputs) -> None:
     )
     needed = sorted({features.files[r] for plan in plans for group in plan[4] for r in group})
     pixels = load_pixels(inputs.dataset, needed, pre)
-    bar = inputs.clock.bar("feature visualisation", prior.steps * sum(1 for plan in plans if plan[2]), "step")
-    for heading, layer, units, names, top_rows, means in plans:
-        if not units:
-            continue
-        bar.set_postfix_str(layer, refresh=False)
-        synth = synthesize(
-            model,
-            layer,
-            np.array(units),
-            pre.size,
-            pre.channels,
-            pre.mean,
-            pre.std,
-            channels_last=pre.channels_last,
-            prior=prior,
-            seed=cfg.seed,
-            evaluate=unit_evaluator(adapter, layer),
-            on_step=bar.update,
-        )
-        tiles = []
-        for i, (unit, name, group, mean) in enumerate(zip(units, names, top_rows, means, strict=True)):
-            key = f"unit:{layer}:{unit}"
-            section.pictures[key] = synth.images[i]
-            files = [features.files[r] for r in group if features.files[r] in pixels]
-            projections: list[str | None] = [None] * len(files)
-            if files:
-                proj = guided_projection(
-                    model, np.stack([pixels[f] for f in files]), layer, np.full(len(files), unit), pre.channels_last
-                )
-                projections = []
-                for f, image in zip(files, proj, strict=True):
-                    pkey = f"gbp:{layer}:{unit}:{f}"
-                    section.pictures[pkey] = image
-                    projections.append(pkey)
-            top = [(f, thumb_key(f), pk) for f, pk in zip(files, projections, strict=True)]
-            # Classes are shown as probabilities (the synthesis maximises the log-probability).
-            value = float(np.exp(synth.values[i])) if layer == LOGITS_LAYER else float(synth.values[i])
-            tiles.append(UnitTile(layer, int(unit), name, value, mean, key, top))
-        section.groups.append((heading, tiles))
-    bar.close()
+    with inputs.clock.bar("feature visualisation", prior.steps * sum(1 for plan in plans if plan[2]), "step") as bar:
+        for heading, layer, units, names, top_rows, means in plans:
+            if not units:
+                continue
+            bar.set_postfix_str(layer, refresh=False)
+            synth = synthesize(
+                model,
+                layer,
+                np.array(units),
+                pre.size,
+                pre.channels,
+                pre.mean,
+                pre.std,
+                channels_last=pre.channels_last,
+                prior=prior,
+                seed=cfg.seed,
+                evaluate=unit_evaluator(adapter, layer),
+                on_step=bar.update,
+            )
+            tiles = []
+            for i, (unit, name, group, mean) in enumerate(zip(units, names, top_rows, means, strict=True)):
+                key = f"unit:{layer}:{unit}"
+                section.pictures[key] = synth.images[i]
+                files = [features.files[r] for r in group if features.files[r] in pixels]
+                projections: list[str | None] = [None] * len(files)
+                if files:
+                    proj = guided_projection(
+                        model, np.stack([pixels[f] for f in files]), layer, np.full(len(files), unit), pre.channels_last
+                    )
+                    projections = []
+                    for f, image in zip(files, proj, strict=True):
+                        pkey = f"gbp:{layer}:{unit}:{f}"
+                        section.pictures[pkey] = image
+                        projections.append(pkey)
+                top = [(f, thumb_key(f), pk) for f, pk in zip(files, projections, strict=True)]
+                # Classes are shown as probabilities (the synthesis maximises the log-probability).
+                value = float(np.exp(synth.values[i])) if layer == LOGITS_LAYER else float(synth.values[i])
+                tiles.append(UnitTile(layer, int(unit), name, value, mean, key, top))
+            section.groups.append((heading, tiles))
     result.sections["units"] = section
