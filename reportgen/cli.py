@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reportgen import __version__
 from reportgen.config import AuditConfig, parse_floats, parse_gates, parse_size
-from reportgen.errors import GateFailed, UserError
+from reportgen.errors import GateFailed, UserError, one_line
 
 EXIT_USER_ERROR = 2
 EXIT_GATE_FAILED = 3
@@ -549,9 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        text = " ".join(str(exc).split())[:300]
         print(
-            f"reportgen: internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)",
+            f"reportgen: internal error: {type(exc).__name__}: {one_line(exc, 300)} "
+            "(run with --debug for the traceback)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,9 @@ import numpy as np
 from reportgen import __version__
 from reportgen.analyses.metrics import classification_metrics
 from reportgen.analyses.similarity import PairedAccuracy, knn_overlap, linear_cka, paired_bootstrap
-from reportgen.config import source_date_epoch
+from reportgen.config import source_date_epoch, timestamp
 from reportgen.errors import UserError
+from reportgen.extract import load_cache
 from reportgen.report import JSON_SCHEMA_VERSION
 from reportgen.util import round_floats
 
@@ -172,17 +172,11 @@ def _metrics_pair(truth: np.ndarray, old_pred: np.ndarray, new_pred: np.ndarray,
 
 def _features(audit: Audit) -> tuple[list[str], list[str], dict[str, np.ndarray]] | None:
     """(files, layer names, arrays) from the audit's cache, or None."""
-    if audit.cache is None:
+    cached = load_cache(audit.cache, None) if audit.cache is not None else None
+    if cached is None:
         return None
-    try:
-        with np.load(audit.cache, allow_pickle=False) as npz:
-            meta = json.loads(str(npz["meta"]))
-            names = [layer["name"] for layer in meta["layers"]]
-            arrays = {name: (npz["outputs"] if name == "logits" else npz[f"layer_{i}"]) for i, name in enumerate(names)}
-            files = [str(f) for f in npz["files"]]
-    except (OSError, ValueError, KeyError):
-        return None
-    return files, names, arrays
+    f = cached.features
+    return f.files, [layer.name for layer in f.layers], f.arrays
 
 
 def compare(old: Audit, new: Audit, *, seed: int = 0) -> CompareResult:
@@ -248,11 +242,9 @@ def compare(old: Audit, new: Audit, *, seed: int = 0) -> CompareResult:
         and new_by_file[f].get("sha256")
         and old_by_file[f]["sha256"] != new_by_file[f]["sha256"]
     )
-    epoch = source_date_epoch()
-    moment = datetime.fromtimestamp(epoch, UTC) if epoch is not None else datetime.now(UTC)
     return CompareResult(
         tool_version=__version__,
-        generated_at=moment.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        generated_at=timestamp(source_date_epoch()),
         old=old,
         new=new,
         classes=classes,
@@ -343,10 +335,7 @@ def _side_overlays(
     from reportgen.data import DecodeError, Preprocess, load_one
     from reportgen.models import last_spatial_layer, load_model
 
-    p = audit.data["preprocessing"]
-    pre = Preprocess(
-        tuple(p["size"]), tuple(p["mean"]), tuple(p["std"]), p["channels"], p["resize"], p["channels_last"]
-    )
+    pre = Preprocess.from_fingerprint(audit.data["preprocessing"])
     adapter = load_model(
         Path(audit.data["model"]["path"]),
         device=device,

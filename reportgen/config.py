@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,12 @@ def source_date_epoch() -> int | None:
         return int(value)
     except ValueError:
         raise UserError(f"SOURCE_DATE_EPOCH must be an integer, got {value!r}") from None
+
+
+def timestamp(epoch: int | None) -> str:
+    """ISO 8601 UTC time to the second: ``epoch`` (from ``source_date_epoch``) or now."""
+    moment = datetime.fromtimestamp(epoch, UTC) if epoch is not None else datetime.now(UTC)
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -247,6 +248,18 @@ class Preprocess:
             "resize": self.resize,
             "channels_last": self.channels_last,
         }
+
+    @classmethod
+    def from_fingerprint(cls, p: dict[str, Any]) -> Preprocess:
+        """The preprocessing a ``fingerprint`` (from a cache or a report's JSON) describes."""
+        return cls(
+            size=tuple(p["size"]),
+            mean=tuple(p["mean"]),
+            std=tuple(p["std"]),
+            channels=p["channels"],
+            resize=p["resize"],
+            channels_last=p["channels_last"],
+        )
 
 
 class DecodeError(Exception):

@@ -190,14 +190,15 @@ def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[
     atomic_write(path, write)
 
 
-def load_cache(path: Path, key: dict[str, Any]) -> CachedRun | None:
-    """The cached run at ``path`` if it exists and matches ``key``; otherwise None."""
+def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | None:
+    """The cached run at ``path`` if it exists and matches ``key`` (any key when None,
+    for reading back a finished audit's features); otherwise None."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
-            if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
+            if meta.get("format") != CACHE_FORMAT or (key is not None and meta.get("key") != key):
                 return None
             layers = [LayerInfo(d["name"], tuple(d["shape"]), d.get("op", "")) for d in meta["layers"]]
             outputs = npz["outputs"]

@@ -7,14 +7,13 @@ import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 
 import numpy as np
 from tqdm import tqdm
 
 from reportgen import __version__
 from reportgen.analyses.metrics import class_balance, classification_metrics, to_probabilities
-from reportgen.config import AuditConfig, source_date_epoch
+from reportgen.config import AuditConfig, source_date_epoch, timestamp
 from reportgen.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, Preprocess, Skipped, discover
 from reportgen.errors import UserError
 from reportgen.extract import Features, cache_key, extract, load_cache, save_cache
@@ -187,15 +186,7 @@ def _extract_or_load(
     if cached is not None:
         note(f"reusing the features cache {cfg.cache_path}", not cfg.quiet)
         meta = cached.meta["model"]
-        p = meta["preprocess"]
-        pre = Preprocess(
-            size=tuple(p["size"]),
-            mean=tuple(p["mean"]),
-            std=tuple(p["std"]),
-            channels=p["channels"],
-            resize=p["resize"],
-            channels_last=p["channels_last"],
-        )
+        pre = Preprocess.from_fingerprint(meta["preprocess"])
         return cached.features, meta, pre
     with clock("load model"):
         adapter = handle.open()
@@ -265,7 +256,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     layers = [LayerSummary(layer.name, tuple(layer.shape), layer.dim, layer.op) for layer in features.layers]
     result = AuditResult(
         tool_version=__version__,
-        generated_at=_timestamp(epoch),
+        generated_at=timestamp(epoch),
         options=cfg.recorded(),
         model=ModelSummary(
             path=str(cfg.model),
@@ -341,8 +332,3 @@ def reference_features(
     if cfg.use_cache and features.n:
         save_cache(path, features, key, {"model": _model_meta(adapter, pre)})
     return features, ref.folder_classes
-
-
-def _timestamp(epoch: int | None) -> str:
-    moment = datetime.fromtimestamp(epoch, UTC) if epoch is not None else datetime.now(UTC)
-    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -24,11 +24,7 @@ from reportgen.overlay import overlay_thumbnail
 from reportgen.report import AuditResult, Figures, to_json
 from reportgen.resources import templates_dir
 from reportgen.thumbs import thumbnails
-from reportgen.util import atomic_write_bytes
-
-
-def data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+from reportgen.util import atomic_write_bytes, data_uri
 
 
 def _mime(data: bytes) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -10,24 +9,31 @@ from pathlib import Path
 from PIL import Image
 
 from reportgen.data import DecodeError, open_image
+from reportgen.util import data_uri
 
 THUMB = 96
 
 
-def thumbnail(path: Path, side: int = THUMB) -> bytes:
-    """JPEG bytes of the image (as a viewer shows it) fitted inside ``side`` x ``side``."""
+def open_fitted(path: Path, side: int) -> Image.Image:
+    """The image (as a viewer shows it) fitted inside ``side`` x ``side``; a grey square
+    when it can no longer be decoded (changed on disk since extraction)."""
     try:
         img, _ = open_image(path, 3, draft=(side, side))
     except DecodeError:
         img = Image.new("RGB", (side, side), (200, 200, 200))
     img.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return img
+
+
+def jpeg_uri(img: Image.Image) -> str:
+    """A data URI of the image as a compact JPEG."""
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=82, optimize=True)
-    return buf.getvalue()
+    return data_uri(buf.getvalue(), "image/jpeg")
 
 
 def thumbnail_uri(path: Path, side: int = THUMB) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(thumbnail(path, side)).decode("ascii")
+    return jpeg_uri(open_fitted(path, side))
 
 
 def thumbnails(

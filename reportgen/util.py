@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import math
@@ -64,3 +65,8 @@ def round_floats(value: Any, digits: int = 6) -> Any:
     if isinstance(value, (list, tuple)):
         return [round_floats(v, digits) for v in value]
     return value
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    """``data:`` URI of the bytes: how every picture is embedded in the reports."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from reportgen.errors import UserError
+from reportgen.errors import UserError, one_line
 from reportgen.models.base import (
     Differentiable,
     EmbeddedMetadata,
@@ -34,11 +34,6 @@ from reportgen.models.base import (
 METADATA_KEY = "reportgen"
 _DTYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
 _BATCH_PARAM = "reportgen_batch"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
 
 
 def resolve_providers(requested: str) -> tuple[str, list[str]]:
@@ -56,7 +51,7 @@ def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-        raise UserError(f"cannot read ONNX model {path.name}: {_one_line(exc)}") from None
+        raise UserError(f"cannot read ONNX model {path.name}: {one_line(exc)}") from None
     graph = model.graph
     # Old exporters list weights among the inputs (as initializers, or as tensors that
     # ConstantOfShape nodes produce, as in the ONNX model zoo's test graphs).
@@ -154,7 +149,7 @@ class OnnxAdapter(ModelAdapter):
         try:
             return ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"ONNX Runtime cannot load the model: {_one_line(exc)}") from None
+            raise UserError(f"ONNX Runtime cannot load the model: {one_line(exc)}") from None
 
     def prepare(self, size: tuple[int, int]) -> None:
         self.size = size
@@ -197,7 +192,7 @@ class OnnxAdapter(ModelAdapter):
         if results is None:
             assert error is not None
             raise UserError(
-                f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s): {_one_line(error)}"
+                f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s): {one_line(error)}"
             )
         values = dict(zip(names, results, strict=True))
         scores = values[self.output_name]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.fx
 
-from reportgen.errors import UserError
+from reportgen.errors import UserError, one_line
 from reportgen.models.base import (
     Differentiable,
     EmbeddedMetadata,
@@ -98,7 +98,7 @@ def load_torch_model(
         try:
             scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as exc:  # noqa: BLE001 - any failure here is a bad file
-            raise UserError(f"cannot load TorchScript model {path.name}: {_one_line(exc)}") from None
+            raise UserError(f"cannot load TorchScript model {path.name}: {one_line(exc)}") from None
         scripted.eval()
         embedded = EmbeddedMetadata.parse(extra.get(EXTRA_FILE))
         fmt = "torchscript"
@@ -117,7 +117,7 @@ def load_torch_model(
                 warnings.simplefilter("ignore")
                 program = torch.export.load(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot load torch.export program {path.name}: {_one_line(exc)}") from None
+            raise UserError(f"cannot load torch.export program {path.name}: {one_line(exc)}") from None
         fmt = "torch.export"
         shape = _placeholder_shape(program)
         if shape is not None and len(shape) == 4:
@@ -155,11 +155,6 @@ def load_torch_model(
     if arch:
         info.properties["architecture"] = arch
     return TorchAdapter(info, build)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
 
 
 def _placeholder_shape(program: torch.export.ExportedProgram) -> tuple[Any, ...] | None:
@@ -207,7 +202,7 @@ def _load_saved(
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc2:  # noqa: BLE001
-            raise UserError(f"cannot load {path.name}: {_one_line(exc2)}") from None
+            raise UserError(f"cannot load {path.name}: {one_line(exc2)}") from None
         del exc
     if isinstance(obj, torch.nn.Module):
         if not trust_pickle:  # pragma: no cover - weights_only cannot produce a module
@@ -242,7 +237,7 @@ def _build_arch(arch: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
             warnings.simplefilter("ignore")
             model = torchvision.models.get_model(arch, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot build torchvision {arch}: {_one_line(exc)}") from None
+        raise UserError(f"cannot build torchvision {arch}: {one_line(exc)}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -271,7 +266,7 @@ def _export_module(module: torch.nn.Module, size: tuple[int, int], channels: int
             warnings.simplefilter("ignore")
             return torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot trace the model into a graph (torch.export failed): {_one_line(exc)}") from None
+        raise UserError(f"cannot trace the model into a graph (torch.export failed): {one_line(exc)}") from None
 
 
 # ------------------------------------------------------------------ execution
@@ -404,7 +399,7 @@ class TorchAdapter(ModelAdapter):
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot prepare the model graph: {_one_line(exc)}") from None
+            raise UserError(f"cannot prepare the model graph: {one_line(exc)}") from None
         for p in gm.parameters():
             p.requires_grad_(False)
         self._exec = _Executor(gm)
@@ -440,7 +435,7 @@ class TorchAdapter(ModelAdapter):
                 out = self._exec.run(self._exec.nodes, {}, [example], on_value=record)
         except Exception as exc:  # noqa: BLE001
             raise UserError(
-                f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s): {_one_line(exc)}"
+                f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s): {one_line(exc)}"
             ) from None
         scores = _as_scores(_first_tensor(out))
         self._num_outputs = int(scores.shape[1])
