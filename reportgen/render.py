@@ -271,9 +271,14 @@ def render_html(result: AuditResult, figures: Figures) -> str:
 
 def write_report(result: AuditResult, figures: Figures, html_path: Path, json_path: Path) -> None:
     """Write the JSON sidecar, then the HTML, each atomically."""
-    payload = json.dumps(to_json(result), indent=1, ensure_ascii=False, allow_nan=False, sort_keys=False)
-    html = render_html(result, figures)
-    atomic_write_bytes(json_path, (payload + "\n").encode("utf-8"))
+    _write_pair(to_json(result), render_html(result, figures), html_path, json_path)
+
+
+def _write_pair(payload: dict[str, Any], html: str, html_path: Path, json_path: Path) -> None:
+    """The JSON sidecar, then the HTML, each atomically; both are rendered before either
+    is written, so a failure leaves the previous pair as it was."""
+    text = json.dumps(payload, indent=1, ensure_ascii=False, allow_nan=False)
+    atomic_write_bytes(json_path, (text + "\n").encode("utf-8"))
     atomic_write_bytes(html_path, html.encode("utf-8"))
 
 
@@ -327,8 +332,5 @@ def render_compare(result: Any, payload: dict[str, Any]) -> str:  # result: comp
 
 
 def write_compare(result: Any, payload: dict[str, Any], html_path: Path, json_path: Path) -> None:
-    html = render_compare(result, payload)
-    atomic_write_bytes(
-        json_path, (json.dumps(payload, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-    )
-    atomic_write_bytes(html_path, html.encode("utf-8"))
+    """Write diff.json, then diff.html, each atomically."""
+    _write_pair(payload, render_compare(result, payload), html_path, json_path)

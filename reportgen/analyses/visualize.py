@@ -68,21 +68,24 @@ class Synthesis:
 BLOCK_GRID = 8  # the coarse search tries a solid block in each cell of an 8 x 8 grid
 
 
-def block_candidates(size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[tuple[int, int, np.ndarray]]]:
-    """Mid-grey images with one solid block of a saturated colour (the corners of the
-    colour cube; black and white for one channel), in every cell of the grid."""
+def block_side(size: tuple[int, int]) -> tuple[int, int]:
+    """Height and width of one cell of the search grid."""
+    return -(-size[0] // BLOCK_GRID), -(-size[1] // BLOCK_GRID)
+
+
+def block_candidates(size: tuple[int, int], channels: int) -> list[tuple[int, int, np.ndarray]]:
+    """(top, left, colour) of every candidate block: each cell of the grid, in each
+    saturated colour (the corners of the colour cube; black and white for one channel)."""
     h, w = size
-    bh, bw = -(-h // BLOCK_GRID), -(-w // BLOCK_GRID)
+    bh, bw = block_side(size)
     levels = [np.array(c, np.float32) for c in itertools.product((0.0, 1.0), repeat=channels)]
-    images, where = [], []
-    for top in range(0, h, bh):
-        for left in range(0, w, bw):
-            for colour in levels:
-                img = np.full((h, w, channels), 0.5, np.float32)
-                img[top : top + bh, left : left + bw] = colour
-                images.append(img)
-                where.append((top, left, colour))
-    return np.stack(images), where
+    return [(top, left, colour) for top in range(0, h, bh) for left in range(0, w, bw) for colour in levels]
+
+
+def paint_block(x: np.ndarray, top: int, left: int, colour: np.ndarray) -> None:
+    """Paint one candidate block into an image (H, W, C) in place."""
+    bh, bw = block_side(x.shape[:2])
+    x[top : top + bh, left : left + bw] = colour
 
 
 def best_blocks(
@@ -93,18 +96,25 @@ def best_blocks(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     channels_last: bool,
+    chunk: int = 64,
 ) -> list[tuple[int, int, np.ndarray]]:
     """For each unit, the solid block that raises it most: a foothold for the ascent.
 
     From grey, a ReLU network's detector of a saturated mark is silent, so its gradient
     is zero and gradient ascent never finds the mark; one forward pass over a small
-    dictionary of blocks (the same for every unit) finds it.
+    dictionary of blocks (the same for every unit) finds it.  The candidates are drawn
+    ``chunk`` at a time (all 512 at 224 px would take 600 MB).
     """
-    images, where = block_candidates(size, channels)
+    where = block_candidates(size, channels)
     m = np.asarray(mean, np.float32).reshape(1, 1, 1, -1)
     s = np.asarray(std, np.float32).reshape(1, 1, 1, -1)
-    values = evaluate(_normalise(images, m, s, channels_last))
-    best = values[:, np.asarray(units)].argmax(axis=0)
+    values = []
+    for start in range(0, len(where), chunk):
+        images = np.full((len(where[start : start + chunk]), *size, channels), 0.5, np.float32)
+        for img, (top, left, colour) in zip(images, where[start : start + chunk], strict=True):
+            paint_block(img, top, left, colour)
+        values.append(evaluate(_normalise(images, m, s, channels_last))[:, np.asarray(units)])
+    best = np.concatenate(values).argmax(axis=0)
     return [where[int(b)] for b in best]
 
 
@@ -158,8 +168,7 @@ def synthesize(
     x = np.clip(0.5 + rng.normal(0.0, prior.init_noise, (n, h, w, channels)), 0, 1).astype(np.float32)
     if evaluate is not None:
         for i, (top, left, colour) in enumerate(best_blocks(evaluate, units, size, channels, mean, std, channels_last)):
-            bh, bw = -(-h // BLOCK_GRID), -(-w // BLOCK_GRID)
-            x[i, top : top + bh, left : left + bw] = colour
+            paint_block(x[i], top, left, colour)
     first = np.zeros_like(x)
     scale = max(h, w) / 64.0
     reach = max(1, round(prior.jitter * max(h, w)))
