@@ -483,10 +483,15 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         evaluate=unit_evaluator(adapter, layer),
     )
     atomic_write_bytes(args.output, picture_png(synth.images[0], side=None))
+    runs = int(synth.runs[0])
     print(
-        f"reportgen: {label}: {synth.values[0]:.4g} on the synthesised input ({args.steps} steps, seed {args.seed}) -> {args.output}",
+        f"reportgen: {label}: {synth.values[0]:.4g} on the synthesised input ({args.steps} steps, seed {args.seed}"
+        f"{f', {runs} runs' if runs > 1 else ''}) -> {args.output}",
         file=sys.stderr,
     )
+    if not synth.responded[0]:
+        what = "made the class win" if layer == LOGITS_LAYER else "raised the unit above its starting image"
+        print(f"reportgen: note: the unit did not respond: no run {what}", file=sys.stderr)
     return 0
 
 
@@ -511,9 +516,15 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     exp, _ = explain_image(cfg, args.image, layer=args.layer, target=args.target, method=args.cam)
     write_explanation(exp, args.image, args.output, cfg.resize)
     print(
-        f"reportgen: {exp.method} of class {exp.target_name} (output {exp.target}, score {exp.score:.4g}) at {exp.layer} -> {args.output}",
+        f"reportgen: {exp.method} of class {exp.target_name} (output {exp.target}, {exp.score_kind} {exp.score:.4g}) at {exp.layer} -> {args.output}",
         file=sys.stderr,
     )
+    if not exp.map.any():
+        print(
+            f"reportgen: note: the map is zero everywhere: nothing at {exp.layer} raises the {exp.score_kind} of "
+            f"class {exp.target_name} for this image",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -521,7 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reportgen`` command."""
     warnings.filterwarnings("ignore")
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted before or after the command: the internal-error line tells
+    # people to add it, and they add it at the end.
     debug = "--debug" in argv
+    if debug:
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

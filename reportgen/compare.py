@@ -160,6 +160,7 @@ class CompareResult:
     modified: list[str]
     warnings: list[str] = field(default_factory=list)
     cam_note: str = ""
+    blank_maps: int = 0  # flips' maps that came out zero everywhere, left out of the page
     overlays: dict[str, np.ndarray] = field(default_factory=dict)  # key -> map, for the figures
 
 
@@ -363,6 +364,9 @@ def _side_overlays(
             "gradcam", split, np.stack([x for _, _, x in chunk]), np.array([t for _, t, _ in chunk]), pre.size
         )
         for (flip, _, _), cam in zip(chunk, cams.maps, strict=True):
+            if not cam.any():  # zero everywhere: no picture of where evidence lies
+                result.blank_maps += 1
+                continue
             key = f"{side}:{flip.file}"
             result.overlays[key] = cam
             if side == "old":

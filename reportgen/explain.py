@@ -26,7 +26,8 @@ class Explanation:
     method: str
     target: int
     target_name: str
-    score: float  # model output at the target
+    score: float  # the explained score at the target: the logit, or the output where no logit exists
+    score_kind: str = "logit"
 
 
 def resolve_target(text: str | None, names: list[str] | None, num_outputs: int) -> int | None:
@@ -74,7 +75,8 @@ def explain_image(
     )
     t = int(result.targets[0])
     name = names[t] if names and t < len(names) else str(t)
-    return Explanation(result.maps[0], layer, method, t, name, float(result.scores[0])), adapter
+    kind = "logit" if adapter.score_layer else "output"
+    return Explanation(result.maps[0], layer, method, t, name, float(result.scores[0]), kind), adapter
 
 
 def write_explanation(exp: Explanation, image: Path, out: Path, resize: str) -> None:

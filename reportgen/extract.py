@@ -12,6 +12,8 @@ The cache (``--features PATH``) is an ``.npz`` file, read with ``allow_pickle=Fa
 ``sha256``      SHA-256 of each decoded file
 ``labels``      folder-class index per image, -1 when unlabeled (int64)
 ``outputs``     raw model outputs, (N, K) float32
+``logits``      the class scores before the model's final softmax, (N, K)
+                float32; only for models whose output is a softmax
 ``layer_<i>``   pooled features of layer i of ``meta.layers``, (N, D_i) float32
 ==============  ==========================================================
 """
@@ -33,7 +35,7 @@ from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAda
 from reportgen.progress import progress
 from reportgen.util import atomic_write
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: logits of softmax-ended models
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Features:
     outputs: np.ndarray  # (N, K) raw outputs
     layers: list[LayerInfo]
     arrays: dict[str, np.ndarray]
+    logits: np.ndarray | None = None  # (N, K) scores before the output's softmax, if it has one
     skipped: list[Skipped] = field(default_factory=list)  # decode failures met here
     seconds: float = 0.0
     from_cache: bool = False
@@ -68,6 +71,7 @@ class Features:
             outputs=self.outputs[idx],
             layers=self.layers,
             arrays={k: v[idx] for k, v in self.arrays.items()},
+            logits=None if self.logits is None else self.logits[idx],
             skipped=self.skipped,
             seconds=self.seconds,
             from_cache=self.from_cache,
@@ -91,8 +95,12 @@ def extract(
     records = dataset.records
     total = len(records)
     tapped = [layer.name for layer in layers if layer.name not in (INPUT_LAYER, LOGITS_LAYER)]
+    score = adapter.score_layer
+    # The logits of a softmax-ended model ride along as one more tap.
+    taps = [*tapped, score] if score and score not in tapped else tapped
     arrays = {layer.name: np.empty((total, layer.dim), np.float32) for layer in layers if layer.name != LOGITS_LAYER}
     outputs = np.empty((total, adapter.num_outputs), np.float32)
+    logits = np.empty((total, adapter.num_outputs), np.float32) if score else None
     rows: list[int] = []
     digests: list[str] = []
     skipped: list[Skipped] = []
@@ -108,9 +116,11 @@ def extract(
                 skipped.append(Skipped(records[i].file, reason))
             n = len(batch.indices)
             if n:
-                scores, feats = adapter.extract(batch.pixels, tapped)
+                scores, feats = adapter.extract(batch.pixels, taps)
                 end = filled + n
                 outputs[filled:end] = scores
+                if logits is not None:
+                    logits[filled:end] = feats[score]
                 for name in tapped:
                     arrays[name][filled:end] = feats[name]
                 if INPUT_LAYER in arrays:
@@ -123,6 +133,7 @@ def extract(
         bar.close()
     seconds = time.perf_counter() - start
     outputs = outputs[:filled]
+    logits = None if logits is None else logits[:filled]
     arrays = {k: v[:filled] for k, v in arrays.items()}
     if LOGITS_LAYER in {layer.name for layer in layers}:
         arrays[LOGITS_LAYER] = outputs
@@ -134,6 +145,7 @@ def extract(
         outputs=outputs,
         layers=layers,
         arrays=arrays,
+        logits=logits,
         skipped=skipped,
         seconds=seconds,
     )
@@ -180,6 +192,8 @@ def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[
         "labels": features.labels.astype(np.int64),
         "outputs": features.outputs.astype(np.float32),
     }
+    if features.logits is not None:
+        payload["logits"] = features.logits.astype(np.float32)
     for i, layer in enumerate(features.layers):
         if layer.name != LOGITS_LAYER:
             payload[f"layer_{i}"] = features.arrays[layer.name]
@@ -212,6 +226,7 @@ def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | None:
                 outputs=outputs,
                 layers=layers,
                 arrays=arrays,
+                logits=npz["logits"] if "logits" in npz.files else None,
                 skipped=[Skipped(s["file"], s["reason"]) for s in meta["skipped"]],
                 seconds=float(meta.get("seconds", 0.0)),
                 from_cache=True,

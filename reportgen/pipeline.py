@@ -12,7 +12,13 @@ import numpy as np
 from tqdm import tqdm
 
 from reportgen import __version__
-from reportgen.analyses.metrics import class_balance, classification_metrics, to_probabilities
+from reportgen.analyses.metrics import (
+    class_balance,
+    classification_metrics,
+    log_odds,
+    log_odds_from_probabilities,
+    to_probabilities,
+)
 from reportgen.config import AuditConfig, source_date_epoch, timestamp
 from reportgen.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, Preprocess, Skipped, discover
 from reportgen.errors import UserError
@@ -297,7 +303,10 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     if cfg.reference is not None:
         with clock("reference"):
             reference = reference_features(cfg, handle, pre, features.layers, model_sha)
-    inputs = SectionInputs(cfg, result, features, probs, truth, pred, class_map, dataset, pre, handle, clock)
+    odds, score_source = class_scores(features, probs, output_kind)
+    inputs = SectionInputs(
+        cfg, result, features, probs, odds, score_source, truth, pred, class_map, dataset, pre, handle, clock
+    )
     layers_section.build(inputs, reference)
     galleries_section.build(inputs)
     if cfg.units > 0:
@@ -310,6 +319,20 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         if not features.from_cache and features.seconds > 0:
             result.throughput = {"extraction_images_per_s": features.n / features.seconds}
     return result, figures
+
+
+def class_scores(features: Features, probs: np.ndarray, output_kind: str) -> tuple[np.ndarray, str]:
+    """Log-odds of every class for ranking images, and which scores the maps explain.
+
+    ``logits``: the model outputs logits; ``logits before softmax``: its output is a
+    softmax and the logits were tapped before it; ``probabilities``: it outputs
+    probabilities and no softmax was found to cut before (ranks then tie where p = 1).
+    """
+    if features.logits is not None:
+        return log_odds(features.logits), "logits before softmax"
+    if output_kind == "logits":
+        return log_odds(features.outputs), "logits"
+    return log_odds_from_probabilities(probs), "probabilities"
 
 
 def reference_features(

@@ -105,3 +105,82 @@ def tiny_cnn(
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def softmax_ended_cnn(path: Path, *, classes: int = 3, scale: float = 60.0, seed: int = 0, opset: int = 11) -> Path:
+    """A PaddlePaddle-style export: input ``x`` stored as [-1, 3, -1, -1] (the literal -1
+    for "any"), MatMul + Add head, then ``Softmax -> Identity``.  ``scale`` blows the
+    logits up so that most images get probability 1.0 in float32.
+
+    Returns the path; :func:`softmax_ended_weights` gives the weights for a torch rebuild.
+    """
+    w = softmax_ended_weights(classes, scale, seed)
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["conv1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv1"], ["relu1"]),
+        helper.make_node("MaxPool", ["relu1"], ["pool1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["pool1", "w2", "b2"], ["conv2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv2"], ["relu2"]),
+        helper.make_node("GlobalAveragePool", ["relu2"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "fc_w"], ["linear"]),
+        helper.make_node("Add", ["linear", "fc_b"], ["logit"]),
+        helper.make_node("Softmax", ["logit"], ["softmax"], axis=1),
+        helper.make_node("Identity", ["softmax"], ["save_infer_model/scale_0.tmp_1"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "paddle_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])],
+        [helper.make_tensor_value_info("save_infer_model/scale_0.tmp_1", TensorProto.FLOAT, [-1, classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="PaddlePaddle")
+    model.ir_version = 6
+    onnx.save(model, str(path))
+    return path
+
+
+def softmax_ended_weights(classes: int = 3, scale: float = 60.0, seed: int = 0) -> dict[str, np.ndarray]:
+    """The weights of :func:`softmax_ended_cnn` (ONNX layouts: ``fc_w`` is (in, out))."""
+    rng = np.random.default_rng(seed)
+    return {
+        "w1": (rng.standard_normal((8, 3, 3, 3)) * 0.5).astype(np.float32),
+        "b1": (rng.standard_normal(8) * 0.1).astype(np.float32),
+        "w2": (rng.standard_normal((16, 8, 3, 3)) * 0.3).astype(np.float32),
+        "b2": (rng.standard_normal(16) * 0.1).astype(np.float32),
+        "fc_w": (rng.standard_normal((16, classes)) * scale).astype(np.float32),
+        "fc_b": np.zeros(classes, np.float32),
+    }
+
+
+def size_sensitive_fpn(path: Path) -> Path:
+    """A detector-like graph with free sides that only runs on sides divisible by 4: two
+    stride-2 convolutions, upsampled x4 and added back to a full-resolution branch."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+        numpy_helper.from_array((rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32), "w2"),
+        numpy_helper.from_array((rng.standard_normal((4, 3, 1, 1)) * 0.3).astype(np.float32), "w0"),
+        numpy_helper.from_array(np.array([1, 1, 4, 4], np.float32), "scales"),
+        numpy_helper.from_array(np.zeros(0, np.float32), "roi"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Resize", ["c2", "roi", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Conv", ["x", "w0"], ["skip"], kernel_shape=[1, 1]),
+        helper.make_node("Add", ["up", "skip"], ["maps"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fpn_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, [-1, 4, -1, -1])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    onnx.save(model, str(path))
+    return path

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -198,16 +199,33 @@ def test_interrupted_run_leaves_the_previous_report(tmp_path: Path, copy_sample:
             str(copy_sample),
             "-o",
             str(out),
-            "-q",
             "--no-cache",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
-    time.sleep(3.0)  # well into the run (it takes several seconds), before anything is written
+    # Interrupt once the run is under way (its progress bar shows), not at a fixed time: a
+    # signal that lands while a loaded machine is still importing torch's C extensions
+    # can kill the interpreter outright, which is not what this test is about.
+    seen = bytearray()
+    started = threading.Event()
+
+    def watch() -> None:
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read(1):
+            seen.extend(chunk)
+            if b"extract" in seen:
+                started.set()
+        started.set()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    assert started.wait(timeout=300)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    err = seen.decode(errors="replace")
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert out.read_bytes() == before_html and out.with_suffix(".json").read_bytes() == before_json

@@ -105,3 +105,60 @@ def test_two_input_model_is_refused(tmp_path: Path) -> None:
     onnx.save(model, str(path))
     with pytest.raises(UserError, match="2 inputs"):
         load_model(path)
+
+
+def _with_extra_nodes(path: Path, nodes: list, inits: list, output_from: str | None = None) -> Path:
+    """tiny_cnn with nodes added (and, optionally, its output replaced by ``output_from``)."""
+    model = onnx.load(str(path))
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    if output_from is not None:
+        del model.graph.output[:]
+        model.graph.output.append(onnx.helper.make_tensor_value_info(output_from, onnx.TensorProto.FLOAT, None))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_tensor_whose_first_size_is_the_probe_batch_is_no_layer(tmp_path: Path) -> None:
+    """Swin's (2, 7) coordinate tables: a tensor that depends on the input but whose first
+    size is a constant 2 must not be taken for a per-image tensor (it crashed extraction
+    with a numpy broadcasting error at batch 32)."""
+    from onnx import helper, numpy_helper
+
+    path = tiny_cnn(tmp_path / "m.onnx", size=None, opset=13)
+    table = np.arange(14, dtype=np.float32).reshape(2, 7)
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["table/scalar"], keepdims=0),
+        helper.make_node("Mul", ["table/scalar", "table/const"], ["table/out"]),
+        helper.make_node("ReduceSum", ["table/out"], ["table/sum"], keepdims=0),
+        helper.make_node("Mul", ["table/sum", "zero_f"], ["table/zero"]),
+        helper.make_node("Add", ["logits/raw", "table/zero"], ["logits/final"]),
+    ]
+    inits = [numpy_helper.from_array(table, "table/const"), numpy_helper.from_array(np.float32(0.0), "zero_f")]
+    _with_extra_nodes(path, nodes, inits, output_from="logits/final")
+    adapter = load_model(path, device="cpu")
+    adapter.prepare((16, 16))
+    assert "table/out" not in {layer.name for layer in adapter.layers()}
+    assert adapter.batch is None
+    x = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    scores, feats = adapter.extract(x, [layer.name for layer in adapter.layers()])
+    assert scores.shape == (32, 4) and all(f.shape[0] == 32 for f in feats.values())
+
+
+def test_a_graph_baked_at_its_export_batch_runs_at_that_batch(tmp_path: Path) -> None:
+    """Declared dynamic, but a Reshape holds the export's literal batch of 2: found at
+    load, and every batch is then run in chunks of 2."""
+    from onnx import helper, numpy_helper
+
+    path = tiny_cnn(tmp_path / "m.onnx", size=None, opset=13)
+    nodes = [helper.make_node("Reshape", ["logits/raw", "baked/shape"], ["logits/baked"])]
+    inits = [numpy_helper.from_array(np.array([2, 4], np.int64), "baked/shape")]
+    _with_extra_nodes(path, nodes, inits, output_from="logits/baked")
+    adapter = load_model(path, device="cpu")
+    assert adapter.info.fixed_batch is None
+    adapter.prepare((16, 16))
+    assert adapter.batch == 2
+    x = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    scores, _ = adapter.extract(x, [])
+    reference = _reference_run(path, x[:2], [])["logits/baked"]
+    assert scores.shape == (5, 4) and np.allclose(scores[:2], reference, atol=1e-5)

@@ -73,7 +73,39 @@ def test_every_class_is_excited_five_times_its_mean(sample_model, sample_probs: 
     probs = _softmax(sample_model.extract(x, [])[0])
     for c in classes:
         assert probs[c, c] >= 5 * sample_probs[:, c].mean(), (c, probs[c, c], sample_probs[:, c].mean())
-    assert np.all(synth.values > synth.history[0])  # the final image beats the start
+    assert np.all(synth.values > synth.start)  # the final image beats the start
+    assert synth.responded.all()
+
+
+def test_a_unit_that_cannot_respond_is_reported(tmp_path: Path) -> None:
+    """A dead channel (all its weights zero) is constant: no run can raise it, and after
+    its restarts it is reported as not responding rather than shown as a success."""
+    path = tiny_cnn(tmp_path / "m.onnx", classes=3)
+    model = onnx.load(str(path))
+    for init in model.graph.initializer:
+        if init.name in ("w2", "b2"):
+            w = onnx.numpy_helper.to_array(init).copy()
+            w[0] = 0.0
+            init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(path))
+    adapter = load_model(path, device="cpu")
+    adapter.prepare((32, 32))
+    prior = Prior(steps=12, restarts=2)
+    synth = synthesize(
+        adapter.differentiable(),
+        "relu2/out",
+        np.array([0, 1]),
+        (32, 32),
+        3,
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        prior=prior,
+        seed=0,
+        evaluate=unit_evaluator(adapter, "relu2/out"),
+    )
+    assert list(synth.responded) == [False, True]
+    assert list(synth.runs) == [3, 1]
+    assert synth.values[0] == synth.start[0] == 0.0
 
 
 def test_the_cue_class_draws_its_cue(sample_model, manifest) -> None:
@@ -244,12 +276,19 @@ def test_torch_twin_matches_onnx_runtime_on_odd_graphs(tmp_path: Path, options: 
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     _, grad = model.gradient(x, LOGITS_LAYER, np.array([1]))
     assert grad.shape == x.shape and np.isfinite(grad).all()
-    # Finite differences of ONNX Runtime itself along the gradient agree with it.
+    # Finite differences of ONNX Runtime itself along the gradient agree with it.  A
+    # softmax-ended model's output units are its logits (the input of the softmax).
+    assert (adapter.score_layer is not None) == bool(options.get("softmax"))
+
+    def score(z: np.ndarray) -> float:
+        outputs, taps = adapter.extract(z, [adapter.score_layer] if adapter.score_layer else [])
+        return float((taps[adapter.score_layer] if adapter.score_layer else outputs)[0, 1])
+
     direction = grad / np.linalg.norm(grad)
     h = 1e-2
-    up = adapter.extract(x + h * direction, [])[0][0, 1]
-    down = adapter.extract(x - h * direction, [])[0][0, 1]
-    assert (up - down) / (2 * h) == pytest.approx(np.linalg.norm(grad), rel=0.05)
+    assert (score(x + h * direction) - score(x - h * direction)) / (2 * h) == pytest.approx(
+        np.linalg.norm(grad), rel=0.05
+    )
 
 
 def test_torch_twin_on_an_exported_resnet(tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
 """Which images each class gallery shows (the MATLAB examples' max/min-activating images).
 
-For class c, with ``probs[:, c]`` the model's probability of c:
+For class c, ranked by ``log_odds[:, c]``, the log-odds log(p_c / (1 - p_c)) computed
+from the model's logits (see :func:`~reportgen.analyses.metrics.log_odds`): the same order
+as the probability, but images the model is "certain" of (p = 1.0 in float32) are still
+ordered by how far ahead the class is, instead of tying:
 
 * **max** -- images of class c with the highest probability of c (what the model is
   surest of);
@@ -38,12 +41,12 @@ def _top(rows: np.ndarray, scores: np.ndarray, n: int, highest: bool) -> list[in
     return [int(r) for r in rows[order[:n]]]
 
 
-def class_galleries(probs: np.ndarray, truth: np.ndarray, n: int, labeled: bool) -> list[Gallery]:
-    """The three galleries of every class (every model output)."""
-    pred = probs.argmax(axis=1)
+def class_galleries(log_odds: np.ndarray, truth: np.ndarray, n: int, labeled: bool) -> list[Gallery]:
+    """The three galleries of every class (every model output), from (N, K) log-odds."""
+    pred = log_odds.argmax(axis=1)
     out = []
-    for c in range(probs.shape[1]):
-        score = probs[:, c]
+    for c in range(log_odds.shape[1]):
+        score = log_odds[:, c]
         if labeled:
             own = np.flatnonzero(truth == c)
             others = np.flatnonzero((truth >= 0) & (truth != c))

@@ -22,6 +22,35 @@ def to_probabilities(outputs: np.ndarray) -> tuple[np.ndarray, str]:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32), "logits"
 
 
+def log_odds(logits: np.ndarray) -> np.ndarray:
+    """log(p_c / (1 - p_c)) for every class, from class scores, without saturating.
+
+    It equals ``z_c - logsumexp_{j != c} z_j``: for two classes, the logit margin.  It is
+    monotone in the probability p_c, so it ranks images exactly as p_c does, but where a
+    model is sure p_c rounds to 1.0 (in float32 at a margin of about 17, in float64 at
+    about 37, and even log p_c underflows to 0 past about 745) while the log-odds stay
+    distinct: images the model is equally "certain" of are still ordered by how far
+    ahead the class is.
+    """
+    z = logits.astype(np.float64)
+    n, k = z.shape
+    out = np.zeros((n, k))
+    if k == 1:
+        return out
+    for c in range(k):
+        others = np.delete(z, c, axis=1)
+        top = others.max(axis=1)
+        lse = top + np.log(np.exp(others - top[:, None]).sum(axis=1))
+        out[:, c] = z[:, c] - lse
+    return out
+
+
+def log_odds_from_probabilities(probs: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of given probabilities (ties stay ties where p rounds to 0 or 1)."""
+    p = np.clip(probs.astype(np.float64), np.finfo(np.float64).tiny, 1.0)
+    return np.log(p) - np.log1p(-np.minimum(p, 1.0 - np.finfo(np.float64).eps))
+
+
 @dataclass
 class ClassScores:
     """Precision, recall, F1 and support of one class."""

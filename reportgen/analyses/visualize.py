@@ -54,6 +54,8 @@ class Prior:
     blur_end: float = 0.5  # ... and last step
     clip_every: int = 8
     clip_share: float = 0.1  # share of pixels with the smallest norm reset to grey
+    snapshot_every: int = 10  # in the second half, keep the best image seen every N steps
+    restarts: int = 2  # further seeded runs for a unit that did not respond
 
 
 @dataclass
@@ -62,7 +64,10 @@ class Synthesis:
 
     images: np.ndarray  # (N, H, W, C) float32 in [0, 1]
     values: np.ndarray  # (N,) the unit's value on its synthesised image
-    history: np.ndarray  # (steps, N) the unit's value along the optimisation
+    history: np.ndarray  # (steps, N) the unit's value along the first optimisation run
+    start: np.ndarray  # (N,) the unit's value on its starting image (noise and foothold block)
+    responded: np.ndarray  # (N,) bool: the image beats the start (and, for a class, the class wins)
+    runs: np.ndarray  # (N,) seeded runs it took (1 + restarts used)
 
 
 BLOCK_GRID = 8  # the coarse search tries a solid block in each cell of an 8 x 8 grid
@@ -153,22 +158,91 @@ def synthesize(
     """One synthesised image per unit of ``layer`` (see the module docstring).
 
     ``evaluate`` (model inputs -> every unit's value, (N, units)) enables the coarse
-    block search that gives each unit its starting point; ``on_step`` is called after
-    each optimisation step, for progress reporting.
+    block search that gives each unit its starting point, and decides whether a class
+    wins on its image; ``on_step`` is called after each step of the first run, for
+    progress reporting.
+
+    The ascent is chaotic: with jitter and a shrinking blur, the unit's value can swing
+    from its peak to nothing between two steps, and where it stands at the last step
+    depends on the last bits of floating-point arithmetic (different CPUs gave a class
+    probability of 0.0013 and 1.0 from the same seed).  So the result never rests on
+    the last step: the best image seen in the second half of the run is kept, and a
+    unit that still did not respond gets up to ``prior.restarts`` further seeded runs,
+    the best of all kept.  A unit that never responds is reported as such
+    (``responded``), not shown as a success.
     """
     prior = prior or Prior()
     # A class is asked to win, not just to grow: raising every output at once (what the
     # raw logit rewards on a ReLU network) would make noise "very much every class".
     objective = "logprob" if layer == LOGITS_LAYER else "mean"
-    rng = np.random.default_rng(seed)
+    units = np.asarray(units)
     n = len(units)
-    h, w = size
     m = np.asarray(mean, np.float32).reshape(1, 1, 1, -1)
     s = np.asarray(std, np.float32).reshape(1, 1, 1, -1)
-    x = np.clip(0.5 + rng.normal(0.0, prior.init_noise, (n, h, w, channels)), 0, 1).astype(np.float32)
-    if evaluate is not None:
-        for i, (top, left, colour) in enumerate(best_blocks(evaluate, units, size, channels, mean, std, channels_last)):
-            paint_block(x[i], top, left, colour)
+    blocks = best_blocks(evaluate, units, size, channels, mean, std, channels_last) if evaluate is not None else None
+
+    def measure(images: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The units' values on finished images, and whether each class wins there."""
+        x = _normalise(images, m, s, channels_last)
+        if evaluate is None:
+            values, _ = model.gradient(x, layer, units[rows], reduce=objective)
+            return values.astype(np.float64), np.ones(len(rows), bool)
+        every = evaluate(x)
+        values = every[np.arange(len(rows)), units[rows]].astype(np.float64)
+        wins = every.argmax(axis=1) == units[rows] if layer == LOGITS_LAYER else np.ones(len(rows), bool)
+        return values, wins
+
+    def start(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = np.clip(0.5 + rng.normal(0.0, prior.init_noise, (len(rows), *size, channels)), 0, 1).astype(np.float32)
+        if blocks is not None:
+            for i, r in enumerate(rows):
+                paint_block(x[i], *blocks[int(r)])
+        return x
+
+    everyone = np.arange(n)
+    rng = np.random.default_rng(seed)
+    x0 = start(everyone, rng)
+    start_values, _ = measure(x0, everyone)
+    images, values, wins, history = _ascend(model, layer, units, x0, rng, prior, m, s, channels_last, measure, on_step)
+    responded = (values > start_values) & wins
+    runs = np.ones(n, np.int64)
+    for attempt in range(1, prior.restarts + 1):
+        todo = np.flatnonzero(~responded)
+        if not len(todo):
+            break
+        rng = np.random.default_rng([seed, attempt])
+        got, got_values, got_wins, _ = _ascend(
+            model, layer, units[todo], start(todo, rng), rng, prior, m, s, channels_last,
+            lambda images, rows, todo=todo: measure(images, todo[rows]), None,
+        )  # fmt: skip
+        runs[todo] += 1
+        better = (got_wins & ~wins[todo]) | ((got_wins == wins[todo]) & (got_values > values[todo]))
+        for j, i in enumerate(todo):
+            if better[j]:
+                images[i], values[i], wins[i] = got[j], got_values[j], got_wins[j]
+        responded = (values > start_values) & wins
+    return Synthesis(images, values.astype(np.float32), history, start_values.astype(np.float32), responded, runs)
+
+
+def _ascend(
+    model: Differentiable,
+    layer: str,
+    units: np.ndarray,
+    x: np.ndarray,
+    rng: np.random.Generator,
+    prior: Prior,
+    m: np.ndarray,
+    s: np.ndarray,
+    channels_last: bool,
+    measure: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    on_step: Callable[[], object] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One regularised ascent from ``x``: the best finished image of each unit among the
+    snapshots of the run's second half and its end, with its value, whether its class
+    wins, and the unit's value at every step."""
+    objective = "logprob" if layer == LOGITS_LAYER else "mean"
+    n, h, w, _ = x.shape
+    rows = np.arange(n)
     first = np.zeros_like(x)
     scale = max(h, w) / 64.0
     reach = max(1, round(prior.jitter * max(h, w)))
@@ -177,6 +251,20 @@ def synthesize(
     def sigma_at(step: int) -> float:
         t = step / max(1, prior.steps - 1)
         return scale * (prior.blur_start + (prior.blur_end - prior.blur_start) * t)
+
+    last = sigma_at(prior.steps - 1)
+
+    def finished(x: np.ndarray) -> np.ndarray:
+        return np.clip(gaussian_filter(x, sigma=(0, last, last, 0)), 0.0, 1.0).astype(np.float32)
+
+    best = finished(x)
+    best_values, best_wins = measure(best, rows)
+
+    def keep_better(candidate: np.ndarray) -> None:
+        values, wins = measure(candidate, rows)
+        # A winning image beats a losing one; between equals, the higher value.
+        better = (wins & ~best_wins) | ((wins == best_wins) & (values > best_values))
+        best[better], best_values[better], best_wins[better] = candidate[better], values[better], wins[better]
 
     for step in range(prior.steps):
         dy, dx = (int(v) for v in rng.integers(-reach, reach + 1, size=2))
@@ -201,12 +289,12 @@ def synthesize(
             cut = np.quantile(norm.reshape(n, -1), prior.clip_share, axis=1)[:, None, None]
             x = np.where((norm < cut)[..., None], 0.5, x)
         x = np.clip(x, 0.0, 1.0).astype(np.float32)
+        snapshot = prior.snapshot_every and step >= prior.steps // 2 and step % prior.snapshot_every == 0
+        if snapshot or step == prior.steps - 1:
+            keep_better(finished(x))
         if on_step is not None:
             on_step()
-    last = sigma_at(prior.steps - 1)
-    final = np.clip(gaussian_filter(x, sigma=(0, last, last, 0)), 0.0, 1.0).astype(np.float32)
-    values, _ = model.gradient(_normalise(final, m, s, channels_last), layer, units, reduce=objective)
-    return Synthesis(final, values.astype(np.float32), history)
+    return best, best_values, best_wins, history
 
 
 def unit_evaluator(adapter: ModelAdapter, layer: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -198,6 +198,12 @@ class ModelAdapter(ABC):
     """
 
     info: ModelInfo
+    #: The tensor of class scores before the graph's final softmax (or log-softmax), when
+    #: the output is one; None when the output is already the scores (or no softmax is
+    #: found).  Grad-CAM and feature visualisation explain this tensor, never the
+    #: probability: a saturated softmax has no gradient, so the images a model is surest
+    #: of would get blank maps.  Set by :meth:`prepare`.
+    score_layer: str | None = None
 
     @abstractmethod
     def prepare(self, size: tuple[int, int]) -> None:
@@ -252,7 +258,10 @@ class Differentiable(ABC):
 
 
 class SplitModel(ABC):
-    """A model cut at one tensor A: ``body(x) -> (A, rest)``, ``head(A, rest) -> outputs``.
+    """A model cut at one tensor A: ``body(x) -> (A, rest)``, ``head(A, rest) -> scores``.
+
+    The head ends at the class scores the maps explain: the model's output, or the logits
+    before its final softmax where it has one (:attr:`ModelAdapter.score_layer`).
 
     ``rest`` holds whatever else the head needs from the body (skip connections taken
     before A); it is opaque to the caller and must be indexed with :meth:`take`.
@@ -267,7 +276,7 @@ class SplitModel(ABC):
 
     @abstractmethod
     def head(self, activations: np.ndarray, rest: Any) -> np.ndarray:
-        """Run (A, rest) -> outputs (N, K); ``rest`` must match ``activations`` in N."""
+        """Run (A, rest) -> class scores (N, K); ``rest`` must match ``activations`` in N."""
 
     @abstractmethod
     def take(self, rest: Any, index: np.ndarray) -> Any:

@@ -67,7 +67,11 @@ def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
         raise UserError(
             f"the ONNX model's input has element type {TensorProto.DataType.Name(elem)}; expected a float tensor"
         )
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    # PaddlePaddle and some other exporters store "any size" as the literal -1 (or 0):
+    # only a positive stored size is fixed.
+    dims = [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim
+    ]
     if len(dims) != 4:
         raise UserError(f"the ONNX model's input has rank {len(dims)}; expected an image batch (N, C, H, W)")
     channels_last = dims[1] not in (1, 3) and dims[3] in (1, 3)
@@ -131,6 +135,13 @@ class OnnxAdapter(ModelAdapter):
         if len(kept) != len(model.graph.input):
             del model.graph.input[:]
             model.graph.input.extend(kept)
+        # A stored size of -1 or 0 means "any" to the exporters that write it, but a
+        # negative dimension to ONNX Runtime: make every such size a symbolic one.
+        for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+            for i, dim in enumerate(value.type.tensor_type.shape.dim):
+                if dim.HasField("dim_value") and dim.dim_value <= 0:
+                    dim.Clear()
+                    dim.dim_param = f"reportgen_any_{i}"
         for inp in model.graph.input:
             if inp.name != self.input_name:
                 continue
@@ -169,32 +180,49 @@ class OnnxAdapter(ModelAdapter):
             if name not in existing:
                 probe.graph.output.append(onnx.ValueInfoProto(name=name))
         names = [o.name for o in probe.graph.output]
-        session = self.session(probe, optimize=False)
-        batches = [self.batch] if self.batch else [2, 1]
-        results = None
+        try:
+            session = self.session(probe, optimize=False)
+        except UserError as exc:
+            if self.info.static_size:
+                raise
+            # The graph loads at other sizes (its sides are free), so the size is what it
+            # rejects: shape inference fails on it before anything runs.
+            raise UserError(
+                f"the model cannot run on a {size[0]}x{size[1]} input{self._size_hint(size)}: {exc}"
+            ) from None
+        # Which batch sizes the graph really runs: a graph declared dynamic may carry
+        # constants baked at the export's batch (reshapes to a literal batch), and a
+        # tensor whose first size merely equals the probe batch (a (2, 7) table of
+        # coordinates in Swin) is no per-image tensor.  Two probes of different batch
+        # sizes settle both: per-image tensors follow the batch in each.
+        runs: dict[int, dict[str, np.ndarray]] = {}
         error: BaseException | None = None
-        probe_batch = 0
         example = np.zeros(0, self.dtype)
-        for batch in batches:
+        for batch in [self.batch] if self.batch else [3, 2, 1]:
             shape = (
                 (batch, *size, self.info.channels) if self.info.channels_last else (batch, self.info.channels, *size)
             )
             example = np.random.default_rng(0).standard_normal(shape).astype(self.dtype)
             try:
-                results = session.run(names, {self.input_name: example})
+                values = dict(zip(names, session.run(names, {self.input_name: example}), strict=True))
             except Exception as exc:  # noqa: BLE001
                 error = exc
                 continue
-            if self.batch is None and batch == 1:
-                self.batch = 1  # declared dynamic, but only batch 1 runs
-            probe_batch = batch
-            break
-        if results is None:
+            if self._batch_of(values[self.output_name]) != batch:
+                error = ValueError(f"a batch of {batch} gives {values[self.output_name].shape[0]} outputs")
+                continue
+            runs[batch] = values
+            if len(runs) == 2:
+                break
+        if not runs:
             assert error is not None
             raise UserError(
-                f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s): {one_line(error)}"
+                f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s)"
+                f"{self._size_hint(size)}: {one_line(error)}"
             )
-        values = dict(zip(names, results, strict=True))
+        if self.batch is None and len(runs) == 1:
+            self.batch = next(iter(runs))  # declared dynamic, but only this batch size runs
+        values = next(iter(runs.values()))
         scores = values[self.output_name]
         if scores.ndim > 2 and all(s == 1 for s in scores.shape[2:]):
             scores = scores.reshape(scores.shape[0], scores.shape[1])
@@ -204,18 +232,44 @@ class OnnxAdapter(ModelAdapter):
         outputs = {o.name for o in graph.output}
         for name, op in order:
             value = values.get(name)
-            if (
-                isinstance(value, np.ndarray)
-                and value.dtype.kind == "f"
-                and value.ndim >= 1
-                and value.shape[0] == probe_batch
+            if not (isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.ndim >= 1):
+                continue
+            if any(
+                not isinstance(run.get(name), np.ndarray)
+                or run[name].shape[:1] != (b,)
+                or run[name].shape[1:] != value.shape[1:]
+                for b, run in runs.items()
             ):
-                self._shapes[name] = tuple(int(s) for s in value.shape[1:])
-                self._dtypes[name] = value.dtype
-                if name not in outputs and 1 <= value.ndim - 1 <= 3:
-                    self._layers.append(LayerInfo(name, self._shapes[name], op))
+                continue
+            self._shapes[name] = tuple(int(s) for s in value.shape[1:])
+            self._dtypes[name] = value.dtype
+            if name not in outputs and 1 <= value.ndim - 1 <= 3:
+                self._layers.append(LayerInfo(name, self._shapes[name], op))
         self._shapes[self.input_name] = tuple(int(s) for s in example.shape[1:])
         self._dtypes[self.input_name] = self.dtype
+        score = logit_tensor(graph, self.output_name)
+        self.score_layer = score if score in self._shapes else None
+
+    @staticmethod
+    def _batch_of(output: np.ndarray) -> int:
+        return int(output.shape[0]) if output.ndim else 0
+
+    @property
+    def score_name(self) -> str:
+        """The tensor Grad-CAM explains: the logits where found, else the output."""
+        return self.score_layer or self.output_name
+
+    def _size_hint(self, size: tuple[int, int]) -> str:
+        """Which sizes the graph takes, where its strides tell: sides that are multiples
+        of its total downsampling factor (a detector's FPN needs them to add its levels)."""
+        stride = total_stride(self.model.graph, self.input_name)
+        if stride <= 1 or all(side % stride == 0 for side in size):
+            return ""
+        near = tuple(max(stride, round(side / stride) * stride) for side in size)
+        return (
+            f" (its graph downsamples by {stride}, so it needs sides that are multiples of {stride}; "
+            f"try --size {near[0]}x{near[1]})"
+        )
 
     # -- queries
 
@@ -300,6 +354,44 @@ class OnnxAdapter(ModelAdapter):
         return OnnxSplit(self, layer)
 
 
+#: Nodes that pass class scores through unchanged in value (an exporter's tail).
+_PASSTHROUGH = {"Identity", "Reshape", "Flatten", "Cast", "Squeeze", "Unsqueeze", "Dropout"}
+
+
+def logit_tensor(graph: onnx.GraphProto, output: str) -> str | None:
+    """The input of the Softmax (or LogSoftmax) that ends the graph, looking back from
+    ``output`` through value-preserving nodes; None when the output is no softmax."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    name = output
+    for _ in range(len(graph.node)):
+        node = producer.get(name)
+        if node is None or not node.input:
+            return None
+        if node.op_type in ("Softmax", "LogSoftmax"):
+            return node.input[0]
+        if node.op_type not in _PASSTHROUGH:
+            return None
+        name = node.input[0]
+    return None
+
+
+def total_stride(graph: onnx.GraphProto, input_name: str) -> int:
+    """The largest product of strides (first spatial axis) on a path from the input."""
+    stride = {input_name: 1}
+    for node in graph.node:
+        known = [stride[i] for i in node.input if i in stride]
+        if not known:
+            continue
+        own = 1
+        if node.op_type in ("Conv", "MaxPool", "AveragePool", "LpPool"):
+            for attr in node.attribute:
+                if attr.name == "strides" and attr.ints:
+                    own = int(attr.ints[0])
+        for out in node.output:
+            stride[out] = max(known) * max(own, 1)
+    return max(stride.values())
+
+
 def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
     names: set[str] = set()
@@ -337,9 +429,9 @@ class OnnxSplit(SplitModel):
         nodes = list(graph.node)
         producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
         initializers = {i.name for i in graph.initializer}
-        # Nodes the output needs.
+        # Nodes the class scores need (the logits: a softmax after them is left out).
         needed_nodes: set[int] = set()
-        stack = [adapter.output_name]
+        stack = [adapter.score_name]
         while stack:
             value = stack.pop()
             i = producer.get(value)
@@ -390,7 +482,7 @@ class OnnxSplit(SplitModel):
             head_nodes,
             "reportgen_head",
             graph_inputs,
-            [onnx.ValueInfoProto(name=adapter.output_name)],
+            [onnx.ValueInfoProto(name=adapter.score_name)],
             initializer=[i for i in source.graph.initializer if i.name in used],
         )
         model = helper.make_model(graph, opset_imports=list(source.opset_import), ir_version=source.ir_version)
@@ -414,5 +506,5 @@ class OnnxSplit(SplitModel):
         return [value[index] for value in rest]
 
     def head(self, activations: np.ndarray, rest: Any) -> np.ndarray:
-        (out,) = self.adapter._run(self.head_session, [self.adapter.output_name], self._feeds(activations, rest))
+        (out,) = self.adapter._run(self.head_session, [self.adapter.score_name], self._feeds(activations, rest))
         return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)

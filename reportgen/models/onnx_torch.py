@@ -480,7 +480,10 @@ class OnnxTwinDifferentiable:
         from reportgen.models.base import LOGITS_LAYER, run_in_batches_of
         from reportgen.models.torch_adapter import unit_values
 
-        taps = set() if layer == LOGITS_LAYER else {layer}
+        # Output units are read from the logits where the graph ends in a softmax.
+        score = self.adapter.score_layer
+        tapped = (score if score else None) if layer == LOGITS_LAYER else layer
+        taps = {tapped} if tapped else set()
         if layer != LOGITS_LAYER:
             self.adapter._check(layer)
 
@@ -489,7 +492,9 @@ class OnnxTwinDifferentiable:
             u = torch.as_tensor(arrays[1], device=self.device).long()
             with torch.enable_grad():
                 out, captured = self.twin.run(x, taps, guided=guided)
-                activation = out if layer == LOGITS_LAYER else captured[layer]
+                activation = captured[tapped] if tapped else out
+                if tapped and layer == LOGITS_LAYER:
+                    activation = activation.reshape(activation.shape[0], -1)
                 values = unit_values(activation, u, reduce)
                 (grad,) = torch.autograd.grad(values.sum(), x)
             return [values.detach().float().cpu().numpy(), grad.float().cpu().numpy()]

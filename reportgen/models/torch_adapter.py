@@ -381,6 +381,7 @@ class TorchAdapter(ModelAdapter):
         self._num_outputs = 0
         self._exec: _Executor | None = None
         self._by_name: dict[str, torch.fx.Node] = {}
+        self._score_node: torch.fx.Node | None = None
         self.device = torch.device(info.device)
 
     # -- preparation
@@ -415,32 +416,47 @@ class TorchAdapter(ModelAdapter):
         for node in self._exec.nodes:
             if any(src in depends for src in node.all_input_nodes):
                 depends.add(node)
-        batch = self.info.fixed_batch or 2
-        shapes: dict[torch.fx.Node, tuple[int, ...]] = {}
+        # Two probes of different batch sizes: a tensor is per-image only if its first
+        # size follows the batch in both (a (2, 7) table of coordinates in Swin is not).
+        batches = [self.info.fixed_batch] if self.info.fixed_batch else [2, 3]
+        probes: list[dict[torch.fx.Node, tuple[int, ...]]] = []
+        out: Any = None
+        for batch in batches:
+            shapes: dict[torch.fx.Node, tuple[int, ...]] = {}
 
-        def record(node: torch.fx.Node, value: Any) -> None:
-            if (
-                node in depends
-                and isinstance(value, torch.Tensor)
-                and value.is_floating_point()
-                and value.ndim >= 1
-                and value.shape[0] == batch
-            ):
-                shapes[node] = tuple(int(s) for s in value.shape[1:])
+            def record(node: torch.fx.Node, value: Any, batch: int = batch, shapes: dict = shapes) -> None:
+                if (
+                    node in depends
+                    and isinstance(value, torch.Tensor)
+                    and value.is_floating_point()
+                    and value.ndim >= 1
+                    and value.shape[0] == batch
+                ):
+                    shapes[node] = tuple(int(s) for s in value.shape[1:])
 
-        generator = torch.Generator().manual_seed(0)
-        example = torch.randn(batch, self.info.channels, *size, generator=generator).to(self.device)
-        try:
-            with torch.inference_mode():
-                out = self._exec.run(self._exec.nodes, {}, [example], on_value=record)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(
-                f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s): {one_line(exc)}"
-            ) from None
+            generator = torch.Generator().manual_seed(0)
+            example = torch.randn(batch, self.info.channels, *size, generator=generator).to(self.device)
+            try:
+                with torch.inference_mode():
+                    result = self._exec.run(self._exec.nodes, {}, [example], on_value=record)
+            except Exception as exc:  # noqa: BLE001
+                if not probes:
+                    raise UserError(
+                        f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s): "
+                        f"{one_line(exc)}"
+                    ) from None
+                break  # runs at the first batch size only: keep what that probe saw
+            probes.append(shapes)
+            out = result if out is None else out
+        shapes = {n: shape for n, shape in probes[0].items() if all(p.get(n) == shape for p in probes[1:])}
         scores = _as_scores(_first_tensor(out))
         self._num_outputs = int(scores.shape[1])
         output_nodes = {n for n in self._exec.nodes if n.op == "output"}
         self._batched = {n.name for n in shapes}
+        self._score_node = _logit_node(self._exec.nodes)
+        if self._score_node is not None and self._score_node.name not in self._batched:
+            self._score_node = None
+        self.score_layer = self._score_node.name if self._score_node is not None else None
         self._layers = [
             LayerInfo(node.name, shape, _op_name(node))
             for node, shape in shapes.items()
@@ -495,6 +511,41 @@ class TorchAdapter(ModelAdapter):
         return TorchDifferentiable(self)
 
 
+# ATen ops that pass class scores through unchanged in value (an exporter's tail).
+_PASSTHROUGH = {
+    "view", "reshape", "_unsafe_view", "clone", "_to_copy", "squeeze", "unsqueeze", "flatten",
+    "alias", "contiguous", "detach", "dropout", "lift_fresh_copy", "to",
+}  # fmt: skip
+_SOFTMAX = {"softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax"}
+
+
+def _aten_name(node: torch.fx.Node) -> str:
+    """``aten.view.default`` -> ``view``."""
+    name = getattr(node.target, "__name__", str(node.target))
+    return name.split(".")[0]
+
+
+def _logit_node(nodes: list[torch.fx.Node]) -> torch.fx.Node | None:
+    """The input of the softmax that ends the graph, looking back from the first output
+    through value-preserving ops; None when the output is no softmax."""
+    outputs = [n for n in nodes if n.op == "output"]
+    if not outputs:
+        return None
+    leaves, _ = torch.utils._pytree.tree_flatten(outputs[0].args[0])
+    node = next((leaf for leaf in leaves if isinstance(leaf, torch.fx.Node)), None)
+    while node is not None and node.op == "call_function":
+        name = _aten_name(node)
+        first = node.args[0] if node.args else None
+        if not isinstance(first, torch.fx.Node):
+            return None
+        if name in _SOFTMAX:
+            return first
+        if name not in _PASSTHROUGH:
+            return None
+        node = first
+    return None
+
+
 def _op_name(node: torch.fx.Node) -> str:
     target = node.target
     if node.op == "call_function":
@@ -542,6 +593,13 @@ class TorchSplit(SplitModel):
                     changed = True
             needed = self._inputs_from_body(head + sorted(moved, key=ex.index.__getitem__), head_set | moved)
         self.head_nodes = sorted(head_set | moved, key=ex.index.__getitem__)
+        # The head ends at the logits where the graph ends in a softmax: the maps explain
+        # the class score, not a probability that saturates.
+        self.score = adapter._score_node
+        if self.score is not None and ex.index[self.score] > cut:
+            self.head_nodes = [n for n in self.head_nodes if ex.index[n] <= ex.index[self.score]]
+        else:
+            self.score = None
         self.rest_nodes = sorted(
             (n for n in needed if n is not target and n.op != "get_attr"), key=ex.index.__getitem__
         )
@@ -565,8 +623,9 @@ class TorchSplit(SplitModel):
         assert ex is not None
         env: dict[torch.fx.Node, Any] = dict(rest)
         env[self.target] = a
-        out = ex.run(self.head_nodes, env, keep=set(rest) | {self.target})
-        return _as_scores(_first_tensor(out))
+        keep = set(rest) | {self.target} | ({self.score} if self.score is not None else set())
+        out = ex.run(self.head_nodes, env, keep=keep)
+        return _as_scores(env[self.score] if self.score is not None else _first_tensor(out))
 
     def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
         x = torch.from_numpy(pixels).to(self.adapter.device)
@@ -649,7 +708,8 @@ class TorchDifferentiable(Differentiable):
         adapter = self.adapter
         ex = adapter._exec
         assert ex is not None
-        target = None if layer == LOGITS_LAYER else adapter._node(layer)
+        # Output units are read from the logits where the graph ends in a softmax.
+        target = adapter._score_node if layer == LOGITS_LAYER else adapter._node(layer)
         replace = {torch.ops.aten.relu.default: GuidedRelu.apply} if guided else None
 
         def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -663,7 +723,12 @@ class TorchDifferentiable(Differentiable):
 
             with torch.enable_grad():
                 out = ex.run(ex.nodes, {}, [x], on_value=tap, replace=replace)
-                activation = _as_scores(_first_tensor(out)) if target is None else captured["a"]
+                if target is None:
+                    activation = _as_scores(_first_tensor(out))
+                elif layer == LOGITS_LAYER:
+                    activation = _as_scores(captured["a"])
+                else:
+                    activation = captured["a"]
                 values = unit_values(activation, u, reduce)
                 (grad,) = torch.autograd.grad(values.sum(), x)
             return [values.detach().float().cpu().numpy(), grad.float().cpu().numpy()]

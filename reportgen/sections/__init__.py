@@ -37,6 +37,8 @@ class SectionInputs:
     result: AuditResult  # the builders add their sections to ``result.sections``
     features: Features  # every audited layer, one row per decoded image
     probs: np.ndarray  # (N, K) output probabilities
+    log_odds: np.ndarray  # (N, K) float64 log(p / (1 - p)) from the logits: ranks as p does, without ties at p = 1
+    score_source: str  # what the maps explain and the galleries rank by (see ``pipeline.class_scores``)
     truth: np.ndarray  # (N,) true output index, -1 where unknown
     pred: np.ndarray  # (N,) predicted output index
     class_map: ClassMap

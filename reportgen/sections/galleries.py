@@ -19,11 +19,12 @@ from reportgen.sections import SectionInputs, load_pixels, overlay_key, small_ma
 class GalleryTile:
     file: str
     thumb: str
-    overlay: str | None  # overlay thumbnail key, None when no map could be computed
+    overlay: str | None  # overlay thumbnail key, None when no map could be computed or it is blank
     score: float  # probability of the gallery's class
     predicted: str
     truth: str | None
     correct: bool | None
+    blank: bool = False  # a map was computed and is zero everywhere (shown as such, not as an overlay)
 
 
 @dataclass
@@ -46,6 +47,12 @@ class GalleriesSection:
     size: int
     note: str = ""
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # overlay key -> (H, W) map
+    score_source: str = "logits"  # which score the maps explain (see ``pipeline.class_scores``)
+    blank: int = 0  # maps that came out zero everywhere
+
+    def explained(self) -> str:
+        """The report's sentence on what the maps explain and the galleries are ranked by."""
+        return explained_scores(self.score_source)
 
     def thumb_keys(self) -> set[str]:
         return {t.thumb for g in self.classes for t in (*g.max, *g.min, *g.wrong)}
@@ -55,13 +62,19 @@ class GalleriesSection:
 
     def json_items(self) -> dict[str, Any]:
         def tiles(items: list[GalleryTile]) -> list[dict[str, Any]]:
-            return [{"file": t.file, "score": t.score, "pred": t.predicted} for t in items]
+            return [{"file": t.file, "score": t.score, "pred": t.predicted, "blank_map": t.blank} for t in items]
 
         return {
             "galleries": {
                 g.name: {"max": tiles(g.max), "min": tiles(g.min), "wrong": tiles(g.wrong)} for g in self.classes
             },
-            "cam": {"method": self.method, "layer": self.layer, "note": self.note or None},
+            "cam": {
+                "method": self.method,
+                "layer": self.layer,
+                "note": self.note or None,
+                "explains": self.score_source,
+                "blank_maps": self.blank,
+            },
         }
 
 
@@ -110,6 +123,27 @@ class ChannelsSection:
         }
 
 
+def explained_scores(source: str) -> str:
+    """One sentence for the report: which score the maps explain, what ranks the galleries."""
+    if source == "logits before softmax":
+        return (
+            "The maps explain each class's logit, taken before the model's final softmax (a saturated "
+            "softmax has no gradient, so maps of the probability would be blank exactly where the model "
+            "is surest); galleries are ranked by the log-odds computed from the logits (the logit margin, for two "
+            "classes), so images at probability 1.0 are still ordered by how far ahead the class is."
+        )
+    if source == "logits":
+        return (
+            "The maps explain each class's logit (the model's output); galleries are ranked by the "
+            "log-odds computed from the logits, so images at probability 1.0 are still ordered."
+        )
+    return (
+        "The model outputs probabilities and its graph has no final softmax to cut before, so the maps "
+        "explain the probability itself: where the model is sure, its gradient vanishes and maps can "
+        "be blank, and images at probability 1.0 tie (ties keep file order)."
+    )
+
+
 def build(inputs: SectionInputs) -> None:
     """Per-class galleries with CAM overlays, and the channel view of the CAM layer."""
     cfg, result, features, clock = inputs.cfg, inputs.result, inputs.features, inputs.clock
@@ -144,13 +178,15 @@ def build(inputs: SectionInputs) -> None:
             classes[pred[row]],
             classes[t] if t >= 0 else (folder[features.labels[row]] if features.labels[row] >= 0 else None),
             None if t < 0 else bool(pred[row] == t),
+            (row, cls) in blank,
         )
 
     if cfg.gallery_size > 0:
-        galleries = class_galleries(probs, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
+        galleries = class_galleries(inputs.log_odds, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
         pairs = sorted({(row, g.cls) for g in galleries for row in (*g.max, *g.min, *g.wrong)})
         maps: dict[str, np.ndarray] = {}
         keys: dict[tuple[int, int], str] = {}
+        blank: set[tuple[int, int]] = set()
         if split is not None and pairs:
             with clock("cam"), clock.bar(f"{cfg.cam}", len(pairs), "map") as bar:
                 pixels = load_pixels(dataset, sorted({features.files[r] for r, _ in pairs}), pre)
@@ -171,6 +207,11 @@ def build(inputs: SectionInputs) -> None:
                         channels_last=pre.channels_last,
                     )
                     for (r, c), cam in zip(chunk, cams.maps, strict=True):
+                        if not cam.any():
+                            # An all-zero map is no picture of where the evidence lies:
+                            # the tile says so instead of showing an empty overlay.
+                            blank.add((r, c))
+                            continue
                         key = overlay_key("cam", c, features.files[r])
                         keys[(r, c)] = key
                         maps[key] = small_map(cam)
@@ -191,6 +232,8 @@ def build(inputs: SectionInputs) -> None:
             cfg.gallery_size,
             note,
             maps,
+            inputs.score_source,
+            len(blank),
         )
         result.sections["galleries"] = section
 

@@ -25,6 +25,8 @@ class UnitTile:
     mean_value: float  # the same measure averaged over the audited images
     picture: str  # picture key of the synthesised input
     top: list[tuple[str, str, str | None]]  # (file, thumbnail key, projection picture key)
+    responded: bool = True  # False: no run beat its start (for a class: made the class win)
+    runs: int = 1  # seeded runs it took
 
 
 @dataclass
@@ -58,6 +60,8 @@ class UnitsSection:
                                 "name": t.name,
                                 "synthesized_value": t.value,
                                 "mean_value": t.mean_value,
+                                "responded": t.responded,
+                                "runs": t.runs,
                                 "top": [f for f, _, _ in t.top],
                             }
                             for t in tiles
@@ -104,7 +108,8 @@ def build(inputs: SectionInputs) -> None:
     truth = inputs.truth
     support = np.bincount(truth[truth >= 0], minlength=k) if (truth >= 0).any() else np.zeros(k, int)
     classes = sorted(range(k), key=lambda c: (-support[c], c))[:20] if k > 20 else list(range(k))
-    rows = [[int(r) for r in np.argsort(-probs[:, c], kind="stable")[:n_top]] for c in classes]
+    # Ranked by log-odds, not probability: a confident model has many images at p = 1.0.
+    rows = [[int(r) for r in np.argsort(-inputs.log_odds[:, c], kind="stable")[:n_top]] for c in classes]
     plans.append(
         (
             "Classes",
@@ -154,6 +159,10 @@ def build(inputs: SectionInputs) -> None:
                 top = [(f, thumb_key(f), pk) for f, pk in zip(files, projections, strict=True)]
                 # Classes are shown as probabilities (the synthesis maximises the log-probability).
                 value = float(np.exp(synth.values[i])) if layer == LOGITS_LAYER else float(synth.values[i])
-                tiles.append(UnitTile(layer, int(unit), name, value, mean, key, top))
+                tiles.append(
+                    UnitTile(
+                        layer, int(unit), name, value, mean, key, top, bool(synth.responded[i]), int(synth.runs[i])
+                    )
+                )
             section.groups.append((heading, tiles))
     result.sections["units"] = section
