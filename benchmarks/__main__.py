@@ -56,12 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", type=Path, default=HERE / ".work", help="where the workload is generated and cached")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--suite",
+        choices=("core", "architectures"),
+        default="core",
+        help="core: the ResNet-18 figures (RESULTS.md); architectures: ViT-B/16 and ConvNeXt-T "
+        "(RESULTS-architectures.md)",
+    )
     args = parser.parse_args(argv)
 
     from benchmarks import measure
     from benchmarks.workload import build_images, build_models
 
     quick = args.quick
+    if args.suite == "architectures":
+        output = args.output if args.output != HERE / "RESULTS.md" else HERE / "RESULTS-architectures.md"
+        return architectures(args.work / ("quick" if quick else "full"), quick, args.batch_size, output)
     work = args.work / ("quick" if quick else "full")
     sizes = {
         "extract": 64 if quick else 1000,
@@ -130,6 +140,45 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
+    return 0
+
+
+def architectures(work: Path, quick: bool, batch: int, output: Path) -> int:
+    """The modern-architectures figures, in their own results file."""
+    from benchmarks import measure
+    from benchmarks.workload import build_images, build_modern_models
+
+    started = time.perf_counter()
+    n_images, n_cam = (16, 2) if quick else (64, 4)
+    print(f"building the workload in {work}...", file=sys.stderr)
+    models = build_modern_models(work / "modern", quick)
+    images = measure.subset_folder(build_images(work / "images", n_images), work / f"subset-{n_images}", n_images)
+    size = 64 if quick else 224
+    rows = measure.modern_architectures(models, images, n_cam, batch, size)
+    elapsed = time.perf_counter() - started
+    table = ["| figure | value | target | met | how it was measured |", "|---|---|---|---|---|"]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "–"}[r.ok]
+        table.append(f"| {r.name} | {'–' if r.value is None else f'{r.value:.2f}'} | {r.target} | {met} | {r.detail} |")
+    text = "\n".join(
+        [
+            "# Benchmark results: modern architectures"
+            + (" (quick mode: tiny models, timings meaningless)" if quick else ""),
+            "",
+            f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- machine: {machine()}",
+            f"- command: `python -m benchmarks --suite architectures{' --quick' if quick else ''}` ({elapsed / 60:.1f} min)",
+            "- workload: torchvision ViT-B/16 and ConvNeXt-T at 224 px, seeded random weights (the ViT's zero-initialised "
+            "head given random weights), 10 outputs, exported to ONNX (opset 17, TorchScript-based exporter) and traced "
+            "TorchScript; seeded synthetic 400x300 JPEGs; every figure on the CPU",
+            "",
+            *table,
+            "",
+        ]
+    )
+    print(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
     return 0
 
 

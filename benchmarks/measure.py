@@ -369,3 +369,82 @@ def _opens_in_chromium(report: Path) -> bool | None:
         )
         browser.close()
     return bool(loaded) and not errors
+
+
+def modern_architectures(
+    models: dict[str, dict[str, Path]], images: Path, n_cam: int, batch: int, size: int
+) -> list[Figure]:
+    """ViT-B/16 and ConvNeXt-T on both formats: extraction efficiency against the bare
+    forward pass, and Grad-CAM time per image against the grad-cam package at the same
+    target (a ViT's last ``ln_1`` with its reshape transform; ConvNeXt's last stage)."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from reportgen.analyses.cam import compute_cam
+    from reportgen.models import last_spatial_layer
+
+    dataset = discover(images)
+    pre = Preprocess((size, size))
+    files = [dataset.root / r.file for r in dataset.records]
+    pixels = _decode_all(files, pre)
+    x = pixels[:n_cam]
+    targets = np.arange(len(x)) % 10
+    out = []
+    for name, paths in models.items():
+        eager = torch.load(paths["eager"], weights_only=False).eval()  # written by the workload itself
+        if name.startswith("vit"):
+            side = size // eager.patch_size
+
+            def reshape(t: torch.Tensor, side: int = side) -> torch.Tensor:
+                return t[:, 1:, :].reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+
+            cam = GradCAM(model=eager, target_layers=[eager.encoder.layers[-1].ln_1], reshape_transform=reshape)
+        else:
+            cam = GradCAM(model=eager, target_layers=[eager.features[-1]])
+        xt = torch.from_numpy(x)
+        package_s = _best_of(
+            lambda cam=cam, xt=xt: cam(input_tensor=xt, targets=[ClassifierOutputTarget(int(t)) for t in targets]),
+            repeats=1,
+        )
+        for kind in ("onnx", "torchscript"):
+            adapter = load_model(paths[kind], device="cpu")
+            adapter.prepare(pre.size)
+            layers = resolve_layers(None, adapter, pre)
+            ours = _best_of(
+                lambda a=adapter, ls=layers: extract(dataset, a, ls, pre, batch_size=batch, show_progress=False),
+                repeats=1,
+            )
+            bare = bare_forward(kind, paths[kind], pixels, batch)
+            label = "ONNX Runtime" if kind == "onnx" else "torch (TorchScript file)"
+            out.append(
+                Figure(
+                    f"extraction efficiency, {name}, {label}",
+                    bare / ours,
+                    ">= 0.8",
+                    bare / ours >= 0.8,
+                    f"{len(files)} JPEGs -> {size} px, {len(layers)} default layers, batch {batch}: reportgen "
+                    f"{len(files) / ours:.1f} img/s (decode included), bare forward {len(files) / bare:.1f} img/s",
+                )
+            )
+            target = last_spatial_layer(adapter.layers())
+            split = adapter.split(target)
+            ours_cam = _best_of(lambda s=split: compute_cam("gradcam", s, x, targets, pre.size), repeats=1)
+            route = (
+                "autograd"
+                if kind == "torchscript"
+                else "autograd through the torch twin"
+                if name.startswith("vit")
+                else "central differences"
+            )
+            out.append(
+                Figure(
+                    f"Grad-CAM speed, {name}, {label}",
+                    package_s / ours_cam,
+                    ">= 1 (x the grad-cam package)",
+                    package_s / ours_cam >= 1.0,
+                    f"{len(x)} images at {size} px, default target ({route}): reportgen "
+                    f"{ours_cam / len(x) * 1000:.0f} ms/image, grad-cam package {package_s / len(x) * 1000:.0f} ms/image",
+                )
+            )
+    return out

@@ -103,3 +103,55 @@ def synthetic_features(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.
     centres = rng.standard_normal((10, dim)) * 2.0
     x = np.maximum(centres[labels] + rng.standard_normal((n, dim)), 0).astype(np.float32)
     return x, labels
+
+
+def build_modern_models(folder: Path, quick: bool, seed: int = 0) -> dict[str, dict[str, Path]]:
+    """ViT-B/16 and ConvNeXt-T (10 outputs, seeded random weights) as ONNX and TorchScript,
+    at 224 px; ``quick`` builds small members of the two families at 64 px instead.  Each
+    entry also holds ``eager``: the ``torch.save``'d module the grad-cam package runs."""
+    import torch
+    import torchvision
+    from torchvision.models.convnext import CNBlockConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    size = 64 if quick else 224
+    builders = {
+        "vit_b_16": lambda: (
+            torchvision.models.VisionTransformer(
+                image_size=size, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+            )
+            if quick
+            else torchvision.models.vit_b_16(num_classes=10)
+        ),
+        "convnext_tiny": lambda: (
+            torchvision.models.convnext.ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10)
+            if quick
+            else torchvision.models.convnext_tiny(num_classes=10)
+        ),
+    }
+    out: dict[str, dict[str, Path]] = {}
+    for name, make in builders.items():
+        paths = {k: folder / f"{name}.{k}" for k in ("onnx", "ts", "eager")}
+        out[name] = {"onnx": paths["onnx"], "torchscript": paths["ts"], "eager": paths["eager"]}
+        if all(p.exists() for p in paths.values()):
+            continue
+        torch.manual_seed(seed)
+        model = make().eval()
+        if name == "vit_b_16":  # torchvision starts the head at zero: every gradient would be 0
+            torch.nn.init.normal_(model.heads.head.weight, std=0.05)
+        example = torch.zeros(2, 3, size, size)
+        torch.save(model, paths["eager"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(paths["ts"]))
+            torch.onnx.export(
+                model,
+                (example,),
+                str(paths["onnx"]),
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+            )
+    return out

@@ -97,7 +97,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--layers",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
         metavar="A,B,...",
-        help="layers to audit (default: input, end of each spatial stage, penultimate, logits; see `reportgen layers`)",
+        help="layers to audit, by module path or tensor name (default: input, end of each stage or block, "
+        "penultimate, logits; see `reportgen layers`)",
     )
     g.add_argument("--labels", type=Path, metavar="FILE", help="class names in output order, one per line")
     g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
@@ -140,7 +141,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="CAM method (default: gradcam)"
     )
     g.add_argument(
-        "--cam-layer", metavar="NAME", help="tensor the CAM explains (default: the last tensor with spatial extent)"
+        "--cam-layer",
+        metavar="NAME",
+        help="module or tensor the CAM explains (default: per family: a CNN's last stage, a ViT's last attention input)",
     )
     g.add_argument(
         "--gallery-size",
@@ -279,12 +282,24 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     chosen = set(default_layers(layers, adapter.num_outputs))
     cam = last_spatial_layer(layers)
     print(f"# {args.model} ({info.format}), input {size[0]}x{size[1]}, {adapter.num_outputs} outputs")
-    print("# * audited by default   c Grad-CAM's default target")
-    print(f"*  {INPUT_LAYER:<40} pixels, downsampled")
+    print("# * audited by default   c Grad-CAM's default target   ? axes not recognised (attention internals)")
+    print("# --layers, --cam-layer and --layer take a module path (the module's output) or a tensor name")
+    with_modules = any(layer.module for layer in layers)
+    width = max([len(layer.module) for layer in layers] + [6]) if with_modules else 0
+
+    def row(mark: str, module: str, name: str, op: str, what: str) -> str:
+        first = f"{module or '-':<{width}}  " if with_modules else ""
+        return f"{mark} {first}{name:<40} {op:<22} {what}"
+
+    if with_modules:
+        print(row("  ", "module", "tensor", "op", "shape"))
+    print(row("* ", "", INPUT_LAYER, "", "pixels, downsampled"))
     for layer in layers:
-        mark = ("*" if layer.name in chosen else " ") + ("c" if layer.name == cam else " ")
-        print(f"{mark} {layer.name:<40} {layer.op:<22} {layer.describe()}")
-    print(f"*  {LOGITS_LAYER:<40} output, {adapter.num_outputs}")
+        mark = ("*" if layer.name in chosen else " ") + (
+            "c" if layer.name == cam else ("?" if not layer.layout else " ")
+        )
+        print(row(mark, layer.module, layer.name, layer.op, layer.describe()))
+    print(row("* ", "", LOGITS_LAYER, "output", str(adapter.num_outputs)))
     return 0
 
 
@@ -383,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, metavar="MODEL")
     p.add_argument("image", type=Path, metavar="IMAGE")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="a .npy or .png file")
-    p.add_argument("--layer", metavar="NAME", help="tensor to explain (default: the last tensor with spatial extent)")
+    p.add_argument(
+        "--layer", metavar="NAME", help="module or tensor to explain (default: as audit's --cam-layer default)"
+    )
     p.add_argument("--target", metavar="CLASS", help="class name or output index (default: the predicted class)")
     p.add_argument(
         "--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="method (default: gradcam)"
@@ -460,7 +477,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         layer = LOGITS_LAYER
         label = f"class {names[unit] if names else unit}"
     else:
-        layer = args.layer
+        layer = adapter.resolve(args.layer)
         info = {layer.name: layer for layer in adapter.layers()}.get(layer)
         if info is None:
             raise UserError(f"no layer named {layer!r} in this model (see `reportgen layers MODEL`)")

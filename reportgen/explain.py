@@ -53,7 +53,7 @@ def explain_image(
     adapter = load_model(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
     pre = resolve_preprocess(cfg, adapter.info)
     adapter.prepare(pre.size)
-    layer = layer or last_spatial_layer(adapter.layers())
+    layer = adapter.resolve(layer) if layer else last_spatial_layer(adapter.layers())
     if layer is None:
         raise UserError("the model has no tensor with spatial extent; name one with --layer")
     names = read_labels_file(cfg.labels) if cfg.labels else adapter.info.embedded.classes

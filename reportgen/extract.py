@@ -180,7 +180,19 @@ def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[
         "format": CACHE_FORMAT,
         "tool_version": __version__,
         "key": key,
-        "layers": [{"name": layer.name, "shape": list(layer.shape), "op": layer.op} for layer in features.layers],
+        "layers": [
+            {
+                "name": layer.name,
+                "shape": list(layer.shape),
+                "op": layer.op,
+                "layout": layer.layout,
+                "prefix": layer.prefix,
+                "grid": list(layer.grid) if layer.grid else None,
+                "module": layer.module,
+                "role": layer.role,
+            }
+            for layer in features.layers
+        ],
         "skipped": [{"file": s.file, "reason": s.reason} for s in features.skipped],
         "seconds": features.seconds,
         **extra,
@@ -214,7 +226,19 @@ def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | None:
             meta = json.loads(str(npz["meta"]))
             if meta.get("format") != CACHE_FORMAT or (key is not None and meta.get("key") != key):
                 return None
-            layers = [LayerInfo(d["name"], tuple(d["shape"]), d.get("op", "")) for d in meta["layers"]]
+            layers = [
+                LayerInfo(
+                    d["name"],
+                    tuple(d["shape"]),
+                    d.get("op", ""),
+                    d.get("layout", ""),
+                    int(d.get("prefix", 0)),
+                    tuple(d["grid"]) if d.get("grid") else None,
+                    d.get("module", ""),
+                    d.get("role", ""),
+                )
+                for d in meta["layers"]
+            ]
             outputs = npz["outputs"]
             arrays = {}
             for i, layer in enumerate(layers):

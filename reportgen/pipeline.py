@@ -25,7 +25,7 @@ from reportgen.errors import UserError
 from reportgen.extract import Features, cache_key, extract, load_cache, save_cache
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, default_layers, load_model
-from reportgen.models.base import ModelInfo, input_layer_info
+from reportgen.models.base import ModelInfo, input_layer_info, pooling
 from reportgen.progress import note, progress
 from reportgen.report import AuditResult, DatasetSummary, Figures, LayerSummary, ModelSummary, Prediction
 from reportgen.sections import SectionInputs
@@ -118,10 +118,11 @@ def resolve_layers(requested: list[str] | None, adapter: ModelAdapter, pre: Prep
     """The audited layers in graph order, the pixel layer first and the logits last."""
     available = adapter.layers()
     by_name = {layer.name: layer for layer in available}
-    names = requested or default_layers(available, adapter.num_outputs)
+    names = [adapter.resolve(n) for n in requested] if requested else default_layers(available, adapter.num_outputs)
     unknown = [n for n in names if n not in by_name and n not in (INPUT_LAYER, LOGITS_LAYER)]
     if unknown:
-        hint = difflib.get_close_matches(unknown[0], list(by_name), n=3)
+        modules = sorted({layer.module for layer in available if layer.module})
+        hint = difflib.get_close_matches(unknown[0], modules + list(by_name), n=3)
         extra = f"; did you mean {', '.join(hint)}?" if hint else "; `reportgen layers MODEL` lists them"
         raise UserError(f"no layer named {unknown[0]!r} in this model{extra}")
     order = {layer.name: i for i, layer in enumerate(available)}
@@ -259,7 +260,20 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
             "the image folder has no class sub-folders: images are unlabeled, so predicted classes are shown instead of accuracy"
         )
 
-    layers = [LayerSummary(layer.name, tuple(layer.shape), layer.dim, layer.op) for layer in features.layers]
+    layers = [
+        LayerSummary(
+            layer.name,
+            tuple(layer.shape),
+            layer.dim,
+            layer.op,
+            layer.layout,
+            "pixels, area-averaged"
+            if layer.name == INPUT_LAYER
+            else ("as is" if layer.name == LOGITS_LAYER else pooling(layer)),
+            layer.module,
+        )
+        for layer in features.layers
+    ]
     result = AuditResult(
         tool_version=__version__,
         generated_at=timestamp(epoch),

@@ -48,6 +48,9 @@ class LayerSummary:
     shape: tuple[int, ...]
     dim: int
     op: str
+    layout: str = ""  # chw, hwc, tokens, vector, or "" (see models/layouts.py)
+    pooling: str = ""  # how the tensor became one vector per image (base.pooling)
+    module: str = ""  # module path, where known
     knn_accuracy: float | None = None
     knn_agreement: float | None = None
     tsne_trustworthiness: float | None = None
@@ -179,6 +182,9 @@ def to_json(result: AuditResult) -> dict[str, Any]:
                 "shape": list(layer.shape),
                 "dim": layer.dim,
                 "op": layer.op,
+                "layout": layer.layout or None,
+                "pooling": layer.pooling,
+                "module": layer.module or None,
                 "knn_accuracy": layer.knn_accuracy,
                 "knn_agreement": layer.knn_agreement,
                 "tsne_trustworthiness": layer.tsne_trustworthiness,

@@ -242,9 +242,15 @@ def test_user_errors_are_one_line(tmp_path: Path, args: list, message: str) -> N
 def test_layers_command_lists_tensors() -> None:
     result = run_cli("layers", SAMPLE / "model.onnx")
     assert result.code == 0, result.err
-    marked = [line.split()[1] for line in result.out.splitlines() if line.startswith(("* ", "*c"))]
+    lines = result.out.splitlines()
+    # The sample's ONNX file carries its module names (torch's dynamo exporter writes
+    # them), so they come first and the tensor names second.
+    header = next(line for line in lines if not line.startswith("#"))
+    assert header.split()[:2] == ["module", "tensor"]
+    marked = [line[2:].split()[1] for line in lines if line.startswith(("* ", "*c"))]
     assert marked[0] == "input" and marked[-1] == "logits" and len(marked) >= 5
-    assert sum(line.startswith("*c") for line in result.out.splitlines()) == 1
+    assert sum(line.startswith("*c") for line in lines) == 1
+    assert any(line[2:].split()[:2] == ["bn1", "getitem"] for line in lines)
 
 
 def test_demo_command(tmp_path: Path) -> None:

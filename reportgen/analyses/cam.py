@@ -228,7 +228,7 @@ def compute_cam(
             targets = split.head(activations, rest).argmax(axis=1)
         targets = np.asarray(targets, np.int64)
         # One pass: the body without autograd, the head with it.
-        activations, grads, outputs = split.gradcam_inputs(pixels, targets)  # type: ignore[attr-defined]
+        activations, grads, outputs = split.gradcam_inputs(pixels, targets)
         weights = grads.astype(np.float64).mean(axis=(2, 3))
     else:
         activations, rest = split.body(pixels)

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from reportgen.models.layouts import CHW, HWC, TOKENS, VECTOR, GraphStep, attention_inputs, infer_layouts
 
 INPUT_LAYER = "input"
 LOGITS_LAYER = "logits"
@@ -31,27 +33,129 @@ INPUT_GRID = 16  # side of the downsampled pixel layer
 class LayerInfo:
     """One tensor of the graph that can be tapped.
 
-    ``shape`` is per image (batch dimension removed): ``(C, H, W)`` for feature maps,
-    ``(L, D)`` for token sequences, ``(D,)`` for vectors.
+    ``shape`` is per image (batch dimension removed).  ``layout`` says what its axes mean,
+    as recognised from the graph (see ``models/layouts.py``): ``chw`` (C, H, W), ``hwc``
+    (H, W, C), ``tokens`` (T, C) with ``prefix`` tokens (class, distillation, register)
+    before the patch tokens of an (h, w) ``grid``, ``vector`` (C,), or "" when unknown
+    (attention internals and the like: never a default layer or Grad-CAM target).
+    ``module`` is the module path the tensor belongs to (``layer4.1``), where known.
+    ``role`` marks the tensors :func:`default_layers` and :func:`last_spatial_layer` look
+    for: a residual add's output, or the input of an attention block.
     """
 
     name: str
     shape: tuple[int, ...]
     op: str = ""
+    layout: str = ""
+    prefix: int = 0
+    grid: tuple[int, int] | None = None
+    module: str = ""
+    role: str = ""  # "residual" (re-joins the residual stream), "attention_input", or ""
 
     @property
     def spatial(self) -> bool:
-        return len(self.shape) == 3 and self.shape[1] * self.shape[2] > 1
+        """A map or a token grid with more than one position."""
+        if self.layout == CHW:
+            return self.shape[1] * self.shape[2] > 1
+        if self.layout == HWC:
+            return self.shape[0] * self.shape[1] > 1
+        if self.layout == TOKENS and self.grid is not None:
+            return self.grid[0] * self.grid[1] > 1
+        return False
+
+    @property
+    def resolution(self) -> tuple[int, ...]:
+        """The spatial or token grid, for telling stages apart."""
+        if self.layout == CHW:
+            return self.shape[1:]
+        if self.layout == HWC:
+            return self.shape[:2]
+        return self.grid or ()
 
     @property
     def dim(self) -> int:
-        """Length of the pooled feature vector (maps and sequences are averaged)."""
+        """Length of the pooled feature vector (see :func:`pooling`)."""
+        if self.layout in (CHW, VECTOR):
+            return int(self.shape[0])
+        if self.layout in (HWC, TOKENS):
+            return int(self.shape[-1])
         if len(self.shape) == 3:
             return int(self.shape[0])
         return int(self.shape[-1]) if self.shape else 1
 
     def describe(self) -> str:
-        return "x".join(str(s) for s in self.shape)
+        text = "x".join(str(s) for s in self.shape)
+        if self.layout == HWC:
+            return f"{text} (HWC)"
+        if self.layout == TOKENS and self.grid is not None:
+            extra = f" + {self.prefix}" if self.prefix else ""
+            return f"{text} (tokens: {self.grid[0]}x{self.grid[1]}{extra})"
+        return text
+
+
+def pooling(layer: LayerInfo) -> str:
+    """How a layer becomes one vector per image, in words (the report says it).
+
+    Feature maps: the mean over space, whatever the channel axis.  Token sequences: the
+    class token where the model has prefix tokens (what its head reads), otherwise the
+    mean of the tokens.  Tensors of unknown layout: the mean over every axis but the
+    first (a legacy rule kept for layers asked for by name).
+    """
+    if layer.layout in (CHW, HWC):
+        return "spatial mean"
+    if layer.layout == TOKENS:
+        return "class token" if layer.prefix else "token mean"
+    if len(layer.shape) == 3:
+        return "mean over the last two axes"
+    if len(layer.shape) == 2:
+        return "mean over the first axis"
+    return "as is"
+
+
+def annotate_layers(
+    candidates: list[LayerInfo],
+    steps: list[GraphStep],
+    shapes: dict[str, tuple[int, ...]],
+    floats: set[str],
+    input_name: str,
+    channels_last: bool,
+) -> list[LayerInfo]:
+    """The candidate layers with their layouts and roles, recognised from the graph."""
+    layouts = infer_layouts(steps, shapes, input_name, channels_last)
+    attention = set(attention_inputs(steps, shapes, layouts, floats))
+    residual = set()
+    for step in steps:
+        joined = [n for n in step.inputs if n in shapes]
+        if step.op == "add" and len(joined) >= 2 and len({shapes[n] for n in joined}) == 1:
+            residual.update(o for o in step.outputs if o in layouts)
+    out = []
+    for layer in candidates:
+        lay = layouts.get(layer.name)
+        role = "residual" if layer.name in residual else ("attention_input" if layer.name in attention else "")
+        if lay is None:
+            out.append(replace(layer, layout="", role=""))
+        else:
+            out.append(replace(layer, layout=lay.kind, prefix=lay.prefix, grid=lay.grid, role=role))
+    return out
+
+
+def resolve_layer_name(name: str, layers: list[LayerInfo]) -> str:
+    """See :meth:`ModelAdapter.resolve`."""
+    if name in (INPUT_LAYER, LOGITS_LAYER) or any(layer.name == name for layer in layers):
+        return name
+    inside = [layer for layer in layers if layer.module == name or layer.module.startswith(name + ".")]
+    return inside[-1].name if inside else name
+
+
+def module_from_scope(scope: str) -> str:
+    """``/features/features.1/features.1.0/attn/Slice_1`` (a node name of torch's ONNX
+    exporter) -> ``features.1.0.attn``: the folders are module names, each either a full
+    path or a name inside the previous one; the last part is the operator."""
+    parts = [p for p in scope.split("/") if p][:-1]
+    path = ""
+    for part in parts:
+        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+    return path
 
 
 def input_layer_info(channels: int, size: tuple[int, int]) -> LayerInfo:
@@ -92,19 +196,42 @@ def run_in_batches_of(
     return [np.concatenate([p[j] for p in pieces]) for j in range(len(pieces[0]))]
 
 
-def default_layers(layers: list[LayerInfo], num_outputs: int) -> list[str]:
-    """The layers audited when the user names none.
+MAX_DEFAULT_GRID_LAYERS = 7  # spatial or token layers audited by default: with input, penultimate and logits, ten
 
-    The input, the end of each spatial stage (the last tensor before the resolution
-    changes), the penultimate vector (the last non-spatial tensor before the output
-    whose length differs from the number of outputs) and the logits.
+
+def _thin(names: list[str], keep: int) -> list[str]:
+    """At most ``keep`` of ``names``, evenly spread, the last always kept."""
+    if len(names) <= keep:
+        return names
+    picks = {round(i * (len(names) - 1) / (keep - 1)) for i in range(keep)}
+    return [names[i] for i in sorted(picks)]
+
+
+def default_layers(layers: list[LayerInfo], num_outputs: int) -> list[str]:
+    """The layers audited when the user names none: about ten at most.
+
+    The input; the end of each stage -- the last tensor before the spatial or token grid
+    changes -- or, for a model whose grid never changes (a ViT), the outputs of its
+    blocks (the residual adds of ``block_ends``); thinned evenly to
+    :data:`MAX_DEFAULT_GRID_LAYERS`; the penultimate vector; the logits.  Only tensors of
+    recognised layout count: attention internals never do.
     """
     chosen = [INPUT_LAYER]
-    spatial = [layer for layer in layers if layer.spatial]
-    for i, layer in enumerate(spatial):
-        following = spatial[i + 1] if i + 1 < len(spatial) else None
-        if following is None or following.shape[1:] != layer.shape[1:]:
-            chosen.append(layer.name)
+    # Tensors that feed attention are detours (a Swin window's padded input has its own
+    # size), not the end of a stage.
+    grid = [layer for layer in layers if layer.spatial and layer.role != "attention_input"]
+    ends = [
+        layer.name for i, layer in enumerate(grid) if i + 1 == len(grid) or grid[i + 1].resolution != layer.resolution
+    ]
+    if len(ends) > len({layer.resolution for layer in grid}):
+        # A resolution that comes back later (a detour): one end per resolution, its last.
+        last = {layer.resolution: layer.name for layer in grid}
+        ends = [layer.name for layer in grid if last[layer.resolution] == layer.name]
+    if len(ends) <= 1:
+        blocks = block_ends(layers)
+        if len(blocks) > 1:
+            ends = blocks
+    chosen += _thin(ends, MAX_DEFAULT_GRID_LAYERS)
     penultimate = penultimate_layer(layers, num_outputs)
     if penultimate is not None and penultimate not in chosen:
         chosen.append(penultimate)
@@ -112,19 +239,53 @@ def default_layers(layers: list[LayerInfo], num_outputs: int) -> list[str]:
     return chosen
 
 
+def block_ends(layers: list[LayerInfo]) -> list[str]:
+    """The outputs of residual blocks, in a model whose grid never changes.
+
+    A transformer block re-joins its residual stream twice (after attention, after the
+    MLP); its output is the residual add that the next block's attention input follows,
+    or the last one.  Where no attention input is marked, every residual add counts.
+    """
+    marked = [layer for layer in layers if layer.spatial and layer.role]
+    out = []
+    for i, layer in enumerate(marked):
+        if layer.role != "residual":
+            continue
+        following = next((m for m in marked[i + 1 :] if m.role), None)
+        if (
+            following is None
+            or following.role == "attention_input"
+            or not any(m.role == "attention_input" for m in marked)
+        ):
+            out.append(layer.name)
+    return out
+
+
 def penultimate_layer(layers: list[LayerInfo], num_outputs: int) -> str | None:
     last_spatial = max((i for i, layer in enumerate(layers) if layer.spatial), default=-1)
     for layer in reversed(layers[last_spatial + 1 :]):
-        if layer.dim != num_outputs and layer.dim > 1:
+        if layer.dim != num_outputs and layer.dim > 1 and layer.layout in (VECTOR, ""):
             return layer.name
     return None
 
 
 def last_spatial_layer(layers: list[LayerInfo]) -> str | None:
-    """The last tensor with spatial extent: Grad-CAM's default target (for a CNN, the
-    input of its global pooling)."""
-    spatial = [layer for layer in layers if layer.spatial]
-    return spatial[-1].name if spatial else None
+    """Grad-CAM's default target, the one the field uses for each family.
+
+    For a transformer on tokens (a ViT): the input of its last block's attention
+    (``encoder.layers[-1].ln_1`` in torchvision, ``blocks[-1].norm1`` in timm), marked
+    ``attention_input`` by the adapter.  For everything else (CNNs, ConvNeXt, Swin): the
+    last feature map -- for a CNN the input of its global pooling, channels-last maps
+    included.
+    """
+    tokens = [layer for layer in layers if layer.layout == TOKENS and layer.spatial]
+    maps = [layer for layer in layers if layer.layout in (CHW, HWC) and layer.spatial]
+    attention = [layer for layer in tokens if layer.role == "attention_input"]
+    if attention and (not maps or layers.index(attention[-1]) > layers.index(maps[-1])):
+        return attention[-1].name
+    if maps:
+        return maps[-1].name
+    return tokens[-1].name if tokens else None
 
 
 @dataclass
@@ -229,6 +390,13 @@ class ModelAdapter(ABC):
     def split(self, layer: str) -> SplitModel:
         """The model cut at tensor ``layer``: a body (input -> layer) and a head."""
 
+    def resolve(self, name: str) -> str:
+        """The tensor a user means by ``name``: a tensor name, or a module path
+        (``layer4``, ``encoder.layers.encoder_layer_11``) -- the module's output, i.e.
+        the last tensor computed inside it.  Unknown names come back unchanged, for the
+        caller's "no layer named" message."""
+        return resolve_layer_name(name, self.layers())
+
     def differentiable(self) -> Differentiable:
         """Gradients of any unit with respect to the input (feature visualisation).
 
@@ -268,7 +436,7 @@ class SplitModel(ABC):
     """
 
     layer: str
-    differentiable: bool  # True when :meth:`head_gradient` is exact (autograd)
+    differentiable: bool  # True when :meth:`gradcam_inputs` is available (autograd)
 
     @abstractmethod
     def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -282,6 +450,79 @@ class SplitModel(ABC):
     def take(self, rest: Any, index: np.ndarray) -> Any:
         """Select (and repeat) rows of ``rest``, as ``activations[index]`` does."""
 
-    def head_gradient(self, activations: np.ndarray, rest: Any, targets: np.ndarray) -> np.ndarray:
-        """d output[i, targets[i]] / dA for each row, by autograd; only when differentiable."""
+    def gradcam_inputs(self, pixels: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Activations A, d score[i, targets[i]] / dA and the scores, in one pass; only
+        when :attr:`differentiable` (the gradient is exact, by autograd)."""
         raise NotImplementedError
+
+
+class LayoutSplit(SplitModel):
+    """A split at a channels-last map or a token sequence, seen as (N, C, h, w) maps.
+
+    What the ``grad-cam`` package's ``reshape_transform`` does for a ViT or a Swin, for
+    every format: channels-last maps are transposed; token sequences lose their prefix
+    tokens (class, distillation, register), which have no place on the image, and the
+    patch tokens are laid back onto their grid.  The head gets the whole tensor back,
+    the prefix tokens as the body made them.
+    """
+
+    def __init__(self, inner: SplitModel, info: LayerInfo):
+        if info.layout not in (HWC, TOKENS) or (info.layout == TOKENS and info.grid is None):
+            raise ValueError(f"no map view of a {info.layout or 'unknown'} layout")
+        self.inner = inner
+        self.info = info
+        self.layer = inner.layer
+        self.differentiable = inner.differentiable
+
+    def _to_maps(self, a: np.ndarray) -> np.ndarray:
+        if self.info.layout == HWC:
+            return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+        assert self.info.grid is not None
+        n, _, c = a.shape
+        h, w = self.info.grid
+        return np.ascontiguousarray(a[:, self.info.prefix :].reshape(n, h, w, c).transpose(0, 3, 1, 2))
+
+    def _from_maps(self, maps: np.ndarray, prefix: np.ndarray | None) -> np.ndarray:
+        if self.info.layout == HWC:
+            return np.ascontiguousarray(maps.transpose(0, 2, 3, 1))
+        n, c, h, w = maps.shape
+        patches = maps.transpose(0, 2, 3, 1).reshape(n, h * w, c)
+        if prefix is None or not prefix.shape[1]:
+            return np.ascontiguousarray(patches)
+        return np.concatenate([prefix.astype(patches.dtype, copy=False), patches], axis=1)
+
+    def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
+        a, rest = self.inner.body(pixels)
+        prefix = a[:, : self.info.prefix] if self.info.layout == TOKENS else None
+        return self._to_maps(a), (rest, prefix)
+
+    def head(self, activations: np.ndarray, rest: Any) -> np.ndarray:
+        inner_rest, prefix = rest
+        return self.inner.head(self._from_maps(activations, prefix), inner_rest)
+
+    def take(self, rest: Any, index: np.ndarray) -> Any:
+        inner_rest, prefix = rest
+        return self.inner.take(inner_rest, index), None if prefix is None else prefix[index]
+
+    def gradcam_inputs(self, pixels: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, grads, scores = self.inner.gradcam_inputs(pixels, targets)
+        return self._to_maps(a), self._to_maps(grads), scores
+
+
+def map_view(split: SplitModel, info: LayerInfo) -> SplitModel:
+    """The split as Grad-CAM reads it: (N, C, h, w) maps whatever the tensor's layout.
+
+    Raises ``UserError`` for a tensor whose axes are no map or token grid (attention
+    internals): a map of it would be drawn as if heads were channels.
+    """
+    from reportgen.errors import UserError
+
+    if info.layout == CHW:
+        return split
+    if info.layout in (HWC, TOKENS) and info.spatial:
+        return LayoutSplit(split, info)
+    raise UserError(
+        f"layer {info.name!r} ({info.describe()}) is neither a feature map nor a token grid "
+        "(an attention internal, say), so no activation map can be drawn of it; "
+        "`reportgen layers MODEL` marks the layers that can"
+    )

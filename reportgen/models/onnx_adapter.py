@@ -11,9 +11,10 @@ This is the only module that imports onnxruntime.
 
 from __future__ import annotations
 
+import ast
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -22,14 +23,20 @@ from onnx import TensorProto, helper, numpy_helper
 
 from reportgen.errors import UserError, one_line
 from reportgen.models.base import (
-    Differentiable,
     EmbeddedMetadata,
     LayerInfo,
     ModelAdapter,
     ModelInfo,
     SplitModel,
+    annotate_layers,
+    map_view,
+    module_from_scope,
     run_in_batches_of,
 )
+from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep
+
+if TYPE_CHECKING:
+    from reportgen.models.onnx_torch import OnnxTwinDifferentiable
 
 METADATA_KEY = "reportgen"
 _DTYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
@@ -167,6 +174,7 @@ class OnnxAdapter(ModelAdapter):
         self.fixed = self._fixed_size_model(size)
         graph = self.fixed.graph
         reachable = {self.input_name}
+        module_of = {o: node_module(n) for n in graph.node for o in n.output}
         order: list[tuple[str, str]] = []
         for node in graph.node:
             if any(i in reachable for i in node.input if i):
@@ -244,9 +252,13 @@ class OnnxAdapter(ModelAdapter):
             self._shapes[name] = tuple(int(s) for s in value.shape[1:])
             self._dtypes[name] = value.dtype
             if name not in outputs and 1 <= value.ndim - 1 <= 3:
-                self._layers.append(LayerInfo(name, self._shapes[name], op))
+                self._layers.append(LayerInfo(name, self._shapes[name], op, module=module_of.get(name, "")))
         self._shapes[self.input_name] = tuple(int(s) for s in example.shape[1:])
         self._dtypes[self.input_name] = self.dtype
+        floats = {n for n, v in values.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+        self._layers = annotate_layers(
+            self._layers, graph_steps(graph), self._shapes, floats, self.input_name, self.info.channels_last
+        )
         score = logit_tensor(graph, self.output_name)
         self.score_layer = score if score in self._shapes else None
 
@@ -294,27 +306,44 @@ class OnnxAdapter(ModelAdapter):
         graph = model.graph
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         out_names = [self.output_name]
+        info = {layer.name: layer for layer in self._layers}
         for i, name in enumerate(layers):
             self._check(name)
-            rank = len(self._shapes[name])
             pooled = f"reportgen/pool/{i}"
-            if rank == 3:
-                graph.node.append(helper.make_node("GlobalAveragePool", [name], [pooled + "/gap"]))
-                graph.node.append(helper.make_node("Flatten", [pooled + "/gap"], [pooled], axis=1))
-            elif rank == 2:
-                if opset >= 18:
-                    axes = pooled + "/axes"
-                    graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
-                    graph.node.append(helper.make_node("ReduceMean", [name, axes], [pooled], keepdims=0))
-                else:
-                    graph.node.append(helper.make_node("ReduceMean", [name], [pooled], axes=[1], keepdims=0))
-            else:
-                pooled = name
+            self._add_pooling(graph, name, info.get(name), pooled, opset)
             graph.output.append(onnx.ValueInfoProto(name=pooled))
             out_names.append(pooled)
         entry = (self.session(model), out_names)
         self._sessions[layers] = entry
         return entry
+
+    def _add_pooling(self, graph: onnx.GraphProto, name: str, layer: LayerInfo | None, pooled: str, opset: int) -> None:
+        """Nodes that pool tensor ``name`` to one vector per image, inside the graph (so
+        full maps never leave the runtime), by its layout (see ``base.pooling``)."""
+        rank = len(self._shapes[name])
+        layout = layer.layout if layer is not None else ""
+
+        def reduce_mean(axes: list[int]) -> None:
+            if opset >= 18:
+                axes_name = pooled + "/axes"
+                graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
+                graph.node.append(helper.make_node("ReduceMean", [name, axes_name], [pooled], keepdims=0))
+            else:
+                graph.node.append(helper.make_node("ReduceMean", [name], [pooled], axes=axes, keepdims=0))
+
+        if layout == HWC:
+            reduce_mean([1, 2])
+        elif layout == TOKENS and layer is not None and layer.prefix:
+            index = pooled + "/index"
+            graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), index))
+            graph.node.append(helper.make_node("Gather", [name, index], [pooled], axis=1))
+        elif layout == TOKENS or (layout != CHW and rank == 2):
+            reduce_mean([1])
+        elif rank == 3:
+            graph.node.append(helper.make_node("GlobalAveragePool", [name], [pooled + "/gap"]))
+            graph.node.append(helper.make_node("Flatten", [pooled + "/gap"], [pooled], axis=1))
+        else:
+            graph.node.append(helper.make_node("Identity", [name], [pooled]))
 
     def _run(self, session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         keys = list(feeds)
@@ -335,7 +364,7 @@ class OnnxAdapter(ModelAdapter):
         }
         return scores, feats
 
-    def differentiable(self) -> Differentiable:
+    def differentiable(self) -> OnnxTwinDifferentiable:
         """The graph's torch twin (see ``onnx_torch``), checked against ONNX Runtime."""
         cached = getattr(self, "_twin", None)
         if cached is not None:
@@ -347,15 +376,76 @@ class OnnxAdapter(ModelAdapter):
         self._twin = OnnxTwinDifferentiable(self)
         return self._twin
 
-    def split(self, layer: str) -> OnnxSplit:
+    def split(self, layer: str) -> SplitModel:
+        """The graph cut at ``layer``, as (N, C, h, w) maps.
+
+        Grad-CAM weights come from central differences of the head where the cut is a
+        channels-first map (exact for the pooling-and-linear heads of CNNs, about one
+        forward pass).  Past a channels-last map or a token sequence the head holds
+        transformer blocks, where finite differences would need 2C head runs per image:
+        there the gradient is exact, by autograd through the graph's torch twin (checked
+        against ONNX Runtime), where the twin can run the graph.
+        """
         self._check(layer)
-        if len(self._shapes[layer]) != 3:
-            raise UserError(f"layer {layer!r} has shape {self._shapes[layer]}; a CAM needs a feature map (C, H, W)")
-        return OnnxSplit(self, layer)
+        info = next((item for item in self._layers if item.name == layer), None)
+        if info is None or len(self._shapes[layer]) not in (2, 3):
+            raise UserError(f"layer {layer!r} has shape {self._shapes[layer]}; a CAM needs a feature map or token grid")
+        split: SplitModel = OnnxSplit(self, layer)
+        if info.layout in (HWC, TOKENS):
+            try:
+                twin = self.differentiable()
+            except UserError:
+                twin = None  # finite differences of the head: exact, slower
+            if twin is not None:
+                split = TwinGradientSplit(split, twin)
+        return map_view(split, info)
 
 
 #: Nodes that pass class scores through unchanged in value (an exporter's tail).
 _PASSTHROUGH = {"Identity", "Reshape", "Flatten", "Cast", "Squeeze", "Unsqueeze", "Dropout"}
+
+
+_CANONICAL = {
+    "Transpose": "permute",
+    "Reshape": "reshape",
+    "Flatten": "reshape",
+    "Squeeze": "reshape",
+    "Unsqueeze": "reshape",
+    "Concat": "concat",
+    "MatMul": "matmul",
+    "Einsum": "matmul",
+    "Gemm": "matmul",
+    "Add": "add",
+}
+
+
+def node_module(node: onnx.NodeProto) -> str:
+    """The module path a node of torch's ONNX exporters belongs to, "" when unknown: the
+    dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata, else the TorchScript-based
+    exporter's node name (``/layer4/layer4.1/relu_1/Relu``)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes" and len(prop.value) < 4096:
+            try:
+                scopes = ast.literal_eval(prop.value)  # literals only: safe on untrusted text
+            except (ValueError, SyntaxError):
+                return ""
+            if isinstance(scopes, list) and all(isinstance(p, str) for p in scopes):
+                return module_from_scope("/".join(["", *scopes]))
+            return ""
+    return module_from_scope(node.name) if node.name.startswith("/") else ""
+
+
+def graph_steps(graph: onnx.GraphProto) -> list[GraphStep]:
+    """The graph's nodes as layout inference reads them (see ``models/layouts.py``)."""
+    steps = []
+    for node in graph.node:
+        perm = None
+        if node.op_type == "Transpose":
+            perm = next((tuple(a.ints) for a in node.attribute if a.name == "perm"), None)
+        steps.append(
+            GraphStep(_CANONICAL.get(node.op_type, node.op_type.lower()), list(node.input), list(node.output), perm)
+        )
+    return steps
 
 
 def logit_tensor(graph: onnx.GraphProto, output: str) -> str | None:
@@ -508,3 +598,27 @@ class OnnxSplit(SplitModel):
     def head(self, activations: np.ndarray, rest: Any) -> np.ndarray:
         (out,) = self.adapter._run(self.head_session, [self.adapter.score_name], self._feeds(activations, rest))
         return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
+
+
+class TwinGradientSplit(SplitModel):
+    """An ONNX split whose Grad-CAM gradient comes from the graph's torch twin (exact, by
+    autograd); the body and head still run in ONNX Runtime for everything else."""
+
+    differentiable = True
+
+    def __init__(self, inner: OnnxSplit, twin: OnnxTwinDifferentiable):
+        self.inner = inner
+        self.twin = twin
+        self.layer = inner.layer
+
+    def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
+        return self.inner.body(pixels)
+
+    def head(self, activations: np.ndarray, rest: Any) -> np.ndarray:
+        return self.inner.head(activations, rest)
+
+    def take(self, rest: Any, index: np.ndarray) -> Any:
+        return self.inner.take(rest, index)
+
+    def gradcam_inputs(self, pixels: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.twin.tensor_gradient(pixels, self.layer, targets)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
+from reportgen.models.base import Differentiable
+
 
 class NotDifferentiable(Exception):
     """The graph holds an operator the torch twin cannot run."""
@@ -285,6 +287,20 @@ def _resize(env: list[Any], a: dict[str, Any]) -> torch.Tensor:
     )
 
 
+def _layer_norm(env: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    x, scale = env[0], env[1]
+    bias = env[2] if len(env) > 2 else None
+    axis = a.get("axis", -1) % x.ndim
+    return F.layer_norm(x, tuple(x.shape[axis:]), scale, bias, a.get("epsilon", 1e-5))
+
+
+def _scatter_nd(env: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    data, indices, updates = env[0], env[1].long(), env[2]
+    out = data.clone()
+    out[tuple(indices[..., i] for i in range(indices.shape[-1]))] = updates
+    return out
+
+
 class GuidedRelu(torch.autograd.Function):
     """ReLU whose backward pass lets through only positive gradients at positive inputs
     (guided backpropagation, Springenberg et al. 2015; the modern deconvnet of Zeiler &
@@ -380,6 +396,10 @@ _OPS: dict[str, Callable[[list[Any], dict[str, Any]], Any]] = {
     "ReduceMin": _reduce(torch.amin),
     "Resize": _resize,
     "Upsample": _resize,
+    "LayerNormalization": _layer_norm,
+    "Mod": lambda e, a: torch.fmod(e[0], e[1]) if a.get("fmod", 0) else torch.remainder(e[0], e[1]),
+    "Range": lambda e, a: torch.arange(e[0].item(), e[1].item(), e[2].item(), dtype=e[0].dtype),
+    "ScatterND": _scatter_nd,
 }
 
 
@@ -413,9 +433,12 @@ class OnnxTorchTwin:
         self.nodes = [(n.op_type, list(n.input), list(n.output), {**_attrs(n), "__opset__": opset}) for n in graph.node]
 
     def run(
-        self, x: torch.Tensor, taps: set[str] = frozenset(), guided: bool = False
+        self, x: torch.Tensor, taps: set[str] = frozenset(), guided: bool = False, leaf: str | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Outputs and the tapped tensors; autograd is whatever the caller enabled."""
+        """Outputs and the tapped tensors; autograd is whatever the caller enabled.
+
+        ``leaf`` names a tensor made a leaf that requires grad: gradients with respect
+        to it flow from the output back to it and no further (Grad-CAM's cut)."""
         env: dict[str, Any] = dict(self.constants)
         env[self.input_name] = x
         captured: dict[str, torch.Tensor] = {}
@@ -429,6 +452,8 @@ class OnnxTorchTwin:
                 value = _OPS[op](args, attrs)
             if op == "BatchNormalization" or op == "Dropout":
                 value = value if isinstance(value, torch.Tensor) else value[0]
+            if outputs[0] == leaf:
+                value = value.detach().requires_grad_(True)
             env[outputs[0]] = value
             if outputs[0] in taps:
                 captured[outputs[0]] = value
@@ -438,7 +463,7 @@ class OnnxTorchTwin:
         return out, captured
 
 
-class OnnxTwinDifferentiable:
+class OnnxTwinDifferentiable(Differentiable):
     """``Differentiable`` for an ONNX adapter, through its torch twin.
 
     Before first use the twin's outputs and every tapped tensor are compared with ONNX
@@ -473,6 +498,34 @@ class OnnxTwinDifferentiable:
             raise UserError(
                 f"this ONNX model cannot be differentiated: its torch twin differs from ONNX Runtime by {error:.3g}"
             )
+
+    def tensor_gradient(
+        self, pixels: np.ndarray, layer: str, targets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tensor ``layer``, the gradient of each image's target score with respect to it,
+        and the scores (logits where the graph ends in a softmax): Grad-CAM's inputs."""
+        from reportgen.models.base import run_in_batches_of
+
+        score = self.adapter.score_layer
+        taps = {layer} | ({score} if score else set())
+
+        def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+            x = torch.from_numpy(np.ascontiguousarray(arrays[0])).to(self.device)
+            t = torch.as_tensor(arrays[1], device=self.device).long()
+            with torch.enable_grad():
+                out, captured = self.twin.run(x, taps, leaf=layer)
+                activation = captured[layer]
+                scores = (captured[score] if score else out).reshape(len(t), -1)
+                picked = scores.gather(1, t[:, None]).sum()
+                (grad,) = torch.autograd.grad(picked, activation)
+            return [
+                activation.detach().float().cpu().numpy(),
+                grad.float().cpu().numpy(),
+                scores.detach().float().cpu().numpy(),
+            ]
+
+        a, g, s = run_in_batches_of(run, [pixels.astype(np.float32), np.asarray(targets, np.int64)], self.adapter.batch)
+        return a, g, s
 
     def gradient(
         self, pixels: np.ndarray, layer: str, units: np.ndarray, *, reduce: str = "mean", guided: bool = False

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import operator
+import os
+import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,11 @@ from reportgen.models.base import (
     ModelAdapter,
     ModelInfo,
     SplitModel,
+    annotate_layers,
+    map_view,
     run_in_batches_of,
 )
+from reportgen.models.layouts import HWC, TOKENS, GraphStep
 
 EXTRA_FILE = "reportgen.json"
 
@@ -157,6 +163,23 @@ def load_torch_model(
     return TorchAdapter(info, build)
 
 
+@contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """torch's graph converters write whole graphs to stderr when they fail (through
+    loggers made on the spot); the one-line error is what the user gets, so stderr is
+    silenced at the file-descriptor level while they run."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _placeholder_shape(program: torch.export.ExportedProgram) -> tuple[Any, ...] | None:
     users = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     if len(users) != 1:
@@ -272,13 +295,68 @@ def _export_module(module: torch.nn.Module, size: tuple[int, int], channels: int
 # ------------------------------------------------------------------ execution
 
 
-def _pool(t: torch.Tensor) -> torch.Tensor:
-    """Feature maps and token sequences averaged to one vector per image."""
+def _pool(t: torch.Tensor, layer: LayerInfo | None = None) -> torch.Tensor:
+    """One vector per image, by the tensor's layout (see ``base.pooling``)."""
+    layout = layer.layout if layer is not None else ""
+    if layout == HWC:
+        return t.mean(dim=(1, 2))
+    if layout == TOKENS:
+        return t[:, 0] if layer is not None and layer.prefix else t.mean(dim=1)
     if t.ndim >= 4:
         return t.mean(dim=tuple(range(2, t.ndim)))
     if t.ndim == 3:
         return t.mean(dim=1)
     return t
+
+
+_FX_CANONICAL = {
+    "permute": "permute",
+    "view": "reshape",
+    "reshape": "reshape",
+    "_unsafe_view": "reshape",
+    "flatten": "reshape",
+    "squeeze": "reshape",
+    "unsqueeze": "reshape",
+    "cat": "concat",
+    "concat": "concat",
+    "bmm": "matmul",
+    "matmul": "matmul",
+    "mm": "matmul",
+    "baddbmm": "matmul",
+    "einsum": "matmul",
+    "add": "add",
+}
+
+
+def fx_steps(nodes: list[torch.fx.Node]) -> list[GraphStep]:
+    """The graph's nodes as layout inference reads them (see ``models/layouts.py``)."""
+    steps = []
+    for node in nodes:
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        source = node
+        if node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
+            # One output of a multi-output op (batch norm, max-pool with indices): read
+            # it as that op applied to the op's own inputs.
+            source = node.args[0]
+        name = _aten_name(source) if source.op == "call_function" else str(source.target)
+        op = _FX_CANONICAL.get(name, name)
+        perm = None
+        if op == "permute" and len(source.args) > 1 and isinstance(source.args[1], (list, tuple)):
+            perm = tuple(int(p) for p in source.args[1])
+        steps.append(GraphStep(op, [n.name for n in source.all_input_nodes], [node.name], perm))
+    return steps
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    """The innermost module a node was traced in (``layer4.1.relu``), "" when unknown."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for key, value in reversed(list(stack.items())):
+        path = value[0] if isinstance(value, tuple) and value else ""
+        if key.startswith("_empty_nn_module_stack") or not isinstance(path, str):
+            continue
+        return path.split("@")[0]
+    return ""
 
 
 class _Executor:
@@ -387,11 +465,23 @@ class TorchAdapter(ModelAdapter):
     # -- preparation
 
     def prepare(self, size: tuple[int, int]) -> None:
-        program = self._build(size, self.info.channels)
         try:
-            with warnings.catch_warnings():
+            with _quiet_torch():
+                program = self._build(size, self.info.channels)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a converter or exporter failure
+            raise UserError(f"cannot turn the model into a graph reportgen can run: {one_line(exc)}") from None
+        try:
+            with warnings.catch_warnings(), _quiet_torch():
                 warnings.simplefilter("ignore")
-                program = program.run_decompositions({})
+                try:
+                    program = program.run_decompositions({})
+                except Exception:  # noqa: BLE001
+                    # Decomposition re-traces the graph and can trip on sizes a traced
+                    # TorchScript computes from tensors (ViT-B/16's patch grid); the
+                    # program as converted is already ATen and runs as it is.
+                    pass
                 if self.device.type != "cpu":
                     from torch.export.passes import move_to_device_pass
 
@@ -420,11 +510,14 @@ class TorchAdapter(ModelAdapter):
         # size follows the batch in both (a (2, 7) table of coordinates in Swin is not).
         batches = [self.info.fixed_batch] if self.info.fixed_batch else [2, 3]
         probes: list[dict[torch.fx.Node, tuple[int, ...]]] = []
+        floats: set[str] = set()
         out: Any = None
         for batch in batches:
             shapes: dict[torch.fx.Node, tuple[int, ...]] = {}
 
             def record(node: torch.fx.Node, value: Any, batch: int = batch, shapes: dict = shapes) -> None:
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    floats.add(node.name)
                 if (
                     node in depends
                     and isinstance(value, torch.Tensor)
@@ -457,11 +550,19 @@ class TorchAdapter(ModelAdapter):
         if self._score_node is not None and self._score_node.name not in self._batched:
             self._score_node = None
         self.score_layer = self._score_node.name if self._score_node is not None else None
-        self._layers = [
-            LayerInfo(node.name, shape, _op_name(node))
+        candidates = [
+            LayerInfo(node.name, shape, _op_name(node), module=_module_path(node))
             for node, shape in shapes.items()
             if node.op != "placeholder" and 1 <= len(shape) <= 3 and not (node.users.keys() <= output_nodes)
         ]
+        self._layers = annotate_layers(
+            candidates,
+            fx_steps(self._exec.nodes),
+            {n.name: shape for n, shape in shapes.items()},
+            floats,
+            placeholder.name,
+            False,
+        )
 
     # -- queries
 
@@ -483,6 +584,7 @@ class TorchAdapter(ModelAdapter):
     def extract(self, pixels: np.ndarray, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self._exec is not None, "prepare() first"
         wanted = {self._node(name): name for name in layers}
+        info = {layer.name: layer for layer in self._layers}
 
         def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
             assert self._exec is not None
@@ -491,7 +593,7 @@ class TorchAdapter(ModelAdapter):
             def tap(node: torch.fx.Node, value: Any) -> None:
                 name = wanted.get(node)
                 if name is not None:
-                    captured[name] = _pool(value).float()
+                    captured[name] = _pool(value, info.get(name)).float()
 
             x = torch.from_numpy(arrays[0]).to(self.device, non_blocking=True)
             with torch.inference_mode():
@@ -502,9 +604,13 @@ class TorchAdapter(ModelAdapter):
         outs = run_in_batches_of(run, [pixels], self.info.fixed_batch)
         return outs[0], dict(zip(layers, outs[1:], strict=True))
 
-    def split(self, layer: str) -> TorchSplit:
+    def split(self, layer: str) -> SplitModel:
         assert self._exec is not None, "prepare() first"
-        return TorchSplit(self, self._node(layer))
+        node = self._node(layer)
+        info = next((item for item in self._layers if item.name == layer), None)
+        if info is None:
+            raise UserError(f"layer {layer!r} is not a tensor reportgen can explain (see `reportgen layers MODEL`)")
+        return map_view(TorchSplit(self, node), info)
 
     def differentiable(self) -> TorchDifferentiable:
         assert self._exec is not None, "prepare() first"
@@ -648,28 +754,25 @@ class TorchSplit(SplitModel):
         with torch.inference_mode():
             return self._run_head(a, rest).float().cpu().numpy()
 
-    def head_gradient(self, activations: np.ndarray, rest: Any, targets: np.ndarray) -> np.ndarray:
-        device = self.adapter.device
-        a = torch.from_numpy(np.ascontiguousarray(activations)).to(device).requires_grad_(True)
-        # Values from the body were made under inference_mode; clone them into normal
-        # tensors so autograd accepts them as constants.
-        rest = {n: (v.clone() if isinstance(v, torch.Tensor) else v) for n, v in rest.items()}
-        with torch.enable_grad():
-            scores = self._run_head(a, rest)
-            picked = scores.gather(1, torch.as_tensor(targets, device=device).long()[:, None]).sum()
-            (grad,) = torch.autograd.grad(picked, a)
-        return grad.float().cpu().numpy()
-
     def gradcam_inputs(self, pixels: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Activations, gradients and scores in one pass: body without autograd, head with."""
         x = torch.from_numpy(pixels).to(self.adapter.device)
         with torch.no_grad():
             a, rest = self._run_body(x)
         a = a.detach().requires_grad_(True)
-        with torch.enable_grad():
-            scores = self._run_head(a, rest)
-            picked = scores.gather(1, torch.as_tensor(targets, device=a.device).long()[:, None]).sum()
-            (grad,) = torch.autograd.grad(picked, a)
+        try:
+            with torch.enable_grad():
+                scores = self._run_head(a, rest)
+                picked = scores.gather(1, torch.as_tensor(targets, device=a.device).long()[:, None]).sum()
+                (grad,) = torch.autograd.grad(picked, a)
+        except (RuntimeError, NotImplementedError) as exc:
+            if "derivative for" not in str(exc):
+                raise
+            raise UserError(
+                f"torch cannot differentiate this graph after {self.layer}: {one_line(exc, 120)} (a model traced "
+                "under torch.no_grad keeps attention's inference-only fast path; trace it with gradients on, "
+                "or export it with torch.export or ONNX)"
+            ) from None
         return a.detach().float().cpu().numpy(), grad.float().cpu().numpy(), scores.detach().float().cpu().numpy()
 
 

@@ -11,7 +11,7 @@ from reportgen.analyses.cam import compute_cam, resize_bilinear
 from reportgen.analyses.channels import top_channels
 from reportgen.analyses.galleries import class_galleries
 from reportgen.errors import UserError
-from reportgen.models import last_spatial_layer
+from reportgen.models import ModelAdapter, SplitModel, last_spatial_layer
 from reportgen.sections import SectionInputs, load_pixels, overlay_key, small_map, thumb_key
 
 
@@ -144,6 +144,48 @@ def explained_scores(source: str) -> str:
     )
 
 
+def _draw_maps(
+    inputs: SectionInputs,
+    adapter: ModelAdapter,
+    split: SplitModel,
+    pairs: list[tuple[int, int]],
+    maps: dict[str, np.ndarray],
+    keys: dict[tuple[int, int], str],
+    blank: set[tuple[int, int]],
+) -> None:
+    """The activation map of every (row, class) pair the galleries show, into ``maps``
+    (by overlay key) and ``keys``; pairs whose map is zero everywhere go to ``blank``."""
+    cfg, clock, features, dataset, pre = inputs.cfg, inputs.clock, inputs.features, inputs.dataset, inputs.pre
+    with clock("cam"), clock.bar(f"{cfg.cam}", len(pairs), "map") as bar:
+        pixels = load_pixels(dataset, sorted({features.files[r] for r, _ in pairs}), pre)
+        todo = [(r, c) for r, c in pairs if features.files[r] in pixels]
+        bar.update(len(pairs) - len(todo))
+        run_model = lambda x: adapter.extract(x, [])[0]  # noqa: E731 - Score-CAM's forward pass
+        for start in range(0, len(todo), cfg.batch_size):
+            chunk = todo[start : start + cfg.batch_size]
+            batch = np.stack([pixels[features.files[r]] for r, _ in chunk])
+            cams = compute_cam(
+                cfg.cam,
+                split,
+                batch,
+                np.array([c for _, c in chunk]),
+                pre.size,
+                run_model=run_model,
+                batch_size=cfg.batch_size,
+                channels_last=pre.channels_last,
+            )
+            for (r, c), cam in zip(chunk, cams.maps, strict=True):
+                if not cam.any():
+                    # An all-zero map is no picture of where the evidence lies:
+                    # the tile says so instead of showing an empty overlay.
+                    blank.add((r, c))
+                    continue
+                key = overlay_key("cam", c, features.files[r])
+                keys[(r, c)] = key
+                maps[key] = small_map(cam)
+            bar.update(len(chunk))
+
+
 def build(inputs: SectionInputs) -> None:
     """Per-class galleries with CAM overlays, and the channel view of the CAM layer."""
     cfg, result, features, clock = inputs.cfg, inputs.result, inputs.features, inputs.clock
@@ -153,7 +195,7 @@ def build(inputs: SectionInputs) -> None:
         return
     with clock("load model"):
         adapter = inputs.handle.prepared(pre.size)
-    layer = cfg.cam_layer or last_spatial_layer(adapter.layers())
+    layer = adapter.resolve(cfg.cam_layer) if cfg.cam_layer else last_spatial_layer(adapter.layers())
     split = None
     note = ""
     if layer is None:
@@ -187,38 +229,21 @@ def build(inputs: SectionInputs) -> None:
         maps: dict[str, np.ndarray] = {}
         keys: dict[tuple[int, int], str] = {}
         blank: set[tuple[int, int]] = set()
+        drawn = split is not None
         if split is not None and pairs:
-            with clock("cam"), clock.bar(f"{cfg.cam}", len(pairs), "map") as bar:
-                pixels = load_pixels(dataset, sorted({features.files[r] for r, _ in pairs}), pre)
-                todo = [(r, c) for r, c in pairs if features.files[r] in pixels]
-                bar.update(len(pairs) - len(todo))
-                run_model = lambda x: adapter.extract(x, [])[0]  # noqa: E731 - Score-CAM's forward pass
-                for start in range(0, len(todo), cfg.batch_size):
-                    chunk = todo[start : start + cfg.batch_size]
-                    batch = np.stack([pixels[features.files[r]] for r, _ in chunk])
-                    cams = compute_cam(
-                        cfg.cam,
-                        split,
-                        batch,
-                        np.array([c for _, c in chunk]),
-                        pre.size,
-                        run_model=run_model,
-                        batch_size=cfg.batch_size,
-                        channels_last=pre.channels_last,
-                    )
-                    for (r, c), cam in zip(chunk, cams.maps, strict=True):
-                        if not cam.any():
-                            # An all-zero map is no picture of where the evidence lies:
-                            # the tile says so instead of showing an empty overlay.
-                            blank.add((r, c))
-                            continue
-                        key = overlay_key("cam", c, features.files[r])
-                        keys[(r, c)] = key
-                        maps[key] = small_map(cam)
-                    bar.update(len(chunk))
+            try:
+                _draw_maps(inputs, adapter, split, pairs, maps, keys, blank)
+            except UserError as exc:
+                if cfg.cam_layer:
+                    raise
+                # A graph the gradient cannot pass through: the galleries still show.
+                note, drawn = f"no CAM: {exc}", False
+                maps.clear()
+                keys.clear()
+                blank.clear()
         section = GalleriesSection(
-            cfg.cam if split is not None else None,
-            layer if split is not None else None,
+            cfg.cam if drawn else None,
+            layer if drawn else None,
             [
                 ClassGallery(
                     g.cls,

@@ -11,6 +11,7 @@ from reportgen.analyses.channels import top_channels
 from reportgen.analyses.visualize import Prior, guided_projection, synthesize, unit_evaluator
 from reportgen.errors import UserError
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
+from reportgen.models.layouts import CHW
 from reportgen.sections import SectionInputs, load_pixels, thumb_key
 
 
@@ -87,9 +88,13 @@ def build(inputs: SectionInputs) -> None:
     prior = Prior(steps=cfg.unit_steps)
     section = UnitsSection(model.route, cfg.unit_steps, cfg.seed, [])
     n_top = 4
-    spatial = [layer for layer in features.layers if layer.spatial and layer.name not in (INPUT_LAYER, LOGITS_LAYER)][
-        -2:
-    ]
+    # Channel units are read on the channel axis of (C, H, W) maps; channels-last maps and
+    # token sequences get class units only.
+    spatial = [
+        layer
+        for layer in features.layers
+        if layer.spatial and layer.layout == CHW and layer.name not in (INPUT_LAYER, LOGITS_LAYER)
+    ][-2:]
     plans: list[tuple[str, str, list[int], list[str], list[list[int]], list[float]]] = []
     for layer in spatial:
         picks = top_channels(features.arrays[layer.name], cfg.units, n_top)

@@ -1,0 +1,229 @@
+"""What the axes of each tensor mean, recognised from the graph rather than guessed from
+its rank.
+
+A (64, 8, 8) tensor may be channels x height x width (a CNN), height x width x channels
+(a ConvNeXt or Swin block, a TF/Keras export), or a piece of an attention computation
+(heads x tokens x head-dim) that means nothing spatial at all.  Only the graph tells them
+apart, so layouts are *propagated* from the input, node by node, by rules that hold
+whatever the runtime:
+
+* the input is (C, H, W) or (H, W, C);
+* a permutation permutes the axis labels (NCHW -> NHWC and back);
+* merging H and W into one axis makes **tokens** (T, C) on an (H, W) grid (a patch
+  embedding); a concatenation along T in front of them adds **prefix tokens** (class,
+  distillation, register); slicing them off or picking one token (the class token)
+  follows;
+* a node whose output has the shape of a labelled per-image input keeps its labels
+  (elementwise ops, normalisation, the residual add that re-joins an attention branch);
+* a node that only changes channel or spatial sizes keeps its labels (convolutions,
+  pooling, linear layers over channels, patch merging), and one that removes the
+  spatial or token axes leaves a **vector** (C,);
+* anything else -- a product of two per-image tensors (attention scores), a reshape into
+  heads, a tensor that is not per-image at all -- is **unknown**, and unknown tensors are
+  never offered as default layers or Grad-CAM targets.
+
+Each adapter describes its graph as a list of :class:`GraphStep` (canonical op names:
+``permute`` with its ``perm``, ``reshape``, ``concat``, ``matmul``; anything else keeps its
+own name) and the per-image shapes it measured; this module does the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CHW = "chw"
+HWC = "hwc"
+TOKENS = "tokens"
+VECTOR = "vector"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Labels of a per-image tensor's axes: ``C`` channels, ``H``/``W`` space, ``T`` tokens.
+
+    ``prefix`` counts the tokens in front of the patch tokens (class token and the like);
+    ``grid`` is the (h, w) the patch tokens were laid out on.
+    """
+
+    axes: tuple[str, ...]
+    prefix: int = 0
+    grid: tuple[int, int] | None = None
+
+    @property
+    def kind(self) -> str:
+        """``chw``, ``hwc``, ``tokens``, ``vector``, or "" when the labels say none of them."""
+        if self.axes == ("C", "H", "W"):
+            return CHW
+        if self.axes == ("H", "W", "C"):
+            return HWC
+        if self.axes == ("T", "C") and self.grid is not None:
+            return TOKENS
+        if self.axes == ("C",):
+            return VECTOR
+        return ""
+
+
+@dataclass
+class GraphStep:
+    """One node of a graph, as layout inference sees it."""
+
+    op: str  # "permute", "reshape", "concat", "matmul", "add", or the runtime's own op name
+    inputs: list[str]
+    outputs: list[str]
+    perm: tuple[int, ...] | None = None  # for "permute": over all axes, batch first
+
+
+def _same_rank_change(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout | None:
+    """Same rank, some sizes changed: kept when only channel or spatial sizes changed."""
+    changed = {lay.axes[i] for i, (a, b) in enumerate(zip(src, out, strict=True)) if a != b}
+    if lay.kind == VECTOR:
+        return lay  # a linear layer, a classifier head
+    if lay.kind in (CHW, HWC) and changed <= {"C", "H", "W"}:
+        return Layout(lay.axes)
+    if lay.kind == TOKENS and changed <= {"C"}:
+        return lay
+    if lay.kind == TOKENS and changed == {"T"} and lay.grid is not None:
+        t = out[lay.axes.index("T")]
+        if t == lay.grid[0] * lay.grid[1]:  # the prefix tokens sliced off
+            return Layout(lay.axes, 0, lay.grid)
+    return None
+
+
+def _reshaped(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout | None:
+    """The reshapes with a meaning: patch grid <-> tokens, and dropping 1 x 1 space."""
+    kind = lay.kind
+    if kind == CHW and len(out) == 2 and out == (src[0], src[1] * src[2]):
+        return Layout(("C", "T"), 0, (src[1], src[2]))
+    if kind == HWC and len(out) == 2 and out == (src[0] * src[1], src[2]):
+        return Layout(("T", "C"), 0, (src[0], src[1]))
+    if lay.axes == ("C", "T") and lay.grid is not None and out == (src[0], *lay.grid):
+        return Layout(("C", "H", "W"))
+    if kind == TOKENS and lay.prefix == 0 and lay.grid is not None and out == (*lay.grid, src[1]):
+        return Layout(("H", "W", "C"))
+    if kind in (CHW, HWC) and out == (src[0] if kind == CHW else src[2],) and src[0] * src[1] * src[2] == out[0]:
+        return Layout(("C",))
+    return None
+
+
+def _reduced(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout | None:
+    """Fewer axes, the others unchanged: which labels went, and what is left."""
+    if len(out) >= len(src):
+        return None
+    # Match the output's sizes to the input's axes in order (a subsequence).
+    kept: list[int] = []
+    i = 0
+    for size in out:
+        while i < len(src) and src[i] != size:
+            i += 1
+        if i == len(src):
+            return None
+        kept.append(i)
+        i += 1
+    labels = tuple(lay.axes[k] for k in kept)
+    return Layout(labels) if labels == ("C",) else None
+
+
+def _concatenated(lay: Layout, index: int, shapes: list[tuple[int, ...] | None], out: tuple[int, ...]) -> Layout | None:
+    src = shapes[index]
+    assert src is not None
+    diff = [a for a, (x, y) in enumerate(zip(src, out, strict=True)) if x != y]
+    if len(diff) != 1:
+        return None
+    axis = diff[0]
+    if lay.axes[axis] == "C":
+        return Layout(lay.axes, lay.prefix, lay.grid)
+    if lay.kind == TOKENS and lay.axes[axis] == "T" and index == len(shapes) - 1:
+        # Tokens put in front of the patch tokens: class, distillation, register tokens.
+        before = sum(s[axis] for s in shapes[:index] if s is not None and len(s) == len(src))
+        return Layout(lay.axes, lay.prefix + before, lay.grid)
+    return None
+
+
+def infer_layouts(
+    steps: list[GraphStep], shapes: dict[str, tuple[int, ...]], input_name: str, channels_last: bool = False
+) -> dict[str, Layout]:
+    """The layout of every per-image tensor whose axes the rules can follow (see the module
+    docstring); ``shapes`` holds the per-image shapes (batch removed) of per-image tensors."""
+    layouts: dict[str, Layout] = {input_name: Layout(("H", "W", "C") if channels_last else ("C", "H", "W"))}
+    for step in steps:
+        if len(step.outputs) != 1 or step.outputs[0] not in shapes:
+            continue
+        out_name = step.outputs[0]
+        out = shapes[out_name]
+        per_image = [(i, name) for i, name in enumerate(step.inputs) if name in shapes]
+        if not per_image:
+            continue  # computed from what is not per-image: unknown
+        known = [(i, name) for i, name in per_image if name in layouts]
+        if not known:
+            continue
+        result: Layout | None = None
+        if step.op == "matmul" and len(per_image) >= 2:
+            continue  # a product of two per-image tensors: attention scores or their use
+        if step.op == "permute" and step.perm is not None and step.perm[0] == 0:
+            lay = layouts[known[0][1]]
+            order = [p - 1 for p in step.perm[1:]]
+            if sorted(order) == list(range(len(lay.axes))):
+                result = Layout(tuple(lay.axes[p] for p in order), lay.prefix, lay.grid)
+        else:
+            for _, name in known:  # the shape of a labelled input: same labels
+                if shapes[name] == out:
+                    result = layouts[name]
+                    break
+            if result is None and (len(known) == 1 or step.op == "concat"):
+                index, name = known[-1] if step.op == "concat" else known[0]
+                lay, src = layouts[name], shapes[name]
+                if step.op == "concat":
+                    all_shapes = [shapes.get(n) for n in step.inputs]
+                    result = _concatenated(lay, index, all_shapes, out) if len(src) == len(out) else None
+                elif step.op == "reshape":
+                    result = _reshaped(lay, src, out)
+                elif len(src) == len(out):
+                    result = _same_rank_change(lay, src, out)
+                else:
+                    result = _reduced(lay, src, out)
+        if result is not None:
+            layouts[out_name] = result
+    return layouts
+
+
+def attention_inputs(
+    steps: list[GraphStep], shapes: dict[str, tuple[int, ...]], layouts: dict[str, Layout], floats: set[str]
+) -> list[str]:
+    """Grid and token tensors that feed an attention computation, in graph order.
+
+    A tensor feeds attention when, following its consumers through labelled
+    tensors, one reaches a tensor the rules cannot label (a reshape into heads, a
+    product of queries and keys, a tensor that is not per-image) before any residual
+    add.  In a pre-norm transformer block that is the normalised input of the attention
+    (``ln_1`` in torchvision, ``norm1`` in timm): the tensor Grad-CAM explains in a ViT.
+    ``floats`` names every floating-point tensor the graph computed (per-image or not);
+    other outputs (shapes, indices) are arithmetic on sizes and lead nowhere.
+    """
+    consumers: dict[str, list[GraphStep]] = {}
+    for step in steps:
+        for name in step.inputs:
+            consumers.setdefault(name, []).append(step)
+
+    def is_residual(step: GraphStep) -> bool:
+        joined = [n for n in step.inputs if n in shapes]
+        return step.op == "add" and len(joined) >= 2 and len({shapes[n] for n in joined}) == 1
+
+    def reaches_unknown(name: str) -> bool:
+        stack, seen = [name], {name}
+        while stack:
+            for step in consumers.get(stack.pop(), []):
+                if is_residual(step):
+                    continue
+                for out in step.outputs:
+                    if out not in floats:
+                        continue
+                    if out not in layouts:
+                        return True
+                    if out not in seen:
+                        seen.add(out)
+                        stack.append(out)
+        return False
+
+    order = [o for step in steps for o in step.outputs]
+    grids = (CHW, HWC, TOKENS)
+    return [n for n in order if n in layouts and layouts[n].kind in grids and reaches_unknown(n)]
