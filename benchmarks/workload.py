@@ -12,6 +12,7 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -37,20 +38,27 @@ def build_models(folder: Path, seed: int = 0) -> dict[str, Path]:
     model = torchvision.models.resnet18(num_classes=10).eval()
     example = torch.zeros(2, 3, 224, 224)
     torch.save(model.state_dict(), paths["state_dict"])
-    torch.jit.save(torch.jit.trace(model, example), str(paths["torchscript"]))
+    _export_files(model, example, paths["onnx"], paths["torchscript"])
+    return paths
+
+
+def _export_files(model: Any, example: Any, onnx_path: Path, ts_path: Path) -> None:
+    """ONNX (opset 17, TorchScript-based exporter, dynamic batch) and traced TorchScript."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(ts_path))
         torch.onnx.export(
             model,
             (example,),
-            str(paths["onnx"]),
+            str(onnx_path),
             dynamo=False,
             input_names=["input"],
             output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=17,
         )
-    return paths
 
 
 def _image(cls: int, rng: np.random.Generator) -> Image.Image:
@@ -141,17 +149,5 @@ def build_modern_models(folder: Path, quick: bool, seed: int = 0) -> dict[str, d
             torch.nn.init.normal_(model.heads.head.weight, std=0.05)
         example = torch.zeros(2, 3, size, size)
         torch.save(model, paths["eager"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(paths["ts"]))
-            torch.onnx.export(
-                model,
-                (example,),
-                str(paths["onnx"]),
-                dynamo=False,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=17,
-            )
+        _export_files(model, example, paths["onnx"], paths["ts"])
     return out

@@ -95,11 +95,12 @@ def build(family: Family) -> torch.nn.Module:
     return family.build().eval()
 
 
-SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch.export": ".pt2", "state_dict": ".pth"}
+SUFFIX = {"onnx": ".onnx", "onnx-dynamo": ".onnx", "torchscript": ".ts", "torch.export": ".pt2", "state_dict": ".pth"}
 
 
 def export(model: torch.nn.Module, fmt: str, folder: Path, arch: str | None = None) -> Path:
-    """Write ``model`` in format ``fmt`` (``onnx``, ``torchscript``, ``torch.export``,
+    """Write ``model`` in format ``fmt`` (``onnx`` by the TorchScript-based exporter,
+    ``onnx-dynamo`` by the ``torch.export``-based one, ``torchscript``, ``torch.export``,
     ``state_dict``) into ``folder`` and return the file."""
     path = folder / f"model{SUFFIX[fmt]}"
     example = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
@@ -115,6 +116,11 @@ def export(model: torch.nn.Module, fmt: str, folder: Path, arch: str | None = No
                 dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
                 dynamo=False,
                 opset_version=17,
+            )
+        elif fmt == "onnx-dynamo":
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},), input_names=["input"]
             )
         elif fmt == "torchscript":
             # Traced with gradients on, as a training script would: under no_grad, torch's

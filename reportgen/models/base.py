@@ -132,7 +132,10 @@ def annotate_layers(
     for layer in candidates:
         lay = layouts.get(layer.name)
         role = "residual" if layer.name in residual else ("attention_input" if layer.name in attention else "")
-        if lay is None:
+        if lay is None and len(layer.shape) == 1:
+            # One axis per image: whatever the ops on the way, a feature vector.
+            out.append(replace(layer, layout=VECTOR, role=""))
+        elif lay is None:
             out.append(replace(layer, layout="", role=""))
         else:
             out.append(replace(layer, layout=lay.kind, prefix=lay.prefix, grid=lay.grid, role=role))
