@@ -471,7 +471,14 @@ class TorchAdapter(ModelAdapter):
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - a converter or exporter failure
-            raise UserError(f"cannot turn the model into a graph reportgen can run: {one_line(exc)}") from None
+            hint = (
+                " (torch cannot convert this TorchScript file; export the model with torch.export or ONNX instead)"
+                if self.info.format == "torchscript"
+                else ""
+            )
+            raise UserError(
+                f"cannot turn the model into a graph reportgen can run{hint}: {one_line(exc, 200)}"
+            ) from None
         try:
             with warnings.catch_warnings(), _quiet_torch():
                 warnings.simplefilter("ignore")
