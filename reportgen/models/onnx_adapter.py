@@ -191,10 +191,10 @@ class OnnxAdapter(ModelAdapter):
         try:
             session = self.session(probe, optimize=False)
         except UserError as exc:
-            if self.info.static_size:
+            if self.info.static_size or "shape" not in str(exc).lower():
                 raise
-            # The graph loads at other sizes (its sides are free), so the size is what it
-            # rejects: shape inference fails on it before anything runs.
+            # The graph's sides are free and its shape inference fails at this size: the
+            # size is what it rejects (a detector's FPN adding levels of mismatched sides).
             raise UserError(
                 f"the model cannot run on a {size[0]}x{size[1]} input{self._size_hint(size)}: {exc}"
             ) from None
