@@ -24,7 +24,7 @@ from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER
 
 FORMATS = ["onnx", "onnx-dynamo", "torchscript", "torch.export", "state_dict"]
 # What torch itself cannot do with these files: reportgen must say so in one line.
-UNSUPPORTED = {("swin", "torchscript"): "cannot turn the model into a graph"}
+UNSUPPORTED: dict[tuple[str, str], str] = {}
 
 
 def _pixels() -> np.ndarray:
@@ -80,10 +80,9 @@ def test_family_on_format(family: Family, fmt: str, references: dict, tmp_path: 
     assert target is not None
     ours = compute_cam("gradcam", adapter.split(target), _pixels(), targets, (SIZE, SIZE)).maps
     assert _corr(ours, reference) >= (0.98 if fmt.startswith("onnx") else 0.99)
-    if fmt != "torchscript":  # a loaded TorchScript file keeps no module names
-        resolved = adapter.resolve(family.module)
-        assert resolved != family.module and resolved in by_name
-        assert by_name[resolved].module.startswith(family.module)
+    resolved = adapter.resolve(family.module)
+    assert resolved != family.module and resolved in by_name
+    assert by_name[resolved].module.startswith(family.module)
 
 
 def test_vit_layers_and_pooling(references: dict, tmp_path: Path) -> None:
@@ -140,3 +139,24 @@ def test_swin_onnx_audit_completes(references: dict, tmp_path: Path) -> None:
     second = load_json(tmp_path / "o2" / "r.json")
     assert [layer["module"] for layer in second["layers"]] == ["features.1.1", "norm"]
     assert second["cam"]["layer"] == second["layers"][0]["name"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet", "swin", "vit"])
+def test_module_name_is_the_same_tensor_on_onnx_and_torchscript(name: str, references: dict, tmp_path: Path) -> None:
+    """One module path names the same tensor in the ONNX and the TorchScript export: the
+    pooled features there agree. Swin's TorchScript goes through the size-folding route."""
+    family = next(f for f in FAMILIES if f.name == name)
+    model = references[name][0]
+    x = _pixels()
+    features = []
+    for fmt in ("onnx", "torchscript"):
+        folder = tmp_path / fmt
+        folder.mkdir()
+        adapter = load_model(export(model, fmt, folder), device="cpu")
+        adapter.prepare((SIZE, SIZE))
+        layer = adapter.resolve(family.module)
+        _, feats = adapter.extract(x, [layer])
+        features.append(feats[layer])
+    assert features[0].shape == features[1].shape
+    assert np.allclose(features[0], features[1], atol=1e-4), np.abs(features[0] - features[1]).max()

@@ -7,7 +7,7 @@ TorchScript module has no hooks once loaded), the same tensor names whatever the
 and a cut at any tensor for Grad-CAM, where the part before the cut runs without autograd
 and the gradient flows from the score back to the cut and no further.
 
-This is the only module that imports torch.
+Only this module and its helpers (``torchscript``, ``onnx_torch``) import torch.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 import torch.fx
 
 from reportgen.errors import UserError, one_line
+from reportgen.models import torchscript
 from reportgen.models.base import (
     Differentiable,
     EmbeddedMetadata,
@@ -40,6 +41,7 @@ from reportgen.models.base import (
     run_in_batches_of,
 )
 from reportgen.models.layouts import HWC, TOKENS, GraphStep
+from reportgen.models.torchscript import MODULE_KEY
 
 EXTRA_FILE = "reportgen.json"
 
@@ -102,20 +104,17 @@ def load_torch_model(
     if kind == "torchscript":
         extra = {EXTRA_FILE: ""}
         try:
-            scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as exc:  # noqa: BLE001 - any failure here is a bad file
             raise UserError(f"cannot load TorchScript model {path.name}: {one_line(exc)}") from None
-        scripted.eval()
         embedded = EmbeddedMetadata.parse(extra.get(EXTRA_FILE))
         fmt = "torchscript"
 
-        def build(size: tuple[int, int], ch: int) -> torch.export.ExportedProgram:
-            from torch._export.converter import TS2EPConverter
+        def load_scripted() -> torch.jit.ScriptModule:
+            return torch.jit.load(str(path), map_location="cpu").eval()
 
-            example = torch.zeros(2, ch, *size)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return TS2EPConverter(scripted, (example,)).convert()
+        def build(size: tuple[int, int], ch: int) -> torch.export.ExportedProgram:
+            return torchscript.convert(load_scripted, torch.zeros(2, ch, *size))
 
     elif kind == "torch.export":
         try:
@@ -350,6 +349,9 @@ def fx_steps(nodes: list[torch.fx.Node]) -> list[GraphStep]:
 
 def _module_path(node: torch.fx.Node) -> str:
     """The innermost module a node was traced in (``layer4.1.relu``), "" when unknown."""
+    stamped = (node.meta.get("custom") or {}).get(MODULE_KEY)
+    if isinstance(stamped, str):
+        return stamped
     stack = node.meta.get("nn_module_stack") or {}
     for key, value in reversed(list(stack.items())):
         path = value[0] if isinstance(value, tuple) and value else ""
@@ -482,13 +484,8 @@ class TorchAdapter(ModelAdapter):
         try:
             with warnings.catch_warnings(), _quiet_torch():
                 warnings.simplefilter("ignore")
-                try:
-                    program = program.run_decompositions({})
-                except Exception:  # noqa: BLE001
-                    # Decomposition re-traces the graph and can trip on sizes a traced
-                    # TorchScript computes from tensors (ViT-B/16's patch grid); the
-                    # program as converted is already ATen and runs as it is.
-                    pass
+                # Functional ATen: a tapped tensor is never changed in place afterwards.
+                program = program.run_decompositions({})
                 if self.device.type != "cpu":
                     from torch.export.passes import move_to_device_pass
 
