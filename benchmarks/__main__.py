@@ -48,6 +48,18 @@ def machine() -> str:
     )
 
 
+def gpu_line() -> str:
+    """What the results say about GPU figures: written by the harness, never by hand."""
+    import torch
+
+    if torch.cuda.is_available():
+        return (
+            f"- GPU: {torch.cuda.get_device_name(0)} present; every figure here is still a CPU figure "
+            "(`--device cpu`): GPU figures come from their own run"
+        )
+    return "- GPU figures: not measured — this machine has no CUDA device; they come from a run on a GPU machine"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny workloads: checks the harness runs, not how fast")
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "TorchScript; seeded synthetic 400x300 JPEGs in 10 class folders; kNN on seeded clustered 512-d features",
             "- every figure is measured on the CPU (`--device cpu` in every run), even where a GPU is present: "
             "GPU figures are a separate run on a GPU machine, recorded in their own file",
+            gpu_line(),
             "",
             *table,
             "",
@@ -171,6 +184,7 @@ def architectures(work: Path, quick: bool, batch: int, output: Path) -> int:
             "- workload: torchvision ViT-B/16 and ConvNeXt-T at 224 px, seeded random weights (the ViT's zero-initialised "
             "head given random weights), 10 outputs, exported to ONNX (opset 17, TorchScript-based exporter) and traced "
             "TorchScript; seeded synthetic 400x300 JPEGs; every figure on the CPU",
+            gpu_line(),
             "",
             *table,
             "",

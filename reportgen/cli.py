@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from reportgen import __version__
 from reportgen.config import AuditConfig, parse_floats, parse_gates, parse_size
@@ -101,6 +102,11 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "penultimate, logits; see `reportgen layers`)",
     )
     g.add_argument("--labels", type=Path, metavar="FILE", help="class names in output order, one per line")
+    g.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="follow symbolic links that lead out of the image folders (default: list them under Skipped)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
     g.add_argument(
         "--features", type=Path, metavar="NPZ", help="features cache (default: <report>.features.npz beside the report)"
@@ -189,6 +195,7 @@ def _config_from(args: argparse.Namespace) -> AuditConfig:
         model=args.model,
         images=args.images,
         output=args.output,
+        follow_links=args.follow_links,
         size=args.size,
         mean=args.mean,
         std=args.std,
@@ -366,7 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=V,...",
         help=f"exit with status 3 after writing the report when a measure exceeds V ({', '.join(COMPARE_GATES)}); drops are fractions, e.g. accuracy_drop=0.01",
     )
-    p.add_argument("--no-cam", action="store_true", help="do not reload the models for Grad-CAM maps of the flips")
+    p.add_argument(
+        "--old-model",
+        type=Path,
+        metavar="MODEL",
+        help="the old audit's model file, for the flips' Grad-CAM maps (must be the file it ran: same SHA-256)",
+    )
+    p.add_argument("--new-model", type=Path, metavar="MODEL", help="the new audit's model file, likewise")
+    p.add_argument(
+        "--images",
+        type=Path,
+        metavar="DIR",
+        help="the image folder the pictures of the flips are read from (default: the new audit's folder)",
+    )
+    p.add_argument("--no-cam", action="store_true", help="no Grad-CAM maps of the flips")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--trust-pickle", action="store_true", help="allow reloading pickled models for the maps")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -417,11 +437,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from reportgen.render import write_compare
 
     old, new = load_audit(args.old), load_audit(args.new)
-    result = compare(old, new, seed=args.seed)
+    if args.images is not None and not args.images.is_dir():
+        raise UserError(f"--images {args.images}: not a folder")
+    result = compare(old, new, seed=args.seed, images=args.images)
     if not args.no_cam:
         try:
             add_cam_overlays(
                 result,
+                (args.old_model, args.new_model),
                 device=args.device,
                 trust_pickle=args.trust_pickle,
                 batch_size=args.batch_size,
@@ -545,15 +568,41 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    print(f"reportgen: warning: {one_line(Warning(message))} ({category.__name__})", file=sys.stderr)
+
+
+def _show_warning_in_full(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reportgen`` command."""
-    warnings.filterwarnings("ignore")
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is accepted before or after the command: the internal-error line tells
     # people to add it, and they add it at the end.
     debug = "--debug" in argv
     if debug:
         argv = ["--debug", *(a for a in argv if a != "--debug")]
+    with warnings.catch_warnings():
+        if debug:
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning_in_full
+        else:
+            # Announcements of the libraries' future API changes are for this tool's
+            # developers (--debug shows them); anything else may concern the results and
+            # is shown, once per place, on one line.
+            for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = _show_warning
+        return _run(argv, debug)
+
+
+def _run(argv: list[str], debug: bool) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -5,9 +5,10 @@ when present.  Everything is computed on the images both audits used:
 
 * accuracy of each model and of their difference, with paired bootstrap 95% intervals;
 * per-class precision / recall / F1 and their deltas;
-* prediction flips: images right before and wrong now (regressions), and the reverse
-  (fixes), with both predictions, both scores and, when both model files can be opened
-  again, both Grad-CAM maps;
+* every changed prediction, in four groups: right before and wrong now (regressions), the
+  reverse (fixes), wrong before and differently wrong now, and changes on images without
+  a known class; with both predictions, both scores and, when the user names the two
+  model files, both Grad-CAM maps;
 * the confusion-matrix difference;
 * per-layer representation similarity (linear CKA, kNN overlap@10) for the layers the two
   audits share by position, when both features caches exist;
@@ -27,8 +28,9 @@ from reportgen import __version__
 from reportgen.analyses.metrics import classification_metrics
 from reportgen.analyses.similarity import PairedAccuracy, knn_overlap, linear_cka, paired_bootstrap
 from reportgen.config import source_date_epoch, timestamp
+from reportgen.data import contained, is_plain_relative
 from reportgen.errors import UserError
-from reportgen.extract import load_cache
+from reportgen.extract import CachedRun, load_cache
 from reportgen.report import JSON_SCHEMA_VERSION
 from reportgen.util import round_floats
 
@@ -66,6 +68,7 @@ def load_audit(path: Path) -> Audit:
             f"{json_path} was written by reportgen {data.get('tool_version', '?')} with JSON schema {version}; "
             f"this reportgen ({__version__}) reads schema {JSON_SCHEMA_VERSION} and older: upgrade reportgen"
         )
+    _check_file_entries(data, json_path)
     options = data.get("options") or {}
     cache = (
         Path(options["features"]) if options.get("features") else json_path.with_name(json_path.stem + ".features.npz")
@@ -73,6 +76,22 @@ def load_audit(path: Path) -> Audit:
     if not options.get("use_cache", True) or not cache.is_file():
         cache = None
     return Audit(json_path, data, cache)
+
+
+def _check_file_entries(data: dict[str, Any], json_path: Path) -> None:
+    """Refuse an audit whose image entries could name files outside its image folder.
+
+    An audit JSON is attached to reviews and compared by CI: it is untrusted input, and
+    its entries choose which files ``compare`` decodes and embeds.  Every entry must be a
+    relative POSIX path with no ``..`` (what ``audit`` writes)."""
+    entries = [*(data.get("predictions") or []), *(data.get("skipped") or [])]
+    for entry in entries:
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if not is_plain_relative(file):
+            raise UserError(
+                f"{json_path}: the image entry {file!r} is not a relative path inside the image folder; "
+                "refusing this audit JSON"
+            )
 
 
 def _check_same_folder(old: Audit, new: Audit) -> list[str]:
@@ -148,9 +167,11 @@ class CompareResult:
     accuracy: PairedAccuracy | None
     macro_f1: tuple[float, float] | None
     per_class: list[ClassDelta]
-    regressions: list[Flip]
-    fixes: list[Flip]
-    changed: int  # images whose predicted class changed at all
+    regressions: list[Flip]  # right -> wrong
+    fixes: list[Flip]  # wrong -> right
+    still_wrong: list[Flip]  # wrong -> differently wrong
+    unlabeled_changes: list[Flip]  # changed on an image without a known class
+    changed: int  # images whose predicted class changed: the sum of the four lists
     confusion_old: np.ndarray | None
     confusion_new: np.ndarray | None
     similarity: list[LayerSimilarity]
@@ -158,10 +179,16 @@ class CompareResult:
     added: list[str]
     removed: list[str]
     modified: list[str]
+    image_root: Path  # where the pictures of the flips are read: --images, else the new audit's folder
     warnings: list[str] = field(default_factory=list)
     cam_note: str = ""
     blank_maps: int = 0  # flips' maps that came out zero everywhere, left out of the page
     overlays: dict[str, np.ndarray] = field(default_factory=dict)  # key -> map, for the figures
+
+    def shown_flips(self) -> list[Flip]:
+        """The flips the page shows as pictures: the first ``SHOWN_FLIPS`` of each group."""
+        groups = (self.regressions, self.fixes, self.still_wrong, self.unlabeled_changes)
+        return [flip for group in groups for flip in group[:SHOWN_FLIPS]]
 
 
 def _metrics_pair(truth: np.ndarray, old_pred: np.ndarray, new_pred: np.ndarray, classes: list[str]):
@@ -174,13 +201,18 @@ def _metrics_pair(truth: np.ndarray, old_pred: np.ndarray, new_pred: np.ndarray,
 def _features(audit: Audit) -> tuple[list[str], list[str], dict[str, np.ndarray]] | None:
     """(files, layer names, arrays) from the audit's cache, or None."""
     cached = load_cache(audit.cache, None) if audit.cache is not None else None
-    if cached is None:
+    if not isinstance(cached, CachedRun):
         return None
     f = cached.features
     return f.files, [layer.name for layer in f.layers], f.arrays
 
 
-def compare(old: Audit, new: Audit, *, seed: int = 0) -> CompareResult:
+def _audited_root(audit: Audit) -> Path:
+    dataset = audit.data["dataset"]
+    return Path(dataset.get("root_resolved") or dataset["root"])
+
+
+def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None) -> CompareResult:
     """Everything but the CAM overlays (see :func:`add_cam_overlays`)."""
     warnings = _check_same_folder(old, new)
     if old.data["model"]["sha256"] == new.data["model"]["sha256"]:
@@ -213,25 +245,33 @@ def compare(old: Audit, new: Audit, *, seed: int = 0) -> CompareResult:
                 )
         per_class.sort(key=lambda d: (-abs(d.f1_delta), -abs(d.recall_delta), d.name))
 
-    regressions, fixes = [], []
+    regressions: list[Flip] = []
+    fixes: list[Flip] = []
+    still_wrong: list[Flip] = []
+    unlabeled_changes: list[Flip] = []
     for i, f in enumerate(common):
-        if truth[i] < 0:
+        if old_pred[i] == new_pred[i]:
             continue
-        was, now = old_pred[i] == truth[i], new_pred[i] == truth[i]
-        if was != now:
-            flip = Flip(
-                f,
-                labels[i],
-                classes[old_pred[i]],
-                float(old_by_file[f]["score"]),
-                classes[new_pred[i]],
-                float(new_by_file[f]["score"]),
-                "a:" + f,
-            )
-            (regressions if was else fixes).append(flip)
-    # Most confident new mistakes (and most confident new successes) first.
-    regressions.sort(key=lambda fl: (-fl.new_score, fl.file))
-    fixes.sort(key=lambda fl: (-fl.new_score, fl.file))
+        flip = Flip(
+            f,
+            labels[i],
+            classes[old_pred[i]],
+            float(old_by_file[f]["score"]),
+            classes[new_pred[i]],
+            float(new_by_file[f]["score"]),
+            "a:" + f,
+        )
+        if truth[i] < 0:
+            unlabeled_changes.append(flip)
+        elif old_pred[i] == truth[i]:
+            regressions.append(flip)
+        elif new_pred[i] == truth[i]:
+            fixes.append(flip)
+        else:
+            still_wrong.append(flip)
+    # Most confident new prediction first (the new mistakes a user meets most surely).
+    for group in (regressions, fixes, still_wrong, unlabeled_changes):
+        group.sort(key=lambda fl: (-fl.new_score, fl.file))
 
     similarity, note = _similarity(old, new, common)
     old_files = set(old_by_file) | {s["file"] for s in old.data["skipped"]}
@@ -256,6 +296,8 @@ def compare(old: Audit, new: Audit, *, seed: int = 0) -> CompareResult:
         per_class=per_class,
         regressions=regressions,
         fixes=fixes,
+        still_wrong=still_wrong,
+        unlabeled_changes=unlabeled_changes,
         changed=int((old_pred != new_pred).sum()),
         confusion_old=confusion_old,
         confusion_new=confusion_new,
@@ -264,6 +306,7 @@ def compare(old: Audit, new: Audit, *, seed: int = 0) -> CompareResult:
         added=sorted(new_files - old_files),
         removed=sorted(old_files - new_files),
         modified=modified,
+        image_root=images if images is not None else _audited_root(new),
         warnings=warnings,
     )
 
@@ -294,28 +337,46 @@ def _similarity(old: Audit, new: Audit, common: list[str]) -> tuple[list[LayerSi
 
 
 def add_cam_overlays(
-    result: CompareResult, *, device: str, trust_pickle: bool, batch_size: int, show_progress: bool = True
+    result: CompareResult,
+    models: tuple[Path | None, Path | None],
+    *,
+    device: str,
+    trust_pickle: bool,
+    batch_size: int,
+    show_progress: bool = True,
 ) -> None:
-    """Both models' Grad-CAM maps of the shown flips, each for its own prediction, when
-    both model files still exist unchanged."""
+    """Both models' Grad-CAM maps of the shown flips, each for its own prediction.
+
+    ``models`` are the (old, new) model files the user named: a model is never loaded
+    because an audit JSON names it (the JSON is untrusted).  Each must be the file its
+    audit ran (same SHA-256); otherwise the maps are left out with a note.
+    """
     from reportgen.progress import progress
     from reportgen.util import file_sha256
 
-    flips = result.regressions[:SHOWN_FLIPS] + result.fixes[:SHOWN_FLIPS]
+    flips = result.shown_flips()
     if not flips:
         return
-    dataset = result.new.data["dataset"]
-    root = Path(dataset.get("root_resolved") or dataset["root"])
-    for side, audit in (("old", result.old), ("new", result.new)):
-        model = Path(audit.data["model"]["path"])
-        if not model.is_file() or file_sha256(model) != audit.data["model"]["sha256"]:
+    if None in models:
+        result.cam_note = (
+            "the flips' activation maps need both model files: give --old-model and --new-model "
+            "(compare never loads a model named only in an audit JSON)"
+        )
+        return
+    for side, audit, model in (("old", result.old, models[0]), ("new", result.new, models[1])):
+        assert model is not None
+        if not model.is_file():
+            raise UserError(f"--{side}-model {model}: file not found")
+        if file_sha256(model) != audit.data["model"]["sha256"]:
             result.cam_note = (
-                f"the {side} model file ({model}) is missing or changed since its audit: no activation maps"
+                f"--{side}-model {model.name} is not the model the {side} audit ran (its SHA-256 differs): "
+                "no activation maps"
             )
             return
     with progress(total=2 * len(flips), desc="gradcam", unit="map", enabled=show_progress) as bar:
-        for side, audit in (("old", result.old), ("new", result.new)):
-            if not _side_overlays(result, side, audit, flips, root, device, trust_pickle, batch_size, bar):
+        for side, audit, model in (("old", result.old, models[0]), ("new", result.new, models[1])):
+            assert model is not None
+            if not _side_overlays(result, side, audit, model, flips, device, trust_pickle, batch_size, bar):
                 return
 
 
@@ -323,8 +384,8 @@ def _side_overlays(
     result: CompareResult,
     side: str,
     audit: Audit,
+    model: Path,
     flips: list[Flip],
-    root: Path,
     device: str,
     trust_pickle: bool,
     batch_size: int,
@@ -338,7 +399,7 @@ def _side_overlays(
 
     pre = Preprocess.from_fingerprint(audit.data["preprocessing"])
     adapter = load_model(
-        Path(audit.data["model"]["path"]),
+        model,
         device=device,
         arch=(audit.data.get("options") or {}).get("arch"),
         trust_pickle=trust_pickle,
@@ -353,9 +414,10 @@ def _side_overlays(
     todo = []
     for flip in flips:
         pred = flip.old_pred if side == "old" else flip.new_pred
-        if pred in classes:
+        path = contained(result.image_root, flip.file)
+        if pred in classes and path is not None:
             try:
-                todo.append((flip, classes.index(pred), load_one(root / flip.file, pre)[0]))
+                todo.append((flip, classes.index(pred), load_one(path, pre)[0]))
             except DecodeError:
                 continue
     for start in range(0, len(todo), batch_size):
@@ -437,7 +499,12 @@ def compare_json(r: CompareResult, gates: dict[str, Any]) -> dict[str, Any]:
             }
             for d in r.per_class
         ],
-        "flips": {"regressions": flips(r.regressions), "fixes": flips(r.fixes)},
+        "flips": {
+            "regressions": flips(r.regressions),
+            "fixes": flips(r.fixes),
+            "still_wrong": flips(r.still_wrong),
+            "unlabeled_changes": flips(r.unlabeled_changes),
+        },
         "changed_predictions": r.changed,
         "confusion_difference": None if r.confusion_old is None else (r.confusion_new - r.confusion_old).tolist(),
         "layers_similarity": [

@@ -80,6 +80,7 @@ class AuditConfig:
     model: Path
     images: Path
     output: Path = Path("report.html")
+    follow_links: bool = False  # follow symbolic links out of the image folders
     size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -136,6 +137,17 @@ class AuditConfig:
         for name, std in (("--std", self.std),):
             if std is not None and any(v <= 0 for v in std):
                 raise UserError(f"{name} values must be positive")
+        self._check_outputs_apart()
+
+    def _check_outputs_apart(self) -> None:
+        """The report, its JSON and the features cache must be three different files."""
+        html, json = self.output.resolve(), self.json_path.resolve()
+        if html == json:
+            raise UserError(
+                f"-o {self.output}: the JSON sidecar would be the report itself; give the report an .html name"
+            )
+        if self.use_cache and self.cache_path.resolve() in (html, json):
+            raise UserError(f"--features {self.cache_path} would overwrite the report or its JSON; choose another path")
 
     @property
     def json_path(self) -> Path:

@@ -23,7 +23,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -119,19 +119,77 @@ def _is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _walk_files(top: Path) -> Iterator[Path]:
-    """Every non-hidden file below ``top`` in sorted order, following folder links once."""
+def is_plain_relative(file: object) -> bool:
+    """Whether ``file`` is a relative POSIX path with no ``..``: the form of every image
+    entry an audit writes."""
+    if not isinstance(file, str) or not file or "\x00" in file:
+        return False
+    path = PurePosixPath(file)
+    return not path.is_absolute() and ".." not in path.parts and not PureWindowsPath(file).drive
+
+
+def contained(root: Path, file: str) -> Path | None:
+    """``root / file`` when it is a plain relative path and, links resolved, stays inside
+    ``root``; None otherwise."""
+    if not is_plain_relative(file):
+        return None
+    path = root / file
+    real_root = os.path.realpath(root)
+    try:
+        inside = os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+    except ValueError:
+        inside = False
+    return path if inside else None
+
+
+class _Links:
+    """Where symbolic links may lead: inside the image folder, or (``follow``) anywhere.
+
+    A link inside the image folder to a place outside it would put files the user did not
+    point at into the report; by default such a link is listed under Skipped instead.
+    """
+
+    def __init__(self, root: Path, follow: bool):
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self.follow = follow
+
+    def refused(self, path: Path) -> Skipped | None:
+        """A Skipped entry when ``path`` is a link out of the image folder that is not
+        to be followed, else None."""
+        if self.follow or not os.path.islink(path):
+            return None
+        target = os.path.realpath(path)
+        try:
+            inside = os.path.commonpath([self.real_root, target]) == self.real_root
+        except ValueError:  # different drives
+            inside = False
+        if inside:
+            return None
+        rel = path.relative_to(self.root).as_posix()
+        return Skipped(rel, f"symbolic link out of the image folder (to {target}); not followed without --follow-links")
+
+
+def _walk_files(top: Path, links: _Links) -> Iterator[Path | Skipped]:
+    """Every non-hidden file below ``top`` in sorted order, following folder links once;
+    folders that cannot be read and links that may not be followed come as Skipped."""
     seen: set[str] = set()
     stack = [top]
     while stack:
         folder = stack.pop()
+        refused = links.refused(folder)
+        if refused is not None:
+            yield refused
+            continue
         try:
             real = os.path.realpath(folder)
             if real in seen:
                 continue
             seen.add(real)
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            rel = folder.relative_to(links.root).as_posix()
+            yield Skipped(f"{rel}/", f"cannot read folder: {exc.strerror or exc}; its images are not in the audit")
             continue
         subdirs = []
         for entry in entries:
@@ -163,13 +221,16 @@ def _record(root: Path, path: Path, folder_class: int) -> ImageRecord | Skipped:
     return ImageRecord(rel, folder_class, st.st_size, st.st_mtime_ns)
 
 
-def discover(root: str | os.PathLike[str]) -> ImageDataset:
+def discover(root: str | os.PathLike[str], *, follow_links: bool = False) -> ImageDataset:
     """Find the images under ``root`` and their classes.
 
     Parameters
     ----------
     root
         A folder with one sub-folder per class, or a flat folder of unlabeled images.
+    follow_links
+        Follow symbolic links that lead out of ``root``; by default they are listed
+        under Skipped (links that stay inside are always followed).
 
     Raises
     ------
@@ -190,8 +251,10 @@ def discover(root: str | os.PathLike[str]) -> ImageDataset:
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
 
+    links = _Links(root, follow_links)
+
     def add(path: Path, folder_class: int) -> None:
-        item = _record(root, path, folder_class)
+        item = links.refused(path) or _record(root, path, folder_class)
         (records if isinstance(item, ImageRecord) else skipped).append(item)  # type: ignore[arg-type]
 
     if labeled:
@@ -200,8 +263,10 @@ def discover(root: str | os.PathLike[str]) -> ImageDataset:
             if not _is_hidden(e.name) and not _safe_is_dir(e) and _is_image_name(e.name):
                 skipped.append(Skipped(e.name, "image outside any class folder"))
         for index, entry in enumerate(class_dirs):
-            for path in _walk_files(Path(entry.path)):
-                if _is_image_name(path.name):
+            for path in _walk_files(Path(entry.path), links):
+                if isinstance(path, Skipped):
+                    skipped.append(path)
+                elif _is_image_name(path.name):
                     add(path, index)
     else:
         classes = []

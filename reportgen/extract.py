@@ -31,6 +31,7 @@ import numpy as np
 
 from reportgen import __version__
 from reportgen.data import ImageDataset, Preprocess, Skipped, iter_batches
+from reportgen.errors import one_line
 from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, downsample_pixels
 from reportgen.progress import progress
 from reportgen.util import atomic_write
@@ -216,16 +217,36 @@ def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[
     atomic_write(path, write)
 
 
-def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | None:
+@dataclass
+class CacheMiss:
+    """Why a cache file that exists was not used."""
+
+    reason: str  # one line
+    broken: bool  # unreadable (not merely out of date or from another version)
+
+
+def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | CacheMiss | None:
     """The cached run at ``path`` if it exists and matches ``key`` (any key when None,
-    for reading back a finished audit's features); otherwise None."""
+    for reading back a finished audit's features); why not, when the file exists but
+    cannot be used; None when there is no file."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
-            if meta.get("format") != CACHE_FORMAT or (key is not None and meta.get("key") != key):
-                return None
+            if meta.get("format") != CACHE_FORMAT:
+                return CacheMiss(
+                    f"written in cache format {meta.get('format')!r} by reportgen {meta.get('tool_version', '?')}; "
+                    f"this version reads format {CACHE_FORMAT}",
+                    broken=False,
+                )
+            if key is not None and meta.get("key") != key:
+                changed = [
+                    part
+                    for part in ("model_sha256", "options", "listing_sha256", "root")
+                    if meta["key"].get(part) != key[part]
+                ]
+                return CacheMiss(f"out of date ({', '.join(_KEY_WORDS[c] for c in changed)} changed)", broken=False)
             layers = [
                 LayerInfo(
                     d["name"],
@@ -255,9 +276,17 @@ def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | None:
                 seconds=float(meta.get("seconds", 0.0)),
                 from_cache=True,
             )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the features are extracted again
+        return CacheMiss(f"unreadable ({type(exc).__name__}: {one_line(exc, 160)})", broken=True)
     return CachedRun(features, meta)
+
+
+_KEY_WORDS = {
+    "model_sha256": "the model file",
+    "options": "the extraction options",
+    "listing_sha256": "the image files",
+    "root": "the image folder",
+}
 
 
 def default_cache_path(report: Path) -> Path:

@@ -7,6 +7,7 @@ import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -22,7 +23,7 @@ from reportgen.analyses.metrics import (
 from reportgen.config import AuditConfig, source_date_epoch, timestamp
 from reportgen.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, Preprocess, Skipped, discover
 from reportgen.errors import UserError
-from reportgen.extract import Features, cache_key, extract, load_cache, save_cache
+from reportgen.extract import CachedRun, CacheMiss, Features, cache_key, extract, load_cache, save_cache
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, default_layers, load_model
 from reportgen.models.base import ModelInfo, input_layer_info, pooling
@@ -182,14 +183,29 @@ def _model_meta(adapter: ModelAdapter, pre: Preprocess) -> dict:
         "properties": info.properties,
         "embedded_classes": info.embedded.classes,
         "preprocess": pre.fingerprint(),
+        "notes": list(adapter.notes),
     }
 
 
+def _usable_cache(path: Path, key: dict, cfg: AuditConfig, notes: list[str]) -> CachedRun | None:
+    """The cached run at ``path`` when it matches ``key``; otherwise None, after saying
+    why a file that exists is not used (a status line; a report note when it is broken)."""
+    cached = load_cache(path, key) if cfg.use_cache else None
+    if isinstance(cached, CacheMiss):
+        note(f"not reusing the features cache {path}: {cached.reason}; extracting again", not cfg.quiet)
+        if cached.broken:
+            notes.append(
+                f"the features cache {path} could not be used ({cached.reason}); the features were extracted again"
+            )
+        return None
+    return cached
+
+
 def _extract_or_load(
-    cfg: AuditConfig, dataset: ImageDataset, handle: ModelHandle, model_sha: str, clock: Clock
+    cfg: AuditConfig, dataset: ImageDataset, handle: ModelHandle, model_sha: str, clock: Clock, notes: list[str]
 ) -> tuple[Features, dict, Preprocess]:
     key = cache_key(model_sha, cfg.extraction_options(), dataset)
-    cached = load_cache(cfg.cache_path, key) if cfg.use_cache else None
+    cached = _usable_cache(cfg.cache_path, key, cfg, notes)
     if cached is not None:
         note(f"reusing the features cache {cfg.cache_path}", not cfg.quiet)
         meta = cached.meta["model"]
@@ -217,12 +233,13 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     if not cfg.model.is_file():
         raise UserError(f"model file not found: {cfg.model}")
     with clock("discover"):
-        dataset = discover(cfg.images)
+        dataset = discover(cfg.images, follow_links=cfg.follow_links)
     _check_output_location(cfg)
     with clock("hash model"):
         model_sha = file_sha256(cfg.model)
     handle = ModelHandle(cfg)
-    features, meta, pre = _extract_or_load(cfg, dataset, handle, model_sha, clock)
+    notes: list[str] = []  # for the report's warnings, from the stages before them
+    features, meta, pre = _extract_or_load(cfg, dataset, handle, model_sha, clock, notes)
     skipped = sorted([*dataset.skipped, *features.skipped], key=lambda s: s.file)
     features, nonfinite = drop_nonfinite(features)
     skipped = sorted(skipped + nonfinite, key=lambda s: s.file)
@@ -251,7 +268,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         )
         for i, (f, lab, t, p) in enumerate(zip(features.files, features.labels, truth, pred, strict=True))
     ]
-    warnings = list(class_map.warnings)
+    warnings = [*notes, *meta.get("notes", []), *class_map.warnings]
     empty = [c for i, c in enumerate(folder_names) if not np.any(features.labels == i)]
     if empty:
         warnings.append(f"{len(empty)} class folder(s) have no usable image: {', '.join(empty[:10])}")
@@ -354,13 +371,13 @@ def reference_features(
 ) -> tuple[Features, list[str]]:
     """Features of the ``--reference`` folder, with the same model, layers and cache rules."""
     assert cfg.reference is not None
-    ref = discover(cfg.reference)
+    ref = discover(cfg.reference, follow_links=cfg.follow_links)
     if not ref.labeled:
         raise UserError(f"--reference {cfg.reference} must be a labeled folder (one sub-folder per class)")
     options = {**cfg.extraction_options(), "layers": [layer.name for layer in layers], "role": "reference"}
     key = cache_key(model_sha, options, ref)
     path = cfg.cache_path.with_name(cfg.cache_path.name.replace(".npz", "") + ".reference.npz")
-    cached = load_cache(path, key) if cfg.use_cache else None
+    cached = _usable_cache(path, key, cfg, [])
     if cached is not None:
         return cached.features, ref.folder_classes
     adapter = handle.prepared(pre.size)

@@ -20,10 +20,11 @@ import jinja2
 import numpy as np
 
 from reportgen import figures as plots
+from reportgen.data import contained
 from reportgen.overlay import overlay_thumbnail
 from reportgen.report import AuditResult, Figures, to_json
 from reportgen.resources import templates_dir
-from reportgen.thumbs import thumbnails
+from reportgen.thumbs import jpeg_uri, placeholder, thumbnails
 from reportgen.util import atomic_write_bytes, data_uri
 
 
@@ -306,17 +307,22 @@ def render_compare(result: Any, payload: dict[str, Any]) -> str:  # result: comp
             "similarity",
         )
         figs["similarity"] = data_uri(png, "image/png")
-    dataset = result.new.data["dataset"]
-    root = Path(dataset.get("root_resolved") or dataset["root"])
     from reportgen.compare import SHOWN_FLIPS
 
-    shown = result.regressions[:SHOWN_FLIPS] + result.fixes[:SHOWN_FLIPS]
-    thumbs = thumbnails({f.thumb for f in shown}, root, None)
+    root = result.image_root
+    shown = result.shown_flips()
+    # The file names come from the audits' JSON: only files inside the image folder,
+    # links resolved, are decoded (the others get the grey "cannot decode" square).
+    inside = {f.thumb for f in shown if contained(root, f.file) is not None}
+    thumbs = thumbnails(inside, root, None)
+    thumbs.update({f.thumb: jpeg_uri(placeholder()) for f in shown if f.thumb not in inside})
     resize_old = str(result.old.data["preprocessing"].get("resize", "stretch"))
     resize_new = str(result.new.data["preprocessing"].get("resize", "stretch"))
     for key, cam in result.overlays.items():
         side, _, file = key.partition(":")
-        thumbs[key] = overlay_thumbnail(root / file, cam, resize_old if side == "old" else resize_new)
+        thumbs[key] = overlay_thumbnail(
+            root / file, cam, resize_old if side == "old" else resize_new
+        )  # inside: checked before its map was made
     env = environment()
     script = _asset("report.js")
     return env.get_template("compare.html.j2").render(

@@ -188,6 +188,7 @@ def to_json(result: AuditResult) -> dict[str, Any]:
                 "knn_accuracy": layer.knn_accuracy,
                 "knn_agreement": layer.knn_agreement,
                 "tsne_trustworthiness": layer.tsne_trustworthiness,
+                "note": layer.note or None,
             }
             for layer in result.layers
         ],

@@ -20,9 +20,14 @@ def open_fitted(path: Path, side: int) -> Image.Image:
     try:
         img, _ = open_image(path, 3, draft=(side, side))
     except DecodeError:
-        img = Image.new("RGB", (side, side), (200, 200, 200))
+        return placeholder(side)
     img.thumbnail((side, side), Image.Resampling.BILINEAR)
     return img
+
+
+def placeholder(side: int = THUMB) -> Image.Image:
+    """The grey square shown for an image that cannot (or may not) be read."""
+    return Image.new("RGB", (side, side), (200, 200, 200))
 
 
 def jpeg_uri(img: Image.Image) -> str:

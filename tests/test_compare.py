@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +45,16 @@ def two_audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         result = run_cli("audit", model, SAMPLE / "images", "-o", html, *FAST)
         assert result.code == 0, result.err
         out[name] = html
+        out[f"model_{name}"] = model
     return out
 
 
 def test_flips_are_exactly_those_the_predictions_imply(two_audits: dict[str, Path], tmp_path: Path) -> None:
     diff = tmp_path / "diff.html"
-    result = run_cli("compare", two_audits["v1"].with_suffix(".json"), two_audits["v2"], "-o", diff, "-q")
+    result = run_cli(
+        "compare", two_audits["v1"].with_suffix(".json"), two_audits["v2"], "-o", diff, "-q",
+        "--old-model", two_audits["model_v1"], "--new-model", two_audits["model_v2"],
+    )  # fmt: skip
     assert result.code == 0, result.err
     data = json.loads(diff.with_suffix(".json").read_text())
     old = {p["file"]: p for p in load_json(two_audits["v1"])["predictions"]}
@@ -54,8 +62,16 @@ def test_flips_are_exactly_those_the_predictions_imply(two_audits: dict[str, Pat
     regressions = sorted(f for f in old if old[f]["pred"] == old[f]["label"] and new[f]["pred"] != new[f]["label"])
     fixes = sorted(f for f in old if old[f]["pred"] != old[f]["label"] and new[f]["pred"] == new[f]["label"])
     assert regressions, "the perturbed model should lose some images"
+    still_wrong = sorted(
+        f for f in old if old[f]["pred"] != new[f]["pred"] and old[f]["label"] not in (old[f]["pred"], new[f]["pred"])
+    )
     assert sorted(f["file"] for f in data["flips"]["regressions"]) == regressions
     assert sorted(f["file"] for f in data["flips"]["fixes"]) == fixes
+    assert still_wrong, "the perturbed model should change some mistakes into other mistakes"
+    assert sorted(f["file"] for f in data["flips"]["still_wrong"]) == still_wrong
+    assert data["flips"]["unlabeled_changes"] == []
+    changed = sum(old[f]["pred"] != new[f]["pred"] for f in old)
+    assert data["changed_predictions"] == changed == len(regressions) + len(fixes) + len(still_wrong)
     flip = data["flips"]["regressions"][0]
     assert flip["old_pred"] == old[flip["file"]]["pred"] and flip["new_pred"] == new[flip["file"]]["pred"]
     # Accuracy and its interval.
@@ -87,7 +103,7 @@ def test_a_model_compared_with_itself(two_audits: dict[str, Path], tmp_path: Pat
     data = json.loads(diff.with_suffix(".json").read_text())
     assert all(abs(s["cka"] - 1.0) <= 1e-6 for s in data["layers_similarity"])
     assert all(s["knn_overlap"] == 1.0 for s in data["layers_similarity"])
-    assert data["flips"] == {"regressions": [], "fixes": []} and data["accuracy"]["delta"]["value"] == 0
+    assert all(group == [] for group in data["flips"].values()) and data["accuracy"]["delta"]["value"] == 0
 
 
 def test_gates_exit_codes(two_audits: dict[str, Path], tmp_path: Path) -> None:
@@ -200,3 +216,82 @@ def test_similarity_measures() -> None:
     assert knn_overlap(x, x @ q) == pytest.approx(1.0)
     boot = paired_bootstrap(np.ones(50), np.zeros(50), resamples=200)
     assert boot.delta.value == -1 and boot.delta.low == boot.delta.high == -1
+
+
+def _crafted(source: Path, dest: Path, edit: Callable[[dict], None]) -> Path:
+    data = load_json(source)
+    edit(data)
+    dest.write_text(json.dumps(data))
+    return dest
+
+
+@pytest.mark.parametrize("entry", ["../../etc/hostname", "/etc/hostname", "circle/../../x.jpg"])
+def test_an_entry_outside_the_image_folder_is_refused(two_audits: dict[str, Path], tmp_path: Path, entry: str) -> None:
+    """An audit JSON is untrusted: its entries choose which files compare decodes."""
+
+    def point_outside(data: dict) -> None:
+        data["predictions"][0]["file"] = entry
+
+    crafted = _crafted(two_audits["v2"], tmp_path / "crafted.json", point_outside)
+    result = run_cli("compare", two_audits["v1"], crafted, "-o", tmp_path / "d.html", "--no-cam")
+    assert_no_traceback(result)
+    assert result.code == 2 and "not a relative path inside the image folder" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "d.html").exists()
+
+
+def test_a_model_named_only_in_the_json_is_never_loaded(two_audits: dict[str, Path], tmp_path: Path) -> None:
+    """A JSON that points its model at another file (with that file's hash) gets no maps
+    from it; maps come only from the files given on the command line, checked by hash."""
+    other = tmp_path / "other.onnx"
+    shutil.copy(SAMPLE / "model.onnx", other)
+    other.write_bytes(other.read_bytes())  # the same bytes, another path: what a JSON could name
+
+    def point_at_other(data: dict) -> None:
+        data["model"]["path"] = str(other)
+
+    crafted = _crafted(two_audits["v1"], two_audits["v1"].parent / "crafted.json", point_at_other)
+    diff = tmp_path / "d.html"
+    result = run_cli("compare", crafted, two_audits["v2"], "-o", diff, "-q")
+    assert result.code == 0, result.err
+    html = diff.read_text()
+    assert 'data-thumb="old:' not in html and 'data-thumb="new:' not in html
+    assert "give --old-model and --new-model" in html
+    # The right files on the command line give the maps; a wrong one is named and refused.
+    wrong = run_cli(
+        "compare", crafted, two_audits["v2"], "-o", diff, "-q",
+        "--old-model", two_audits["model_v2"], "--new-model", two_audits["model_v2"],
+    )  # fmt: skip
+    assert wrong.code == 0, wrong.err
+    html = diff.read_text()
+    assert "is not the model the old audit ran" in html and 'data-thumb="old:' not in html
+    right = run_cli(
+        "compare", crafted, two_audits["v2"], "-o", diff, "-q",
+        "--old-model", other, "--new-model", two_audits["model_v2"],
+    )  # fmt: skip
+    assert right.code == 0, right.err
+    assert 'data-thumb="old:' in diff.read_text()
+
+
+def test_a_link_out_of_the_image_folder_is_not_read(two_audits: dict[str, Path], tmp_path: Path) -> None:
+    """A flip whose file is, links resolved, outside the folder is shown grey, not decoded."""
+    images = tmp_path / "images"
+    shutil.copytree(SAMPLE / "images", images)
+    flips = load_json(two_audits["v2"])
+    old = {p["file"]: p for p in load_json(two_audits["v1"])["predictions"]}
+    flipped = next(
+        p["file"] for p in flips["predictions"] if old[p["file"]]["pred"] == old[p["file"]]["label"] != p["pred"]
+    )
+    secret = tmp_path / "secret.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(secret)
+    (images / flipped).unlink()
+    (images / flipped).symlink_to(secret)
+    diff = tmp_path / "d.html"
+    result = run_cli("compare", two_audits["v1"], two_audits["v2"], "-o", diff, "-q", "--no-cam", "--images", images)
+    assert result.code == 0, result.err
+    page = re.search(r'<script type="application/json" id="page-data">(.*?)</script>', diff.read_text(), re.S)
+    thumb = json.loads(page.group(1))["thumbs"][f"a:{flipped}"]
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(thumb.split(",", 1)[1]))).convert("RGB"))
+    assert abs(pixels.astype(int) - 200).max() <= 8  # the grey square, not the red secret

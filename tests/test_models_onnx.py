@@ -158,7 +158,25 @@ def test_a_graph_baked_at_its_export_batch_runs_at_that_batch(tmp_path: Path) ->
     assert adapter.info.fixed_batch is None
     adapter.prepare((16, 16))
     assert adapter.batch == 2
+    # The report is told, with the reason the free batch size failed (ORT's, at batch 3).
+    (note,) = adapter.notes
+    assert "runs only at batch 2" in note and "at batch 3:" in note and "{3,4}" in note
     x = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
     scores, _ = adapter.extract(x, [])
     reference = _reference_run(path, x[:2], [])["logits/baked"]
     assert scores.shape == (5, 4) and np.allclose(scores[:2], reference, atol=1e-5)
+
+
+def test_a_graph_that_runs_at_no_batch_says_why_it_failed_first(tmp_path: Path) -> None:
+    """Baked at a batch of 7: every probe fails; the error is the first one (batch 3),
+    not the last."""
+    from onnx import helper, numpy_helper
+
+    path = tiny_cnn(tmp_path / "m.onnx", size=None, opset=13)
+    nodes = [helper.make_node("Reshape", ["logits/raw", "baked/shape"], ["logits/baked"])]
+    inits = [numpy_helper.from_array(np.array([7, 4], np.int64), "baked/shape")]
+    _with_extra_nodes(path, nodes, inits, output_from="logits/baked")
+    adapter = load_model(path, device="cpu")
+    with pytest.raises(UserError, match=r"at every batch size tried \(3, 2, 1\)") as info:
+        adapter.prepare((16, 16))
+    assert "{3,4}" in str(info.value) and "{1,4}" not in str(info.value)

@@ -184,6 +184,7 @@ class LayerKnn:
     neighbours: Neighbours  # rows of the reference (the audited set itself without --reference)
     accuracy: float | None  # majority vote of the neighbours' labels == own label
     agreement: float | None  # mean share of neighbours carrying the image's own label
+    note: str = ""  # why accuracy and agreement are None where there are labels
 
 
 def layer_knn(
@@ -209,6 +210,11 @@ def layer_knn(
         ref_labels = reference_labels if reference_labels is not None else np.full(len(reference), -1)
     accuracy = agreement = None
     known = labels >= 0
+    searched = features if reference is None else reference
+    if len(searched) and not np.ptp(searched, axis=0).any():
+        # Every candidate is at the same distance: the "neighbours" are whatever the
+        # tie-break picks (row order), and a vote among them measures nothing.
+        return LayerKnn(layer, nb, None, None, "every image has the same features at this layer: kNN undefined")
     if nb.indices.shape[1] and known.any():
         nl = ref_labels[nb.indices]
         vote = majority_vote(nl)

@@ -171,6 +171,12 @@ def trustworthiness(x: np.ndarray, embedding: np.ndarray, k: int = 10) -> float:
     return float(1.0 - penalty * (2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0))))
 
 
+def perplexity_for(n: int) -> float:
+    """The perplexity used for ``n`` points: ``PERPLEXITY``, lowered for small sets so
+    that the 3 x perplexity neighbours each point needs exist."""
+    return min(PERPLEXITY, max(2.0, (n - 1) / 3.0))
+
+
 def embed(
     x: np.ndarray,
     init: np.ndarray | None,
@@ -185,7 +191,7 @@ def embed(
 
     n = len(x)
     reduced = pca(x, PCA_DIMS)
-    perplexity = min(PERPLEXITY, max(2.0, (n - 1) / 3.0))
+    perplexity = perplexity_for(n)
     k = min(n - 1, int(3 * perplexity))
     nb = knn_search(reduced, reduced, k, query_rows=np.arange(n))
     P = gaussian_affinities(nb.distances, nb.indices, perplexity)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,15 @@ def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
     return OnnxAdapter(info, model, inp.name, np.dtype(_DTYPES[elem]), providers)
 
 
+def ort_message(exc: BaseException) -> str:
+    """ONNX Runtime's complaint on one line, without its status prefix, source location
+    and C++ signature (which would push the useful end past the cut)."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"\S+\.(?:h|cc|cpp):\d+ \S+?\(.*?\) ", "", text)
+    return one_line(RuntimeError(text))
+
+
 class OnnxAdapter(ModelAdapter):
     """An ONNX model with its extraction session."""
 
@@ -204,7 +214,7 @@ class OnnxAdapter(ModelAdapter):
         # coordinates in Swin) is no per-image tensor.  Two probes of different batch
         # sizes settle both: per-image tensors follow the batch in each.
         runs: dict[int, dict[str, np.ndarray]] = {}
-        error: BaseException | None = None
+        failures: dict[int, str] = {}  # batch size -> why it failed
         example = np.zeros(0, self.dtype)
         for batch in [self.batch] if self.batch else [3, 2, 1]:
             shape = (
@@ -214,22 +224,30 @@ class OnnxAdapter(ModelAdapter):
             try:
                 values = dict(zip(names, session.run(names, {self.input_name: example}), strict=True))
             except Exception as exc:  # noqa: BLE001
-                error = exc
+                failures[batch] = ort_message(exc)
                 continue
             if self._batch_of(values[self.output_name]) != batch:
-                error = ValueError(f"a batch of {batch} gives {values[self.output_name].shape[0]} outputs")
+                failures[batch] = f"a batch of {batch} gives {values[self.output_name].shape[0]} outputs"
                 continue
             runs[batch] = values
             if len(runs) == 2:
                 break
         if not runs:
-            assert error is not None
+            # The first failure is the graph's own complaint; later ones are often only
+            # consequences of the batch sizes tried.
+            tried = ", ".join(str(b) for b in failures)
             raise UserError(
                 f"the model fails on a {size[0]}x{size[1]} input with {self.info.channels} channel(s)"
-                f"{self._size_hint(size)}: {one_line(error)}"
+                f"{self._size_hint(size)} at every batch size tried ({tried}): {next(iter(failures.values()))}"
             )
+        self.notes = ()
         if self.batch is None and len(runs) == 1:
             self.batch = next(iter(runs))  # declared dynamic, but only this batch size runs
+            first, why = next(iter(failures.items()))
+            self.notes = (
+                f"the model declares a free batch size but runs only at batch {self.batch} "
+                f"(at batch {first}: {why}), so it is run {self.batch} image(s) at a time",
+            )
         values = next(iter(runs.values()))
         scores = values[self.output_name]
         if scores.ndim > 2 and all(s == 1 for s in scores.shape[2:]):
@@ -363,6 +381,17 @@ class OnnxAdapter(ModelAdapter):
             for name, out in zip(layers, outs[1:], strict=True)
         }
         return scores, feats
+
+    def tensors(self, pixels: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """The raw values of tensors ``names`` for ``pixels`` (not pooled), from ONNX Runtime."""
+        for name in names:
+            self._check(name)
+        model = copy.deepcopy(self.fixed)
+        del model.graph.output[:]
+        for name in names:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+        session = self.session(model)
+        return self._run(session, names, {self.input_name: pixels.astype(self.dtype, copy=False)})
 
     def differentiable(self) -> OnnxTwinDifferentiable:
         """The graph's torch twin (see ``onnx_torch``), checked against ONNX Runtime."""

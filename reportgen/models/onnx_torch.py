@@ -463,12 +463,25 @@ class OnnxTorchTwin:
         return out, captured
 
 
+def _disagreement(got: torch.Tensor, expected: np.ndarray) -> float | None:
+    """The largest difference between the twin's value and ONNX Runtime's, when it is
+    larger than float rounding (relative to the tensor's scale); None when they agree."""
+    got_np = got.detach().float().cpu().numpy()
+    if got_np.size != expected.size:
+        return float("inf")
+    got_np = got_np.reshape(expected.shape)
+    scale = float(np.abs(expected).max()) + 1e-6
+    error = float(np.abs(got_np - expected).max())
+    return error if error > 1e-3 * scale else None
+
+
 class OnnxTwinDifferentiable(Differentiable):
     """``Differentiable`` for an ONNX adapter, through its torch twin.
 
-    Before first use the twin's outputs and every tapped tensor are compared with ONNX
-    Runtime's on a seeded probe input; a disagreement larger than float rounding makes
-    the model count as not differentiable rather than give wrong pictures.
+    Before first use the twin's outputs, and before a tensor's first use as a tap that
+    tensor, are compared with ONNX Runtime's on a seeded probe input; a disagreement
+    larger than float rounding makes the model (or that tensor) count as not
+    differentiable rather than give wrong pictures.
     """
 
     route = "reportgen's torch twin of the ONNX graph (checked against ONNX Runtime)"
@@ -484,20 +497,36 @@ class OnnxTwinDifferentiable(Differentiable):
             raise UserError(f"this ONNX model cannot be differentiated: {exc}") from None
         batch = adapter.batch or 2
         shape = (batch, *adapter._shapes[adapter.input_name])
-        probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        expected, _ = adapter.extract(probe, [])
+        self.probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        self.checked: set[str] = set()
+        expected, _ = adapter.extract(self.probe, [])
         try:
             with torch.inference_mode():
-                got, _ = self.twin.run(torch.from_numpy(probe).to(self.device))
+                got, _ = self.twin.run(torch.from_numpy(self.probe).to(self.device))
         except Exception as exc:  # noqa: BLE001 - any failure means no faithful twin
             raise UserError(f"this ONNX model cannot be differentiated: its torch twin fails ({exc})") from None
-        got_np = got.float().cpu().numpy().reshape(expected.shape)
-        scale = float(np.abs(expected).max()) + 1e-6
-        error = float(np.abs(got_np - expected).max())
-        if error > 1e-3 * scale:
+        error = _disagreement(got, expected)
+        if error is not None:
             raise UserError(
                 f"this ONNX model cannot be differentiated: its torch twin differs from ONNX Runtime by {error:.3g}"
             )
+
+    def _check_tap(self, name: str) -> None:
+        """Compare the twin's value of tensor ``name`` with ONNX Runtime's, once per tensor:
+        maps and gradients are read there, so the outputs agreeing is not enough."""
+        from reportgen.errors import UserError
+
+        if name in self.checked:
+            return
+        (expected,) = self.adapter.tensors(self.probe, [name])
+        with torch.inference_mode():
+            _, captured = self.twin.run(torch.from_numpy(self.probe).to(self.device), {name})
+        error = _disagreement(captured[name], expected)
+        if error is not None:
+            raise UserError(
+                f"tensor {name!r} cannot be differentiated: the torch twin's value differs from ONNX Runtime's by {error:.3g}"
+            )
+        self.checked.add(name)
 
     def tensor_gradient(
         self, pixels: np.ndarray, layer: str, targets: np.ndarray
@@ -508,6 +537,8 @@ class OnnxTwinDifferentiable(Differentiable):
 
         score = self.adapter.score_layer
         taps = {layer} | ({score} if score else set())
+        for name in taps:
+            self._check_tap(name)
 
         def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
             x = torch.from_numpy(np.ascontiguousarray(arrays[0])).to(self.device)
@@ -539,6 +570,8 @@ class OnnxTwinDifferentiable(Differentiable):
         taps = {tapped} if tapped else set()
         if layer != LOGITS_LAYER:
             self.adapter._check(layer)
+        if tapped:
+            self._check_tap(tapped)
 
         def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
             x = torch.from_numpy(np.ascontiguousarray(arrays[0])).to(self.device).requires_grad_(True)

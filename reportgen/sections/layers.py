@@ -10,7 +10,7 @@ import numpy as np
 
 from reportgen.analyses.knn import LayerKnn, knn_search, layer_knn
 from reportgen.analyses.suspects import DuplicatePair, Mislabel, merge_pairs, mislabel_scores, near_duplicates
-from reportgen.analyses.tsne import TsneResult, tsne_layers
+from reportgen.analyses.tsne import TsneResult, perplexity_for, tsne_layers
 from reportgen.extract import Features
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
 from reportgen.sections import ImageSet, NeighbourEntry, SectionInputs, label_name, neighbour_strip
@@ -162,7 +162,7 @@ class TsneSection:
                 "n_points": len(r.rows),
                 "n_total": r.n_total,
                 "sampled": r.sampled,
-                "perplexity": 30.0,
+                "perplexity": perplexity_for(len(r.rows)),
                 "layers": {
                     layer: {"trustworthiness": r.trustworthiness.get(layer), "note": r.notes.get(layer)}
                     for layer in r.layers
@@ -340,6 +340,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
     for summary in result.layers:
         summary.knn_accuracy = knn[summary.name].accuracy
         summary.knn_agreement = knn[summary.name].agreement
+        summary.note = knn[summary.name].note
 
     predicted = [class_map.classes[p] for p in pred]
     wrong = (truth >= 0) & (pred != truth)
@@ -390,6 +391,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
             )
         for summary in result.layers:
             summary.tsne_trustworthiness = tsne.trustworthiness.get(summary.name)
-            summary.note = tsne.notes.get(summary.name, "")
+            notes = [summary.note, tsne.notes.get(summary.name, "")]
+            summary.note = "; ".join(dict.fromkeys(n for n in notes if n))
         colour_names = vocab if result.dataset.labeled else class_map.classes
         result.sections["tsne"] = TsneSection(tsne, colour[tsne.rows], wrong[tsne.rows], colour_names)
