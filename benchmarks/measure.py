@@ -72,7 +72,7 @@ def bare_forward(kind: str, path: Path, pixels: np.ndarray, batch: int) -> float
 def extraction_efficiency(models: dict[str, Path], images: Path, batch: int) -> list[Figure]:
     """reportgen's images/s from decode to pooled features of all default layers, over the
     runtime's bare forward images/s on pre-decoded tensors (same model, same batch)."""
-    dataset = discover(images)
+    dataset = discover(images, follow_links=True)  # the subsets are links into the full set
     pre = Preprocess((224, 224))
     files = [dataset.root / r.file for r in dataset.records]
     pixels = _decode_all(files, pre)
@@ -102,7 +102,7 @@ def extraction_efficiency(models: dict[str, Path], images: Path, batch: int) -> 
 
 def layer_features(model: Path, images: Path, batch: int) -> tuple[dict[str, np.ndarray], list[str], np.ndarray]:
     """Pooled features of every default layer (ONNX model) for a folder of images."""
-    dataset = discover(images)
+    dataset = discover(images, follow_links=True)  # the subsets are links into the full set
     pre = Preprocess((224, 224))
     adapter = load_model(model, device="cpu")
     adapter.prepare(pre.size)
@@ -186,7 +186,7 @@ def gradcam_ratio(models: dict[str, Path], images: Path, n_images: int) -> list[
     from reportgen.analyses.cam import compute_cam
     from reportgen.models import last_spatial_layer
 
-    dataset = discover(images)
+    dataset = discover(images, follow_links=True)  # the subsets are links into the full set
     pre = Preprocess((224, 224))
     files = [dataset.root / r.file for r in dataset.records][:n_images]
     x = _decode_all(files, pre)
@@ -289,6 +289,7 @@ def whole_report(
             str(report),
             "-q",
             "--no-cache",
+            "--follow-links",  # the subsets are links into the full set
             "--device",
             "cpu",
             "--batch-size",
@@ -384,7 +385,7 @@ def modern_architectures(
     from reportgen.analyses.cam import compute_cam
     from reportgen.models import last_spatial_layer
 
-    dataset = discover(images)
+    dataset = discover(images, follow_links=True)  # the subsets are links into the full set
     pre = Preprocess((size, size))
     files = [dataset.root / r.file for r in dataset.records]
     pixels = _decode_all(files, pre)

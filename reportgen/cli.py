@@ -439,6 +439,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     old, new = load_audit(args.old), load_audit(args.new)
     if args.images is not None and not args.images.is_dir():
         raise UserError(f"--images {args.images}: not a folder")
+    for option, model in (("--old-model", args.old_model), ("--new-model", args.new_model)):
+        if model is not None and not model.is_file():
+            raise UserError(f"{option} {model}: model file not found")
     result = compare(old, new, seed=args.seed, images=args.images)
     if not args.no_cam:
         try:

@@ -365,8 +365,6 @@ def add_cam_overlays(
         return
     for side, audit, model in (("old", result.old, models[0]), ("new", result.new, models[1])):
         assert model is not None
-        if not model.is_file():
-            raise UserError(f"--{side}-model {model}: file not found")
         if file_sha256(model) != audit.data["model"]["sha256"]:
             result.cam_note = (
                 f"--{side}-model {model.name} is not the model the {side} audit ran (its SHA-256 differs): "

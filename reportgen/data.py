@@ -101,6 +101,7 @@ class ImageDataset:
     folder_classes: list[str]
     records: list[ImageRecord]
     skipped: list[Skipped] = field(default_factory=list)
+    links_not_followed: int = 0  # links out of the folder, listed in ``skipped``
 
     def path(self, record: ImageRecord | str) -> Path:
         rel = record.file if isinstance(record, ImageRecord) else record
@@ -134,12 +135,15 @@ def contained(root: Path, file: str) -> Path | None:
     if not is_plain_relative(file):
         return None
     path = root / file
-    real_root = os.path.realpath(root)
+    return path if _inside(os.path.realpath(root), os.path.realpath(path)) else None
+
+
+def _inside(real_root: str, real_path: str) -> bool:
+    """Whether ``real_path`` is ``real_root`` or below it (both with links resolved)."""
     try:
-        inside = os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
-    except ValueError:
-        inside = False
-    return path if inside else None
+        return os.path.commonpath([real_root, real_path]) == real_root
+    except ValueError:  # different drives
+        return False
 
 
 class _Links:
@@ -153,6 +157,7 @@ class _Links:
         self.root = root
         self.real_root = os.path.realpath(root)
         self.follow = follow
+        self.refusals = 0
 
     def refused(self, path: Path) -> Skipped | None:
         """A Skipped entry when ``path`` is a link out of the image folder that is not
@@ -160,12 +165,9 @@ class _Links:
         if self.follow or not os.path.islink(path):
             return None
         target = os.path.realpath(path)
-        try:
-            inside = os.path.commonpath([self.real_root, target]) == self.real_root
-        except ValueError:  # different drives
-            inside = False
-        if inside:
+        if _inside(self.real_root, target):
             return None
+        self.refusals += 1
         rel = path.relative_to(self.root).as_posix()
         return Skipped(rel, f"symbolic link out of the image folder (to {target}); not followed without --follow-links")
 
@@ -273,9 +275,14 @@ def discover(root: str | os.PathLike[str], *, follow_links: bool = False) -> Ima
         for e in top:
             if not _is_hidden(e.name) and _is_image_name(e.name):
                 add(Path(e.path), -1)
+    if not records and links.refusals:
+        raise UserError(
+            f"no usable image under {root}: {links.refusals} symbolic link(s) lead out of the folder "
+            "and are not followed (--follow-links follows them)"
+        )
     if not records and not skipped:
         raise UserError(f"no image files found under {root}")
-    return ImageDataset(root, labeled, classes, records, skipped)
+    return ImageDataset(root, labeled, classes, records, skipped, links.refusals)
 
 
 def _safe_is_dir(entry: os.DirEntry[str]) -> bool:

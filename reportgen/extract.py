@@ -246,7 +246,8 @@ def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | CacheMiss 
                     for part in ("model_sha256", "options", "listing_sha256", "root")
                     if meta["key"].get(part) != key[part]
                 ]
-                return CacheMiss(f"out of date ({', '.join(_KEY_WORDS[c] for c in changed)} changed)", broken=False)
+                what = f" ({', '.join(_KEY_WORDS[c] for c in changed)} changed)" if changed else ""
+                return CacheMiss(f"out of date{what}", broken=False)
             layers = [
                 LayerInfo(
                     d["name"],

@@ -269,6 +269,11 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         for i, (f, lab, t, p) in enumerate(zip(features.files, features.labels, truth, pred, strict=True))
     ]
     warnings = [*notes, *meta.get("notes", []), *class_map.warnings]
+    if dataset.links_not_followed:
+        warnings.append(
+            f"{dataset.links_not_followed} symbolic link(s) lead out of the image folder and were not followed "
+            "(listed under Skipped inputs; --follow-links follows them)"
+        )
     empty = [c for i, c in enumerate(folder_names) if not np.any(features.labels == i)]
     if empty:
         warnings.append(f"{len(empty)} class folder(s) have no usable image: {', '.join(empty[:10])}")

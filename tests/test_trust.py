@@ -47,6 +47,7 @@ def test_links_out_of_the_image_folder_are_skipped_unless_followed(tmp_path: Pat
     skipped = {s.file: s.reason for s in dataset.skipped}
     assert set(skipped) == {"cat/secret.png", "cat/more"}
     assert all("out of the image folder" in reason and "--follow-links" in reason for reason in skipped.values())
+    assert dataset.links_not_followed == 2
     followed = discover(root, follow_links=True)
     assert sorted(r.file for r in followed.records) == [
         "cat/a.png",
@@ -56,6 +57,25 @@ def test_links_out_of_the_image_folder_are_skipped_unless_followed(tmp_path: Pat
         "dog/b.png",
     ]
     assert not followed.skipped
+
+
+def test_a_folder_made_only_of_links_out_says_how_to_follow_them(tmp_path: Path) -> None:
+    """A split made of links into an image store: refused as a whole with the way out;
+    the report (or the error) never stays silent about it."""
+    store = tmp_path / "store"
+    split = tmp_path / "split"
+    for c in ("cat", "dog"):
+        make_image(store / c / "a.png")
+        (split / c).mkdir(parents=True)
+        (split / c / "a.png").symlink_to(store / c / "a.png")
+    with pytest.raises(UserError, match=r"2 symbolic link\(s\) lead out of the folder.*--follow-links"):
+        discover(split)
+    assert len(discover(split, follow_links=True).records) == 2
+    make_image(split / "cat" / "own.png")
+    out = tmp_path / "out" / "r.html"
+    result = run_cli("audit", tiny_cnn(tmp_path / "m.onnx"), split, "-o", out, *FAST, "--no-tsne")
+    assert result.code == 0, result.err
+    assert any("2 symbolic link(s) lead out of the image folder" in w for w in load_json(out)["warnings"])
 
 
 def test_an_unreadable_sub_folder_is_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
