@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reportgen.data import Preprocess, discover, load_one
+from reportgen.data import ImageDataset, Preprocess, discover, load_one
 from reportgen.extract import extract
-from reportgen.models import load_model
+from reportgen.models import LayerInfo, ModelAdapter, load_model
 from reportgen.pipeline import resolve_layers
 
 
@@ -69,6 +69,21 @@ def bare_forward(kind: str, path: Path, pixels: np.ndarray, batch: int) -> float
     return _best_of(run, repeats=2)
 
 
+def _extraction_seconds(
+    kind: str, path: Path, dataset: ImageDataset, pixels: np.ndarray, pre: Preprocess, batch: int, repeats: int
+) -> tuple[float, float, ModelAdapter, list[LayerInfo]]:
+    """Seconds for reportgen to extract ``dataset`` (decode included, default layers) and
+    for the bare runtime to run the pre-decoded ``pixels``; the prepared adapter and the
+    layers extracted."""
+    adapter = load_model(path, device="cpu")
+    adapter.prepare(pre.size)
+    layers = resolve_layers(None, adapter, pre)
+    ours = _best_of(
+        lambda: extract(dataset, adapter, layers, pre, batch_size=batch, show_progress=False), repeats=repeats
+    )
+    return ours, bare_forward(kind, path, pixels, batch), adapter, layers
+
+
 def extraction_efficiency(models: dict[str, Path], images: Path, batch: int) -> list[Figure]:
     """reportgen's images/s from decode to pooled features of all default layers, over the
     runtime's bare forward images/s on pre-decoded tensors (same model, same batch)."""
@@ -78,14 +93,7 @@ def extraction_efficiency(models: dict[str, Path], images: Path, batch: int) -> 
     pixels = _decode_all(files, pre)
     out = []
     for kind in ("onnx", "torchscript"):
-        adapter = load_model(models[kind], device="cpu")
-        adapter.prepare(pre.size)
-        layers = resolve_layers(None, adapter, pre)
-        ours = _best_of(
-            lambda a=adapter, ls=layers: extract(dataset, a, ls, pre, batch_size=batch, show_progress=False),
-            repeats=2,
-        )
-        bare = bare_forward(kind, models[kind], pixels, batch)
+        ours, bare, _, layers = _extraction_seconds(kind, models[kind], dataset, pixels, pre, batch, repeats=2)
         ratio = bare / ours  # (n / ours) / (n / bare)
         out.append(
             Figure(
@@ -409,14 +417,7 @@ def modern_architectures(
             repeats=1,
         )
         for kind in ("onnx", "torchscript"):
-            adapter = load_model(paths[kind], device="cpu")
-            adapter.prepare(pre.size)
-            layers = resolve_layers(None, adapter, pre)
-            ours = _best_of(
-                lambda a=adapter, ls=layers: extract(dataset, a, ls, pre, batch_size=batch, show_progress=False),
-                repeats=1,
-            )
-            bare = bare_forward(kind, paths[kind], pixels, batch)
+            ours, bare, adapter, layers = _extraction_seconds(kind, paths[kind], dataset, pixels, pre, batch, repeats=1)
             label = "ONNX Runtime" if kind == "onnx" else "torch (TorchScript file)"
             out.append(
                 Figure(
