@@ -91,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         "knn": 2000 if quick else 20000,
         "cam": 8 if quick else 32,
         "report": [100, 200] if quick else [1000, 5000],
+        "explorer": 200 if quick else 10000,
     }
-    total = max([sizes["extract"], *sizes["tsne"], *sizes["report"], sizes["cam"]])
+    total = max([sizes["extract"], *sizes["tsne"], *sizes["report"], sizes["cam"], sizes["explorer"]])
     started = time.perf_counter()
     print(f"building the workload in {work} ({total} images)...", file=sys.stderr)
     models = build_models(work / "models")
     images = build_images(work / "images", total)
     folders = {
         n: measure.subset_folder(images, work / f"subset-{n}", n)
-        for n in {sizes["extract"], *sizes["tsne"], *sizes["report"], sizes["cam"]}
+        for n in {sizes["extract"], *sizes["tsne"], *sizes["report"], sizes["cam"], sizes["explorer"]}
     }
     rows: list[measure.Figure] = []
 
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     rows += report_rows
     largest = max(reports)
     rows.append(measure.report_size(reports[largest], largest))
+    step(f"explorer, N = {sizes['explorer']}")
+    rows += measure.explorer(models["onnx"], folders[sizes["explorer"]], sizes["explorer"], out_dir, args.batch_size)
     elapsed = time.perf_counter() - started
 
     table = ["| figure | value | target | met | how it was measured |", "|---|---|---|---|---|"]

@@ -141,7 +141,15 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="N",
         help="above this many images t-SNE embeds a stratified sample (default: 10000)",
     )
-    g.add_argument("--no-tsne", action="store_true", help="skip the t-SNE section")
+    g.add_argument(
+        "--no-tsne", action="store_true", help="skip the t-SNE section (and the explorer, which draws on it)"
+    )
+    g.add_argument(
+        "--no-explorer",
+        action="store_true",
+        help="leave out the interactive explorer (its thumbnails and neighbour lists are the largest part "
+        "of a big report)",
+    )
     g = p.add_argument_group("Grad-CAM and galleries")
     g.add_argument(
         "--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="CAM method (default: gradcam)"
@@ -217,6 +225,7 @@ def _config_from(args: argparse.Namespace) -> AuditConfig:
         max_queries=args.max_queries,
         tsne_max_points=args.tsne_max_points,
         tsne=not args.no_tsne,
+        explorer=not args.no_explorer,
         cam=args.cam,
         cam_layer=args.cam_layer,
         gallery_size=args.gallery_size,

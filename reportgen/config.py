@@ -103,6 +103,7 @@ class AuditConfig:
     max_queries: int = 60
     tsne_max_points: int = 10000
     tsne: bool = True
+    explorer: bool = True  # the interactive map (needs the t-SNE)
     # Grad-CAM and galleries
     cam: str = "gradcam"
     cam_layer: str | None = None

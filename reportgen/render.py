@@ -21,10 +21,11 @@ import numpy as np
 
 from reportgen import figures as plots
 from reportgen.data import contained
+from reportgen.explorer_page import explorer_payload
 from reportgen.overlay import overlay_thumbnail
 from reportgen.report import AuditResult, Figures, to_json
 from reportgen.resources import templates_dir
-from reportgen.thumbs import jpeg_uri, placeholder, thumbnails
+from reportgen.thumbs import jpeg_uri, placeholder, sprite_sheets, sprite_side, thumbnails
 from reportgen.util import atomic_write_bytes, data_uri
 
 
@@ -126,7 +127,9 @@ def build_figures(
         (k, m) for section in sections.values() for k, m in sorted(getattr(section, "overlay_maps", dict)().items())
     ]
     tsne = sections.get("tsne")
-    total = 3 + (2 if tsne is not None else 0) + len(wanted) + len(pictures) + len(overlays)
+    explorer = sections.get("explorer")
+    points = len(explorer.files) if explorer is not None else 0
+    total = 3 + (2 if tsne is not None else 0) + len(wanted) + len(pictures) + len(overlays) + points
     progress = bar("figures", total, "pic") if bar is not None else nullcontext(_NoBar())
     with progress as tick:
         figs = _charts(result, tick)
@@ -139,6 +142,9 @@ def build_figures(
             file = key.split(":", 2)[2]
             figs.thumbs[key] = overlay_thumbnail(root / file, cam, resize)
             tick.update()
+        if explorer is not None:
+            paths = [root / f for f in explorer.files]
+            figs.sprites = sprite_sheets(paths, sprite_side(len(paths)), on_each=tick.update)
     return figs
 
 
@@ -253,9 +259,18 @@ def _top_confusions(result: AuditResult, limit: int = 15) -> list[dict[str, Any]
 def render_html(result: AuditResult, figures: Figures) -> str:
     """The report as one HTML string."""
     env = environment()
-    script = _asset("report.js")
+    # One inline script, so the policy names one hash: the report's behaviour, then the explorer.
+    script = _asset("report.js") + "\n" + _asset("explorer.js")
     images = {name: data_uri(data, _mime(data)) for name, data in figures.images.items()}
     page_data = {"thumbs": figures.thumbs}
+    explorer = result.sections.get("explorer")
+    explorer_data = None
+    if explorer is not None and figures.sprites is not None:
+        galleries = result.sections.get("galleries")
+        colours = [c["colour"] for c in class_swatches(explorer.names)]
+        explorer_data = explorer_payload(
+            explorer, figures.sprites, figures.thumbs, colours, galleries.method if galleries is not None else None
+        )
     template = env.get_template("report.html.j2")
     return template.render(
         r=result,
@@ -264,6 +279,7 @@ def render_html(result: AuditResult, figures: Figures) -> str:
         script=script,
         csp=csp(script),
         page_data=page_data,
+        explorer_data=explorer_data,
         top_confusions=_top_confusions(result),
         swatches=class_swatches(result.sections["tsne"].class_names) if "tsne" in result.sections else [],
         show_full_confusion=result.metrics is not None and len(result.classes) <= 30,

@@ -8,11 +8,14 @@ documented JSON sidecar.  Pictures (plots, thumbnails) are kept apart in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reportgen.analyses.metrics import ClassBalance, ClassificationMetrics
 from reportgen.data import Skipped
 from reportgen.util import round_floats
+
+if TYPE_CHECKING:
+    from reportgen.thumbs import SpriteSheets
 
 JSON_SCHEMA_VERSION = 1
 
@@ -106,6 +109,7 @@ class Figures:
     images: dict[str, bytes] = field(default_factory=dict)  # name -> PNG or GIF bytes
     thumbs: dict[str, str] = field(default_factory=dict)  # thumbnail key -> data URI
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. the GIF's key frame indices
+    sprites: SpriteSheets | None = None  # the explorer's thumbnails, one tile per point
 
 
 def _metrics_json(result: AuditResult) -> dict[str, Any]:

@@ -5,6 +5,8 @@
   var dataNode = document.getElementById("page-data");
   var data = dataNode ? JSON.parse(dataNode.textContent) : { thumbs: {} };
   var thumbs = data.thumbs || {};
+  // The explorer (explorer.js, in the same inline script) shows some of these too.
+  window.reportgenThumbs = thumbs;
 
   // Thumbnails are stored once per image and referenced by key, so an image shown in
   // several tables is embedded once.

@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
+import numpy as np
 import pytest
-from conftest import SAMPLE, run_cli
+from conftest import SAMPLE, load_json, run_cli
 from corpus import build_corpus
+from test_explorer import page_payload
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = [
@@ -44,14 +47,14 @@ def browser():
         b.close()
 
 
-def _open(browser, html: Path):
+def _open(browser, html: Path, fragment: str = ""):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     events: dict[str, list[str]] = {"requests": [], "errors": [], "dialogs": []}
     page.on("request", lambda r: events["requests"].append(r.url))
     page.on("console", lambda m: events["errors"].append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: events["errors"].append(str(e)))
     page.on("dialog", lambda d: (events["dialogs"].append(d.message), d.dismiss()))
-    page.goto(html.resolve().as_uri())
+    page.goto(html.resolve().as_uri() + fragment)
     page.wait_for_load_state("load")
     return page, events
 
@@ -98,4 +101,129 @@ def test_hostile_corpus_report_triggers_nothing(browser, tmp_path: Path, artifac
     assert [u for u in events["requests"] if not u.startswith(("file:", "data:"))] == []
     assert "<img src=x onerror=alert(1)>" in page.inner_text("body")  # shown as text
     page.locator("#skipped").screenshot(path=str(artifacts / "report-skipped.png"))
+    page.close()
+
+
+MAP = "[data-explorer] .xcanvas > canvas"
+PANEL = "[data-explorer-panel]"
+
+
+def _wait(page, condition: str, timeout_s: float = 10.0) -> None:
+    """Poll a JavaScript expression until it is true (the page's policy forbids the
+    eval that ``wait_for_function`` uses)."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while not page.evaluate(condition):
+        assert time.monotonic() < end, f"timed out waiting for {condition}"
+        page.wait_for_timeout(50)
+
+
+def _positions(page) -> np.ndarray:
+    """Where the page draws every point, in CSS px from the canvas's top left corner."""
+    return np.array(
+        page.evaluate(
+            "(() => { const e = window.reportgenExplorer, out = [];"
+            " for (let i = 0; i < e.count; i++) out.push(e.project(i)); return out; })()"
+        )
+    )
+
+
+def _panel_neighbours(page) -> list[str]:
+    return page.locator(f"{PANEL} .xnb img").evaluate_all("els => els.map(e => e.getAttribute('data-file'))")
+
+
+def _hash(file: str, layer: str) -> str:
+    return "#explore=" + quote(file, safe="") + "&layer=" + quote(layer, safe="")
+
+
+def test_explorer_hover_click_slider_and_link(browser, sample_audits, artifacts: Path) -> None:
+    html = sample_audits["onnx"]
+    data, payload = load_json(html), page_payload(html)
+    files, layers = payload["files"], payload["layers"]
+    page, events = _open(browser, html)
+    _wait(page, "window.reportgenExplorer !== undefined")
+    assert page.locator("[data-explorer] canvas").count() == 1
+    canvas = page.locator(MAP)
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box is not None and box["width"] > 300 and box["height"] > 300
+    assert page.evaluate("window.reportgenExplorer.layer()") == len(layers) - 1  # opens at the deepest layer
+
+    # The kNN query drawn farthest from any other point: hovering it can hit nothing else.
+    deepest = {q["query"]: q for q in data["knn"][layers[-1]]}
+    pts = _positions(page)
+    gaps = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(gaps, np.inf)
+    inside = (pts[:, 0] > 10) & (pts[:, 0] < box["width"] - 10) & (pts[:, 1] > 10) & (pts[:, 1] < box["height"] - 10)
+    i = max((j for j, f in enumerate(files) if f in deepest and inside[j]), key=lambda j: gaps[j].min())
+    assert gaps[i].min() > 8
+    x, y = box["x"] + pts[i][0], box["y"] + pts[i][1]
+    page.mouse.move(x, y)
+    hover = page.locator("[data-explorer-hover]")
+    hover.wait_for(state="visible")
+    assert files[i] in hover.inner_text()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)  # away from every point: the card goes
+    hover.wait_for(state="hidden")
+
+    # Click: the panel names the image and shows the JSON's neighbours at this layer.
+    page.mouse.click(x, y)
+    assert page.locator(f"{PANEL} .xfile").inner_text() == files[i]
+    expected = [n["file"] for n in deepest[files[i]]["neighbours"]]
+    assert _panel_neighbours(page) == expected
+    _wait(
+        page, f"Array.from(document.querySelectorAll('{PANEL} .xnb img')).every(i => i.complete && i.naturalWidth > 0)"
+    )
+    assert page.evaluate("location.hash") == _hash(files[i], layers[-1])
+    page.locator("#explore").screenshot(path=str(artifacts / "explorer.png"))
+    # Clicking a neighbour moves the selection to it.
+    page.locator(f"{PANEL} .xnb button").first.click()
+    assert page.locator(f"{PANEL} .xfile").inner_text() == expected[0]
+    assert page.evaluate("location.hash") == _hash(expected[0], layers[-1])
+
+    # The slider: the points move to the first layer's map, and the drawing changes.
+    pixels = page.evaluate(f"document.querySelector('{MAP}').toDataURL()")
+    page.locator('[data-explorer] input[data-x="layer"]').focus()
+    page.keyboard.press("Home")
+    _wait(page, "!window.reportgenExplorer.moving()")
+    assert page.evaluate("window.reportgenExplorer.layer()") == 0
+    moved = _positions(page)
+    assert np.abs(moved - pts).max() > 20
+    assert page.evaluate(f"document.querySelector('{MAP}').toDataURL()") != pixels
+
+    # The search box selects by file name; the panel shows the first layer's neighbours.
+    page.fill('[data-explorer] input[data-x="search"]', files[i])
+    page.press('[data-explorer] input[data-x="search"]', "Enter")
+    assert page.locator(f"{PANEL} .xfile").inner_text() == files[i]
+    first = {q["query"]: q for q in data["knn"][layers[0]]}
+    assert _panel_neighbours(page) == [n["file"] for n in first[files[i]]["neighbours"]]
+    page.fill('[data-explorer] input[data-x="search"]', "")
+
+    # Filters: misclassified only leaves exactly the misclassified points.
+    wrong = sum(1 for p in data["predictions"] if p["label"] is not None and p["label"] != p["pred"])
+    page.check('[data-explorer] input[data-x="wrong"]')
+    assert page.inner_text('[data-explorer] [data-x="count"]').startswith(f"{wrong} of {len(files)}")
+    page.uncheck('[data-explorer] input[data-x="wrong"]')
+
+    # The keyboard: from the map, Escape clears the selection and an arrow key makes one.
+    canvas.focus()
+    page.keyboard.press("Escape")
+    assert page.locator(f"{PANEL} .xfile").count() == 0
+    page.keyboard.press("ArrowRight")
+    assert page.locator(f"{PANEL} .xfile").count() == 1
+    page.keyboard.press("]")
+    _wait(page, "window.reportgenExplorer.layer() === 1")
+
+    assert [u for u in events["requests"] if not u.startswith(("file:", "data:"))] == []
+    assert events["errors"] == [] and events["dialogs"] == []
+    page.close()
+
+    # A link with the selection in its hash opens the report on that image and layer.
+    page, events = _open(browser, html, _hash(files[i], layers[0]))
+    _wait(page, "window.reportgenExplorer !== undefined")
+    assert page.locator(f"{PANEL} .xfile").inner_text() == files[i]
+    assert page.evaluate("window.reportgenExplorer.layer()") == 0
+    assert page.evaluate("window.reportgenExplorer.selected()") == i
+    assert _panel_neighbours(page) == [n["file"] for n in first[files[i]]["neighbours"]]
+    assert events["errors"] == []
     page.close()

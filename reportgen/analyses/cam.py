@@ -27,6 +27,7 @@ import numpy as np
 from reportgen.models.base import SplitModel
 
 CAM_METHODS = ("gradcam", "ablationcam", "scorecam")
+CAM_NAMES = {"gradcam": "Grad-CAM", "ablationcam": "Ablation-CAM", "scorecam": "Score-CAM"}  # as the report writes them
 COPY_BUDGET = 64 << 20  # bytes of perturbed activations sent to the head at once
 
 

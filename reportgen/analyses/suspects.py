@@ -39,6 +39,39 @@ class Mislabel:
     p_label: float
 
 
+@dataclass
+class LabelScores:
+    """The mislabel evidence of every row (NaN or -1 where a row has none)."""
+
+    score: np.ndarray  # (N,) (disagreement + 1 - p_label) / 2; NaN for unlabeled rows
+    disagreement: np.ndarray  # (N,) share of deep neighbours with another label, averaged over layers
+    suggested: np.ndarray  # (N,) majority label of the deepest layer's neighbours, -1 none
+    p_label: np.ndarray  # (N,) the model's probability of the row's own label (0 when not a model class)
+
+
+def label_scores(
+    labels: np.ndarray,
+    probs_of_label: np.ndarray,
+    deep_neighbours: list[Neighbours],
+    reference_labels: np.ndarray,
+) -> LabelScores | None:
+    """Per-row mislabel evidence (see :func:`mislabel_scores` for the arguments); None
+    when there are no neighbours to read."""
+    if not deep_neighbours or deep_neighbours[0].indices.shape[1] == 0:
+        return None
+    shares = []
+    for nb in deep_neighbours:
+        neighbour_labels = reference_labels[nb.indices]
+        valid = neighbour_labels >= 0
+        differs = (neighbour_labels != labels[:, None]) & valid
+        shares.append(differs.sum(axis=1) / np.maximum(valid.sum(axis=1), 1))
+    disagreement = np.mean(shares, axis=0)
+    suggested = majority_vote(reference_labels[deep_neighbours[-1].indices])
+    p = np.where(np.isfinite(probs_of_label), probs_of_label, 0.0)
+    score = np.where(labels >= 0, (disagreement + (1.0 - p)) / 2.0, np.nan)
+    return LabelScores(score, disagreement, suggested, p)
+
+
 def mislabel_scores(
     labels: np.ndarray,
     probs_of_label: np.ndarray,
@@ -52,18 +85,10 @@ def mislabel_scores(
     ``deep_neighbours``: neighbour lists at the deep layers, deepest last, indexing
     ``reference_labels``.
     """
-    if not deep_neighbours or deep_neighbours[0].indices.shape[1] == 0:
+    scores = label_scores(labels, probs_of_label, deep_neighbours, reference_labels)
+    if scores is None:
         return []
-    shares = []
-    for nb in deep_neighbours:
-        neighbour_labels = reference_labels[nb.indices]
-        valid = neighbour_labels >= 0
-        differs = (neighbour_labels != labels[:, None]) & valid
-        shares.append(differs.sum(axis=1) / np.maximum(valid.sum(axis=1), 1))
-    disagreement = np.mean(shares, axis=0)
-    suggested = majority_vote(reference_labels[deep_neighbours[-1].indices])
-    p = np.where(np.isfinite(probs_of_label), probs_of_label, 0.0)
-    score = (disagreement + (1.0 - p)) / 2.0
+    score, disagreement, suggested, p = scores.score, scores.disagreement, scores.suggested, scores.p_label
     candidates = np.flatnonzero(
         (labels >= 0) & (disagreement > 0.5) & (p < 0.5) & (suggested >= 0) & (suggested != labels)
     )

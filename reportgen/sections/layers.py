@@ -9,11 +9,19 @@ from typing import Any
 import numpy as np
 
 from reportgen.analyses.knn import LayerKnn, knn_search, layer_knn
-from reportgen.analyses.suspects import DuplicatePair, Mislabel, merge_pairs, mislabel_scores, near_duplicates
+from reportgen.analyses.suspects import (
+    DuplicatePair,
+    Mislabel,
+    label_scores,
+    merge_pairs,
+    mislabel_scores,
+    near_duplicates,
+)
 from reportgen.analyses.tsne import TsneResult, perplexity_for, tsne_layers
 from reportgen.extract import Features
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
 from reportgen.sections import ImageSet, NeighbourEntry, SectionInputs, label_name, neighbour_strip
+from reportgen.sections.explorer import build_explorer
 
 
 @dataclass
@@ -362,6 +370,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
     p_label = np.where(truth >= 0, probs[np.arange(len(truth)), np.maximum(truth, 0)], np.nan)
     with clock("suspects"):
         mislabels = mislabel_scores(labels, p_label, [knn[n].neighbours for n in deep], ref_labels)
+        evidence = label_scores(labels, p_label, [knn[n].neighbours for n in deep], ref_labels)
         dup_ratio = 0.25
         dup_layers = list(dict.fromkeys(n for n in (INPUT_LAYER, dup_layer) if n in knn))
         found = []
@@ -395,3 +404,32 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
             summary.note = "; ".join(dict.fromkeys(n for n in notes if n))
         colour_names = vocab if result.dataset.labeled else class_map.classes
         result.sections["tsne"] = TsneSection(tsne, colour[tsne.rows], wrong[tsne.rows], colour_names)
+        if cfg.explorer:
+            partners: dict[int, list[str]] = {}
+            for d in dups:
+                partners.setdefault(d.a, []).append((ref_set if d.cross else audited).files[d.b])
+                if not d.cross:
+                    partners.setdefault(d.b, []).append(audited.files[d.a])
+            with clock("explorer"):
+                explorer = build_explorer(
+                    layers=names,
+                    rows=tsne.rows,
+                    embeddings=tsne.embeddings,
+                    arrays=features.arrays,
+                    files=features.files,
+                    labels=labels,
+                    label_names=vocab,
+                    preds=pred,
+                    class_names=class_map.classes,
+                    probs=probs,
+                    scores=evidence,
+                    mislabels={m.row: m.suggested for m in mislabels},
+                    duplicates=partners,
+                    k=cfg.k,
+                    metric=cfg.metric,
+                    knn=knn if reference is None else None,
+                    n_total=features.n,
+                    labeled=bool(result.dataset.labeled),
+                )
+            if explorer is not None:
+                result.sections["explorer"] = explorer
