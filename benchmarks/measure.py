@@ -473,7 +473,8 @@ def explorer(model: Path, images: Path, n: int, out_dir: Path, batch: int) -> li
         "<= 6 MB",
         added <= 6_000_000,
         f"{report.stat().st_size:,} bytes with the explorer, {bare.stat().st_size:,} without (`--no-explorer`, same "
-        f"features cache); the audit took {wall:.0f} s with it, {wall_bare:.0f} s without",
+        f"features cache); the first audit extracted the features ({wall:.0f} s), the second read them from "
+        f"the cache ({wall_bare:.0f} s)",
     )
     timing = _explorer_frames(report)
     if timing is None:

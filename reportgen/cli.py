@@ -169,6 +169,13 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument(
         "--channels", type=int, default=8, metavar="N", help="channels in the channel view (default: 8; 0 turns it off)"
     )
+    g.add_argument(
+        "--shortcut-images",
+        type=int,
+        default=24,
+        metavar="N",
+        help="images per class whose maps are read to find possible shortcuts (default: 24; 0 turns it off)",
+    )
     g = p.add_argument_group("feature visualisation")
     g.add_argument(
         "--units",
@@ -230,6 +237,7 @@ def _config_from(args: argparse.Namespace) -> AuditConfig:
         cam_layer=args.cam_layer,
         gallery_size=args.gallery_size,
         channels=args.channels,
+        shortcut_images=args.shortcut_images,
         units=args.units,
         unit_steps=args.unit_steps,
         fail_under=args.fail_under,

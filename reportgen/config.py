@@ -104,6 +104,7 @@ class AuditConfig:
     tsne_max_points: int = 10000
     tsne: bool = True
     explorer: bool = True  # the interactive map (needs the t-SNE)
+    shortcut_images: int = 24  # per class, for the possible-shortcuts test (0: off)
     # Grad-CAM and galleries
     cam: str = "gradcam"
     cam_layer: str | None = None
@@ -131,6 +132,8 @@ class AuditConfig:
             raise UserError("--device must be auto, cpu or cuda")
         if self.gallery_size < 0 or self.channels < 0 or self.channel_images < 1:
             raise UserError("gallery and channel counts must not be negative")
+        if self.shortcut_images < 0:
+            raise UserError("--shortcut-images must not be negative")
         if self.units < 0 or self.unit_steps < 1:
             raise UserError("--units must not be negative and --unit-steps must be positive")
         if self.tsne_max_points < 10:

@@ -56,3 +56,14 @@ def overlay_thumbnail(path: Path, cam: np.ndarray, resize: str, side: int = 96) 
     pic = overlay(open_fitted(path, 2 * side), cam, resize)
     pic.thumbnail((side, side), Image.Resampling.BILINEAR)
     return jpeg_uri(pic)
+
+
+def blend_uri(picture: np.ndarray, cam: np.ndarray, side: int = 160) -> str:
+    """Data URI of ``cam`` laid over a [0, 1] (H, W, C) model-input picture, enlarged to
+    about ``side`` px (the picture and the map cover the same input, so nothing is resized
+    relative to the other)."""
+    arr = np.clip(np.rint(picture * 255), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+    factor = max(1, side // max(img.size))
+    img = img.resize((img.width * factor, img.height * factor), Image.Resampling.BILINEAR)
+    return jpeg_uri(overlay(img, cam, "stretch"))

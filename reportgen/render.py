@@ -22,7 +22,7 @@ import numpy as np
 from reportgen import figures as plots
 from reportgen.data import contained
 from reportgen.explorer_page import explorer_payload
-from reportgen.overlay import overlay_thumbnail
+from reportgen.overlay import blend_uri, overlay_thumbnail
 from reportgen.report import AuditResult, Figures, to_json
 from reportgen.resources import templates_dir
 from reportgen.thumbs import jpeg_uri, placeholder, sprite_sheets, sprite_side, thumbnails
@@ -142,6 +142,9 @@ def build_figures(
             file = key.split(":", 2)[2]
             figs.thumbs[key] = overlay_thumbnail(root / file, cam, resize)
             tick.update()
+        shortcuts = sections.get("shortcuts")
+        for key, (picture, cam) in sorted(getattr(shortcuts, "blends", {}).items()):
+            figs.thumbs[key] = blend_uri(picture, cam)
         if explorer is not None:
             paths = [root / f for f in explorer.files]
             figs.sprites = sprite_sheets(paths, sprite_side(len(paths)), on_each=tick.update)

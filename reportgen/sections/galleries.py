@@ -13,6 +13,8 @@ from reportgen.analyses.galleries import class_galleries
 from reportgen.errors import UserError
 from reportgen.models import ModelAdapter, SplitModel, last_spatial_layer
 from reportgen.sections import SectionInputs, load_pixels, overlay_key, small_map, thumb_key
+from reportgen.sections import shortcuts as shortcuts_section
+from reportgen.sections.shortcuts import ShortcutsSection
 
 
 @dataclass
@@ -191,7 +193,7 @@ def build(inputs: SectionInputs) -> None:
     cfg, result, features, clock = inputs.cfg, inputs.result, inputs.features, inputs.clock
     probs, truth, pred, pre, dataset = inputs.probs, inputs.truth, inputs.pred, inputs.pre, inputs.dataset
 
-    if cfg.gallery_size <= 0 and cfg.channels <= 0:
+    if cfg.gallery_size <= 0 and cfg.channels <= 0 and cfg.shortcut_images <= 0:
         return
     with clock("load model"):
         adapter = inputs.handle.prepared(pre.size)
@@ -261,6 +263,17 @@ def build(inputs: SectionInputs) -> None:
             len(blank),
         )
         result.sections["galleries"] = section
+
+    if cfg.shortcut_images > 0:
+        if split is None:
+            result.sections["shortcuts"] = ShortcutsSection([], 0, 0, cfg.shortcut_images, None, note or "no maps")
+        else:
+            try:
+                shortcuts_section.build(inputs, adapter, split)
+            except UserError as exc:
+                if cfg.cam_layer:
+                    raise
+                result.sections["shortcuts"] = ShortcutsSection([], 0, 0, cfg.shortcut_images, None, f"no maps: {exc}")
 
     if cfg.channels > 0 and split is not None:
         if layer not in features.arrays:
