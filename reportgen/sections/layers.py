@@ -407,7 +407,11 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
         if cfg.explorer:
             partners: dict[int, list[str]] = {}
             for d in dups:
-                partners.setdefault(d.a, []).append((ref_set if d.cross else audited).files[d.b])
+                # A reference image is not on the map: named as such, so the page never
+                # mistakes it for an audited file of the same name.
+                partners.setdefault(d.a, []).append(
+                    f"{cfg.reference}/{ref_set.files[d.b]} (reference)" if d.cross else audited.files[d.b]
+                )
                 if not d.cross:
                     partners.setdefault(d.b, []).append(audited.files[d.a])
             with clock("explorer"):
