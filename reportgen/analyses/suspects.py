@@ -85,7 +85,11 @@ def mislabel_scores(
     ``deep_neighbours``: neighbour lists at the deep layers, deepest last, indexing
     ``reference_labels``.
     """
-    scores = label_scores(labels, probs_of_label, deep_neighbours, reference_labels)
+    return flagged_mislabels(labels, label_scores(labels, probs_of_label, deep_neighbours, reference_labels))
+
+
+def flagged_mislabels(labels: np.ndarray, scores: LabelScores | None) -> list[Mislabel]:
+    """The suspects among rows whose evidence is ``scores`` (see :func:`mislabel_scores`)."""
     if scores is None:
         return []
     score, disagreement, suggested, p = scores.score, scores.disagreement, scores.suggested, scores.p_label

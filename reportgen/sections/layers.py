@@ -12,9 +12,9 @@ from reportgen.analyses.knn import LayerKnn, knn_search, layer_knn
 from reportgen.analyses.suspects import (
     DuplicatePair,
     Mislabel,
+    flagged_mislabels,
     label_scores,
     merge_pairs,
-    mislabel_scores,
     near_duplicates,
 )
 from reportgen.analyses.tsne import TsneResult, perplexity_for, tsne_layers
@@ -369,8 +369,8 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
     deep, dup_layer = deep_layers(names)
     p_label = np.where(truth >= 0, probs[np.arange(len(truth)), np.maximum(truth, 0)], np.nan)
     with clock("suspects"):
-        mislabels = mislabel_scores(labels, p_label, [knn[n].neighbours for n in deep], ref_labels)
         evidence = label_scores(labels, p_label, [knn[n].neighbours for n in deep], ref_labels)
+        mislabels = flagged_mislabels(labels, evidence)
         dup_ratio = 0.25
         dup_layers = list(dict.fromkeys(n for n in (INPUT_LAYER, dup_layer) if n in knn))
         found = []
