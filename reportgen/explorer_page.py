@@ -14,6 +14,8 @@ little-endian and base64-encoded (the page decodes it into a typed array):
     int32, (n,): indices into ``names`` (label -1: unlabeled).
 ``conf``
     uint16, (n,): probability of the predicted class x 65535.
+``correct``
+    int8, (n,): 1 right, 0 wrong, -1 unknown (as the report's metrics count them).
 ``suspect``
     uint16, (n,): mislabel score x 65534; 65535 where the image has none (unlabeled).
 
@@ -85,6 +87,7 @@ def explorer_payload(
         "label": pack(section.labels, "<i4"),
         "pred": pack(section.preds, "<i4"),
         "conf": pack(np.rint(np.clip(section.confidence, 0, 1) * 65535.0), "<u2"),
+        "correct": pack(section.correct, "i1"),
         "suspect": pack(suspect, "<u2"),
         "mislabels": [[i, s] for i, s in sorted(section.mislabels.items())],
         "duplicates": [[i, files] for i, files in sorted(section.duplicates.items())],

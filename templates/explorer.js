@@ -21,7 +21,7 @@
   var q = typed(D.pos, Uint16Array);
   var nb = typed(D.nb, D.nbBytes === 4 ? Uint32Array : Uint16Array);
   var label = typed(D.label, Int32Array), pred = typed(D.pred, Int32Array);
-  var conf16 = typed(D.conf, Uint16Array), susp16 = typed(D.suspect, Uint16Array);
+  var conf16 = typed(D.conf, Uint16Array), susp16 = typed(D.suspect, Uint16Array), correct = typed(D.correct, Int8Array);
   var B = D.bounds;
   var pos = [];  // per layer: Float32Array(2n) of map coordinates
   for (var l = 0; l < L; l++) {
@@ -35,7 +35,7 @@
   var wrong = new Uint8Array(n), flagged = new Uint8Array(n);
   var mislabel = {}, dups = {}, cams = {}, byFile = {};
   for (i = 0; i < n; i++) {
-    wrong[i] = label[i] >= 0 && label[i] !== pred[i] ? 1 : 0;
+    wrong[i] = correct[i] === 0 ? 1 : 0;
     byFile[D.files[i]] = i;
   }
   D.mislabels.forEach(function (m) { mislabel[m[0]] = m[1]; flagged[m[0]] = 1; });
@@ -105,7 +105,7 @@
       }
     } else if (mode === "correct") {
       palette = [RIGHT, WRONG, NONE];
-      for (i = 0; i < n; i++) { colourOf[i] = label[i] < 0 ? 2 : wrong[i]; }
+      for (i = 0; i < n; i++) { colourOf[i] = correct[i] < 0 ? 2 : wrong[i]; }
     } else {
       palette = [];
       for (var s = 0; s < RAMP_STEPS; s++) { palette.push(ramp(s / (RAMP_STEPS - 1))); }

@@ -94,6 +94,7 @@ def test_payload_matches_the_analyses_arrays(max_points: int) -> None:
     preds = probs.argmax(axis=1)
     scores = label_scores(labels, probs[:, 0], [knn["b"].neighbours], labels)
     files = [f"c{lab}/img_{i:03d}.png" for i, lab in enumerate(labels)]
+    truth = np.array([class_names.index(f"c{lab}") for lab in labels])
     section = build_explorer(
         layers=names,
         rows=tsne.rows,
@@ -103,6 +104,7 @@ def test_payload_matches_the_analyses_arrays(max_points: int) -> None:
         labels=labels,
         label_names=["c0", "c1", "c2"],
         preds=preds,
+        truth=truth,
         class_names=class_names,
         probs=probs,
         scores=scores,
@@ -145,6 +147,7 @@ def test_payload_matches_the_analyses_arrays(max_points: int) -> None:
     assert [vocab[v] for v in decode(payload, "pred", "<i4")] == [class_names[preds[r]] for r in rows]
     conf = decode(payload, "conf", "<u2") / 65535
     assert np.allclose(conf, probs[rows, preds[rows]], atol=1 / 65535)
+    assert np.array_equal(decode(payload, "correct", "i1"), (truth[rows] == preds[rows]).astype(np.int8))
     susp = decode(payload, "suspect", "<u2") / 65534
     assert np.allclose(susp, scores.score[rows], atol=1 / 65534)
     assert payload["mislabels"] == [[1, "c2"]]
@@ -162,7 +165,7 @@ def test_unlabeled_points_have_no_suspect_score() -> None:
     tsne = tsne_layers({"a": arrays["a"]}, ["a"], labels, seed=0, schedule=FAST)
     section = build_explorer(
         layers=["a"], rows=tsne.rows, embeddings=tsne.embeddings, arrays=arrays, files=[f"{i}.png" for i in range(30)],
-        labels=labels, label_names=["x", "y", "z"], preds=np.zeros(30, int), class_names=["x", "y", "z"],
+        labels=labels, label_names=["x", "y", "z"], preds=np.zeros(30, int), truth=labels, class_names=["x", "y", "z"],
         probs=np.full((30, 3), 1 / 3), scores=scores, mislabels={}, duplicates={}, k=3, metric="euclidean", knn=knn,
         n_total=30, labeled=True,
     )  # fmt: skip
@@ -171,6 +174,8 @@ def test_unlabeled_points_have_no_suspect_score() -> None:
     raw = decode(payload, "suspect", "<u2")
     assert np.all(raw[:5] == 65535) and np.all(raw[5:] < 65535)
     assert np.all(decode(payload, "label", "<i4")[:5] == -1)
+    correct = decode(payload, "correct", "i1")
+    assert np.all(correct[:5] == -1) and np.array_equal(correct[5:], (labels[5:] == 0).astype(np.int8))
     assert payload["camMethod"] is None and payload["cams"] == []
 
 
@@ -211,8 +216,10 @@ def test_sample_report_explorer_against_its_json_and_cache(sample_audits: dict[s
     labels = decode(payload, "label", "<i4")
     pred = decode(payload, "pred", "<i4")
     conf = decode(payload, "conf", "<u2") / 65535
+    correct = decode(payload, "correct", "i1")
     for i, file in enumerate(payload["files"]):
         assert names[labels[i]] == preds[file]["label"] and names[pred[i]] == preds[file]["pred"]
+        assert correct[i] == (preds[file]["label"] == preds[file]["pred"])
         assert conf[i] == pytest.approx(preds[file]["score"], abs=2e-5)
     # The neighbours of every kNN query, at every layer, are the JSON's.
     nb = neighbours(payload)

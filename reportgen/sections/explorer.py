@@ -37,6 +37,7 @@ class ExplorerSection:
     preds: np.ndarray  # (n,) index into ``names`` of the predicted class
     pred_outputs: np.ndarray  # (n,) the same prediction as the model's output index (names its Grad-CAM)
     confidence: np.ndarray  # (n,) probability of the predicted class
+    correct: np.ndarray  # (n,) int8: 1 right, 0 wrong, -1 unknown (no label, or a label that is no model class)
     suspect: np.ndarray  # (n,) mislabel score in [0, 1], NaN where none (unlabeled)
     names: list[str]  # class names: the folder's labels, then output classes not among them
     mislabels: dict[int, str] = field(default_factory=dict)  # flagged point -> suggested label
@@ -100,6 +101,7 @@ def build_explorer(
     labels: np.ndarray,
     label_names: list[str],
     preds: np.ndarray,
+    truth: np.ndarray,
     class_names: list[str],
     probs: np.ndarray,
     scores: LabelScores | None,
@@ -114,7 +116,8 @@ def build_explorer(
     """The explorer's data for the points ``rows`` (the t-SNE's points).
 
     ``labels`` index ``label_names`` (-1 unlabeled) and ``preds`` index ``class_names``,
-    both per feature row; ``mislabels`` maps a flagged row to its suggested label;
+    both per feature row; ``truth`` is the true output index (-1 unknown), so that "right"
+    and "wrong" are the report's; ``mislabels`` maps a flagged row to its suggested label;
     ``duplicates`` a row to the files it near-duplicates; ``knn`` as in
     :func:`point_neighbours`.  None when no layer has a map.
     """
@@ -138,6 +141,7 @@ def build_explorer(
         preds=pred_names[np.asarray(preds, np.int64)[rows]],
         pred_outputs=np.asarray(preds, np.int64)[rows],
         confidence=probs[rows, preds[rows]].astype(np.float64),
+        correct=np.where(truth[rows] < 0, -1, truth[rows] == preds[rows]).astype(np.int8),
         suspect=(np.full(len(rows), np.nan) if scores is None else scores.score[rows].astype(np.float64)),
         names=names,
         mislabels={point_of[r]: label_names[s] for r, s in mislabels.items() if r in point_of},

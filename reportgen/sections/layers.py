@@ -424,6 +424,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                     labels=labels,
                     label_names=vocab,
                     preds=pred,
+                    truth=truth,
                     class_names=class_map.classes,
                     probs=probs,
                     scores=evidence,
