@@ -132,10 +132,12 @@
       var present = {};
       for (var i = 0; i < n; i++) { present[mode === "label" ? label[i] : pred[i]] = true; }
       var shown = 0;
+      var LEGEND_CLASSES = 40, more = 0;
       D.names.forEach(function (name, c) {
-        if (present[c] && shown < 40) { legendItem(D.colours[c], "dot", name); shown++; }
+        if (!present[c]) { return; }
+        if (shown < LEGEND_CLASSES) { legendItem(D.colours[c], "dot", name); shown++; } else { more++; }
       });
-      if (shown === 40) { legend.appendChild(el("span", "muted", "… (pick a class above)")); }
+      if (more) { legend.appendChild(el("span", "muted", "… and " + more + " more (pick a class above)")); }
     } else if (mode === "correct") {
       legendItem(RIGHT, "dot", "right"); legendItem(WRONG, "diamond", "wrong");
     } else {
@@ -146,8 +148,10 @@
       legend.appendChild(el("span", "", "1"));
       if (mode === "suspect") { legendItem(NONE, "dot", "unlabeled"); }
     }
-    legendItem("#fff", "diamond", "misclassified");
-    legendItem("#fff", "ring", "suspected mislabel or near-duplicate");
+    if (D.labeled) {
+      legendItem("#fff", "diamond", "misclassified");
+      legendItem("#fff", "ring", "suspected mislabel or near-duplicate");
+    }
   }
 
   // ---------------------------------------------------------------- filters

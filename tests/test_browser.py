@@ -227,3 +227,27 @@ def test_explorer_hover_click_slider_and_link(browser, sample_audits, artifacts:
     assert _panel_neighbours(page) == [n["file"] for n in first[files[i]]["neighbours"]]
     assert events["errors"] == []
     page.close()
+
+
+def test_explorer_on_an_unlabeled_folder(browser, tmp_path: Path) -> None:
+    """A flat folder: colour by prediction or confidence only, no right/wrong, no errors."""
+    images = tmp_path / "flat"
+    images.mkdir()
+    for path in sorted((SAMPLE / "images").glob("*/*.jpg"))[::9]:
+        shutil.copy(path, images / f"{path.parent.name}_{path.name}")
+    out = tmp_path / "out" / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", images, "-o", out, "-q", "--gallery-size", "0", "--channels", "0")
+    assert result.code == 0, result.err
+    page, events = _open(browser, out)
+    _wait(page, "window.reportgenExplorer !== undefined")
+    modes = page.eval_on_selector_all('[data-explorer] select[data-x="colour"] option', "os => os.map(o => o.value)")
+    assert modes == ["pred", "conf"]
+    assert page.locator('[data-explorer] input[data-x="wrong"]').count() == 0
+    assert "misclassified" not in page.inner_text('[data-explorer] [data-x="legend"]')
+    page.locator(MAP).focus()
+    page.keyboard.press("ArrowRight")
+    assert page.locator(f"{PANEL} .xfile").count() == 1 and len(_panel_neighbours(page)) == 10
+    page.select_option('[data-explorer] select[data-x="colour"]', "conf")
+    assert "confidence" in page.inner_text('[data-explorer] [data-x="legend"]')
+    assert events["errors"] == [] and [u for u in events["requests"] if not u.startswith(("file:", "data:"))] == []
+    page.close()
