@@ -4,11 +4,15 @@ side by side in the same process (or, for whole reports, the same machine and ru
 from __future__ import annotations
 
 import gc
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -354,21 +358,32 @@ def report_size(report: Path, n: int) -> Figure:
     )
 
 
-def _opens_in_chromium(report: Path) -> bool | None:
-    import shutil
-
+@contextmanager
+def _headless_chromium() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, or None where either is missing."""
     chromium = shutil.which("chromium")
-    if chromium is None:
-        return None
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        return None
-    errors: list[str] = []
+        chromium = None
+    if chromium is None:
+        yield None
+        return
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
         )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _opens_in_chromium(report: Path) -> bool | None:
+    errors: list[str] = []
+    with _headless_chromium() as browser:
+        if browser is None:
+            return None
         page = browser.new_page()
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -376,7 +391,6 @@ def _opens_in_chromium(report: Path) -> bool | None:
         loaded = page.evaluate(
             "document.getElementById('tsne-gif') !== null && document.querySelectorAll('img[data-thumb]:not([src])').length === 0"
         )
-        browser.close()
     return bool(loaded) and not errors
 
 
@@ -498,19 +512,9 @@ def explorer(model: Path, images: Path, n: int, out_dir: Path, batch: int) -> li
 
 def _explorer_frames(report: Path) -> dict[str, float] | None:
     """Frame statistics of the explorer in headless Chromium (None without Chromium)."""
-    import shutil
-
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        return None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return None
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
+    with _headless_chromium() as browser:
+        if browser is None:
+            return None
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(report.resolve().as_uri(), timeout=300_000)
 
@@ -540,7 +544,6 @@ def _explorer_frames(report: Path) -> dict[str, float] | None:
             "(() => { const e = window.reportgenExplorer, t = performance.now();"
             " for (let i = 0; i < 200; i++) e.pointAt(100 + i, 200 + i % 50); return (performance.now() - t) / 200; })()"
         )
-        browser.close()
     return {
         "frames": len(intervals),
         "layers": layers,

@@ -20,6 +20,7 @@ import jinja2
 import numpy as np
 
 from reportgen import figures as plots
+from reportgen.analyses.cam import CAM_NAMES
 from reportgen.data import contained
 from reportgen.explorer_page import explorer_payload
 from reportgen.overlay import blend_uri, overlay_thumbnail
@@ -91,6 +92,7 @@ def environment() -> jinja2.Environment:
     env.filters["num"] = fmt_num
     env.filters["seconds"] = fmt_seconds
     env.filters["filesize"] = fmt_bytes
+    env.filters["cam_name"] = lambda method: CAM_NAMES.get(method, "activation")
     return env
 
 

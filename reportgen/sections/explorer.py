@@ -50,7 +50,7 @@ class ExplorerSection:
 
     @property
     def k(self) -> int:
-        return int(self.neighbours.shape[2]) if self.neighbours.ndim == 3 else 0
+        return int(self.neighbours.shape[2])
 
     def json_items(self) -> dict[str, Any]:
         return {
@@ -130,7 +130,7 @@ def build_explorer(
     pred_names = np.array([names.index(c) for c in class_names], np.int64)
     point_of = {int(r): i for i, r in enumerate(rows)}
     positions = np.stack([np.asarray(embeddings[name], np.float32) for name in shown])
-    full = knn is not None and len(rows) == n_total and np.array_equal(rows, np.arange(n_total))
+    full = knn is not None and np.array_equal(rows, np.arange(n_total))
     return ExplorerSection(
         layers=shown,
         rows=np.asarray(rows, np.int64),

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.analyses.cam import CAM_NAMES, compute_cam
+from reportgen.analyses.cam import compute_cam
 from reportgen.analyses.shortcuts import (
     GRID,
     MIN_MAPS,
@@ -58,9 +58,6 @@ class ShortcutsSection:
     note: str = ""
     blends: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> (mean image, mean map)
     grid: int = GRID
-
-    def method_name(self) -> str:
-        return CAM_NAMES.get(self.method or "", "activation")
 
     def json_items(self) -> dict[str, Any]:
         return {
