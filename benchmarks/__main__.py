@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--suite",
-        choices=("core", "architectures"),
+        choices=("core", "architectures", "diagnostics"),
         default="core",
         help="core: the ResNet-18 figures (RESULTS.md); architectures: ViT-B/16 and ConvNeXt-T "
-        "(RESULTS-architectures.md)",
+        "(RESULTS-architectures.md); diagnostics: layer pooling and suspected mislabels against ground truth "
+        "and cleanlab (RESULTS-diagnostics.md)",
     )
     args = parser.parse_args(argv)
 
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "architectures":
         output = args.output if args.output != HERE / "RESULTS.md" else HERE / "RESULTS-architectures.md"
         return architectures(args.work / ("quick" if quick else "full"), quick, args.batch_size, output)
+    if args.suite == "diagnostics":
+        output = args.output if args.output != HERE / "RESULTS.md" else HERE / "RESULTS-diagnostics.md"
+        return diagnostics(args.work / ("quick" if quick else "full") / "diagnostics", quick, output)
     work = args.work / ("quick" if quick else "full")
     sizes = {
         "extract": 64 if quick else 1000,
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             "- every figure is measured on the CPU (`--device cpu` in every run), even where a GPU is present: "
             "GPU figures are a separate run on a GPU machine, recorded in their own file",
             gpu_line(),
+            "- the other suites: `RESULTS-architectures.md` (ViT-B/16, ConvNeXt-T), `RESULTS-diagnostics.md` "
+            "(layer pooling and suspected mislabels against ground truth and cleanlab)",
             "",
             *table,
             "",
@@ -156,6 +162,30 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
+    return 0
+
+
+def diagnostics(work: Path, quick: bool, output: Path) -> int:
+    from benchmarks import diagnostics as suite
+
+    started = time.perf_counter()
+    curves, comparisons, notes = suite.run(work, quick, HERE.parent / "sample_data")
+    elapsed = time.perf_counter() - started
+    command = "python -m benchmarks --suite diagnostics" + (" --quick" if quick else "")
+    text = "\n".join(
+        [
+            "# Diagnostics against ground truth" + (" (quick mode: small workloads)" if quick else ""),
+            "",
+            f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- machine: {machine()}",
+            f"- command: `{command}` ({elapsed / 60:.1f} min)",
+            "",
+            *suite.markdown(curves, comparisons, notes),
+        ]
+    )
+    print(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
     return 0
 
 
@@ -188,6 +218,8 @@ def architectures(work: Path, quick: bool, batch: int, output: Path) -> int:
             "head given random weights), 10 outputs, exported to ONNX (opset 17, TorchScript-based exporter) and traced "
             "TorchScript; seeded synthetic 400x300 JPEGs; every figure on the CPU",
             gpu_line(),
+            "- the other suites: `RESULTS-architectures.md` (ViT-B/16, ConvNeXt-T), `RESULTS-diagnostics.md` "
+            "(layer pooling and suspected mislabels against ground truth and cleanlab)",
             "",
             *table,
             "",

@@ -18,6 +18,7 @@ from typing import Any
 from reportgen import __version__
 from reportgen.config import AuditConfig, parse_floats, parse_gates, parse_size
 from reportgen.errors import GateFailed, UserError, one_line
+from reportgen.models.base import POOL_VALUES
 
 EXIT_USER_ERROR = 2
 EXIT_GATE_FAILED = 3
@@ -100,6 +101,14 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="A,B,...",
         help="layers to audit, by module path or tensor name (default: input, end of each stage or block, "
         "penultimate, logits; see `reportgen layers`)",
+    )
+    g.add_argument(
+        "--pool-values",
+        type=int,
+        default=POOL_VALUES,
+        metavar="N",
+        help=f"values each spatial layer keeps per image for kNN and t-SNE: the means of the largest grid "
+        f"(up to 8x8) with channels x cells <= N; 0 keeps only the global mean (default: {POOL_VALUES})",
     )
     g.add_argument("--labels", type=Path, metavar="FILE", help="class names in output order, one per line")
     g.add_argument(
@@ -216,6 +225,7 @@ def _config_from(args: argparse.Namespace) -> AuditConfig:
         std=args.std,
         resize=args.resize,
         layers=args.layers,
+        pool_values=args.pool_values,
         labels=args.labels,
         arch=args.arch,
         trust_pickle=args.trust_pickle,
@@ -294,7 +304,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_layers(args: argparse.Namespace) -> int:
     from reportgen.models import default_layers, last_spatial_layer, load_model
-    from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER
+    from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, pool_cells
 
     adapter = load_model(args.model, device=args.device, arch=args.arch, trust_pickle=args.trust_pickle)
     info = adapter.info
@@ -308,6 +318,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     print(f"# {args.model} ({info.format}), input {size[0]}x{size[1]}, {adapter.num_outputs} outputs")
     print("# * audited by default   c Grad-CAM's default target   ? axes not recognised (attention internals)")
     print("# --layers, --cam-layer and --layer take a module path (the module's output) or a tensor name")
+    print(f"# [AxB]: the grid of means a spatial layer keeps for kNN and t-SNE (--pool-values {POOL_VALUES})")
     with_modules = any(layer.module for layer in layers)
     width = max([len(layer.module) for layer in layers] + [6]) if with_modules else 0
 
@@ -322,7 +333,9 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         mark = ("*" if layer.name in chosen else " ") + (
             "c" if layer.name == cam else ("?" if not layer.layout else " ")
         )
-        print(row(mark, layer.module, layer.name, layer.op, layer.describe()))
+        cells = pool_cells(layer)
+        grid = f" [{cells[0]}x{cells[1]}]" if cells else ""
+        print(row(mark, layer.module, layer.name, layer.op, layer.describe() + grid))
     print(row("* ", "", LOGITS_LAYER, "output", str(adapter.num_outputs)))
     return 0
 

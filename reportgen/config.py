@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from reportgen.errors import UserError
+from reportgen.models.base import POOL_VALUES
 
 CAM_METHODS = ("gradcam", "ablationcam", "scorecam")
 KNN_METRICS = ("euclidean", "cosine")
@@ -86,6 +87,7 @@ class AuditConfig:
     std: tuple[float, ...] | None = None
     resize: str = "stretch"
     layers: list[str] | None = None
+    pool_values: int = POOL_VALUES  # per spatial layer and image: channels x grid cells (0: global mean)
     labels: Path | None = None
     arch: str | None = None
     trust_pickle: bool = False
@@ -122,6 +124,8 @@ class AuditConfig:
             raise UserError("--batch-size must be at least 1")
         if self.k < 1:
             raise UserError("-k must be at least 1")
+        if self.pool_values < 0:
+            raise UserError("--pool-values must be 0 (the global mean) or more")
         if self.metric not in KNN_METRICS:
             raise UserError(f"--metric must be one of {', '.join(KNN_METRICS)}")
         if self.cam not in CAM_METHODS:
@@ -171,6 +175,7 @@ class AuditConfig:
             "std": list(self.std) if self.std else None,
             "resize": self.resize,
             "layers": self.layers,
+            "pool_values": self.pool_values,
             "arch": self.arch,
         }
 

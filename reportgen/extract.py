@@ -14,7 +14,9 @@ The cache (``--features PATH``) is an ``.npz`` file, read with ``allow_pickle=Fa
 ``outputs``     raw model outputs, (N, K) float32
 ``logits``      the class scores before the model's final softmax, (N, K)
                 float32; only for models whose output is a softmax
-``layer_<i>``   pooled features of layer i of ``meta.layers``, (N, D_i) float32
+``layer_<i>``   pooled features of layer i of ``meta.layers``, (N, D_i) float32:
+                the layer's grid of channel means (its ``cells``, channel-major)
+                or its global mean (see ``models.base.pooling``)
 ==============  ==========================================================
 """
 
@@ -36,7 +38,7 @@ from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAda
 from reportgen.progress import progress
 from reportgen.util import atomic_write
 
-CACHE_FORMAT = 2  # 2: logits of softmax-ended models
+CACHE_FORMAT = 3  # 2: logits of softmax-ended models; 3: spatial layers pooled to grids
 
 
 @dataclass
@@ -99,6 +101,7 @@ def extract(
     score = adapter.score_layer
     # The logits of a softmax-ended model ride along as one more tap.
     taps = [*tapped, score] if score and score not in tapped else tapped
+    cells = {layer.name: layer.cells for layer in layers if layer.cells is not None and layer.name in tapped}
     arrays = {layer.name: np.empty((total, layer.dim), np.float32) for layer in layers if layer.name != LOGITS_LAYER}
     outputs = np.empty((total, adapter.num_outputs), np.float32)
     logits = np.empty((total, adapter.num_outputs), np.float32) if score else None
@@ -117,7 +120,7 @@ def extract(
                 skipped.append(Skipped(records[i].file, reason))
             n = len(batch.indices)
             if n:
-                scores, feats = adapter.extract(batch.pixels, taps)
+                scores, feats = adapter.extract(batch.pixels, taps, cells)
                 end = filled + n
                 outputs[filled:end] = scores
                 if logits is not None:
@@ -191,6 +194,7 @@ def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[
                 "grid": list(layer.grid) if layer.grid else None,
                 "module": layer.module,
                 "role": layer.role,
+                "cells": list(layer.cells) if layer.cells else None,
             }
             for layer in features.layers
         ],
@@ -258,6 +262,7 @@ def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | CacheMiss 
                     tuple(d["grid"]) if d.get("grid") else None,
                     d.get("module", ""),
                     d.get("role", ""),
+                    tuple(d["cells"]) if d.get("cells") else None,
                 )
                 for d in meta["layers"]
             ]

@@ -26,7 +26,7 @@ from reportgen.errors import UserError
 from reportgen.extract import CachedRun, CacheMiss, Features, cache_key, extract, load_cache, save_cache
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, default_layers, load_model
-from reportgen.models.base import ModelInfo, input_layer_info, pooling
+from reportgen.models.base import POOL_VALUES, ModelInfo, input_layer_info, pooling, with_cells
 from reportgen.progress import note, progress
 from reportgen.report import AuditResult, DatasetSummary, Figures, LayerSummary, ModelSummary, Prediction
 from reportgen.sections import SectionInputs
@@ -115,8 +115,11 @@ def resolve_preprocess(cfg: AuditConfig, info: ModelInfo) -> Preprocess:
     )
 
 
-def resolve_layers(requested: list[str] | None, adapter: ModelAdapter, pre: Preprocess) -> list[LayerInfo]:
-    """The audited layers in graph order, the pixel layer first and the logits last."""
+def resolve_layers(
+    requested: list[str] | None, adapter: ModelAdapter, pre: Preprocess, pool_values: int = POOL_VALUES
+) -> list[LayerInfo]:
+    """The audited layers in graph order, the pixel layer first and the logits last, each
+    spatial one with the grid it is pooled to at ``pool_values`` (0: the global mean)."""
     available = adapter.layers()
     by_name = {layer.name: layer for layer in available}
     names = [adapter.resolve(n) for n in requested] if requested else default_layers(available, adapter.num_outputs)
@@ -130,7 +133,9 @@ def resolve_layers(requested: list[str] | None, adapter: ModelAdapter, pre: Prep
     chosen: list[LayerInfo] = []
     if INPUT_LAYER in names:
         chosen.append(input_layer_info(pre.channels, pre.size))
-    chosen += [by_name[n] for n in sorted({n for n in names if n in by_name}, key=order.__getitem__)]
+    chosen += with_cells(
+        [by_name[n] for n in sorted({n for n in names if n in by_name}, key=order.__getitem__)], pool_values
+    )
     if LOGITS_LAYER in names:
         chosen.append(LayerInfo(LOGITS_LAYER, (adapter.num_outputs,), "output"))
     return chosen
@@ -215,7 +220,7 @@ def _extract_or_load(
         adapter = handle.open()
         pre = resolve_preprocess(cfg, adapter.info)
         adapter = handle.prepared(pre.size)
-        layers = resolve_layers(cfg.layers, adapter, pre)
+        layers = resolve_layers(cfg.layers, adapter, pre, cfg.pool_values)
     with clock("extract"):
         features = extract(dataset, adapter, layers, pre, batch_size=cfg.batch_size, show_progress=not cfg.quiet)
     meta = _model_meta(adapter, pre)

@@ -173,6 +173,13 @@ def _charts(result: AuditResult, tick: Any) -> Figures:
         series = {
             "kNN accuracy (leave-one-out)": [layer.knn_accuracy for layer in result.layers],
             "neighbour label agreement": [layer.knn_agreement for layer in result.layers],
+            # Where a layer keeps a grid, what its global mean alone would score.
+            "kNN accuracy, maps averaged to one vector": [
+                layer.knn_accuracy if layer.knn_accuracy_global_mean is None else layer.knn_accuracy_global_mean
+                for layer in result.layers
+            ]
+            if any(layer.knn_accuracy_global_mean is not None for layer in result.layers)
+            else [None] * len(result.layers),
             "t-SNE trustworthiness": [layer.tsne_trustworthiness for layer in result.layers],
         }
         series = {k: v for k, v in series.items() if any(x is not None for x in v)}

@@ -56,6 +56,9 @@ class LayerSummary:
     module: str = ""  # module path, where known
     knn_accuracy: float | None = None
     knn_agreement: float | None = None
+    # For a layer pooled to a grid: the kNN accuracy of its global mean (what a grid keeps
+    # that the classic average does not).
+    knn_accuracy_global_mean: float | None = None
     tsne_trustworthiness: float | None = None
     note: str = ""
 
@@ -191,6 +194,7 @@ def to_json(result: AuditResult) -> dict[str, Any]:
                 "module": layer.module or None,
                 "knn_accuracy": layer.knn_accuracy,
                 "knn_agreement": layer.knn_agreement,
+                "knn_accuracy_global_mean": layer.knn_accuracy_global_mean,
                 "tsne_trustworthiness": layer.tsne_trustworthiness,
                 "note": layer.note or None,
             }

@@ -128,7 +128,14 @@ def test_swin_onnx_audit_completes(references: dict, tmp_path: Path) -> None:
     assert len(layers) <= 10
     # Stage 1 ends channels-last; the last stage ends in the permute back to (C, H, W).
     assert [layer["layout"] for layer in layers[1:-2]] == ["hwc", "chw"]
-    assert all(layer["pooling"] == "spatial mean" for layer in layers[1:-2])
+    # Each stage keeps a grid of means (channels x cells <= 1024, at most its own size),
+    # whatever its channel axis.
+    for layer in layers[1:-2]:
+        shape = layer["shape"]
+        channels, (h, w) = (shape[2], shape[:2]) if layer["layout"] == "hwc" else (shape[0], shape[1:])
+        side = min(8, int((1024 / channels) ** 0.5))
+        assert layer["pooling"] == f"{min(side, h)}x{min(side, w)} grid of map means", layer
+        assert layer["dim"] == channels * min(side, h) * min(side, w)
     assert report["cam"]["layer"] == "/permute/Transpose_output_0"
     # The layer names the user knows work as --layers and --cam-layer.
     again = run_cli(

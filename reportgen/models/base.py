@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,13 @@ from reportgen.models.layouts import CHW, HWC, TOKENS, VECTOR, GraphStep, attent
 INPUT_LAYER = "input"
 LOGITS_LAYER = "logits"
 INPUT_GRID = 16  # side of the downsampled pixel layer
+# Values per image a spatial layer keeps (channels x grid cells).  A global mean throws
+# away where things are, which early layers mostly encode (the pixel layer keeps 16x16 for
+# the same reason); about a thousand values keep the layout of a 16-channel layer at 8x8
+# and of a 64-channel layer at 4x4, while exact kNN over them costs what a 1024-d
+# feature vector costs.  Layers with more than this many channels keep the global mean.
+POOL_VALUES = 1024
+MAX_CELLS = 8  # a finer grid than 8x8 adds pixels' detail, not layout
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class LayerInfo:
     grid: tuple[int, int] | None = None
     module: str = ""
     role: str = ""  # "residual" (re-joins the residual stream), "attention_input", or ""
+    cells: tuple[int, int] | None = None  # grid of means kept per channel (see pool_cells)
 
     @property
     def spatial(self) -> bool:
@@ -74,7 +83,15 @@ class LayerInfo:
 
     @property
     def dim(self) -> int:
-        """Length of the pooled feature vector (see :func:`pooling`)."""
+        """Length of the pooled feature vector (see :func:`pooling`): the channels, times
+        the grid cells where the layer keeps a grid."""
+        if self.cells is not None:
+            return self.channels * self.cells[0] * self.cells[1]
+        return self.channels
+
+    @property
+    def channels(self) -> int:
+        """Values per position: the length of the layer's global mean."""
         if self.layout in (CHW, VECTOR):
             return int(self.shape[0])
         if self.layout in (HWC, TOKENS):
@@ -93,14 +110,71 @@ class LayerInfo:
         return text
 
 
+def pool_cells(layer: LayerInfo, budget: int = POOL_VALUES) -> tuple[int, int] | None:
+    """The grid a spatial layer is averaged to: the largest square of at most
+    :data:`MAX_CELLS` a side with channels x cells <= ``budget``, cut to the layer's own
+    resolution; None (the global mean) where only one cell fits, for layers that are no
+    map or token grid, and for token sequences with a class token (the head reads that
+    token, and attention has already mixed every position into it)."""
+    if budget <= 0 or not layer.spatial or (layer.layout == TOKENS and layer.prefix):
+        return None
+    side = min(MAX_CELLS, int(np.sqrt(budget / max(layer.channels, 1))))
+    h, w = layer.resolution
+    cells = (min(side, int(h)), min(side, int(w)))
+    return cells if cells[0] * cells[1] > 1 else None
+
+
+def with_cells(layers: list[LayerInfo], budget: int) -> list[LayerInfo]:
+    """``layers`` with the grid each keeps at ``budget`` values (0: the global mean)."""
+    return [replace(layer, cells=pool_cells(layer, budget)) for layer in layers]
+
+
+def cell_edges(size: int, cells: int) -> np.ndarray:
+    """Bin edges that cover every position exactly once, even when sides don't divide
+    evenly (the pixel layer's rule, so every grid is cut the same way)."""
+    return np.linspace(0, size, cells + 1).astype(int)
+
+
+@lru_cache(maxsize=64)
+def cell_weights(resolution: tuple[int, ...], cells: tuple[int, int]) -> np.ndarray:
+    """(H*W, cells) matrix whose product with a row-major flattened map gives the mean of
+    each cell: the grid pooling, one matrix product in any runtime."""
+    h, w = int(resolution[0]), int(resolution[1])
+    rows, cols = cell_edges(h, cells[0]), cell_edges(w, cells[1])
+    out = np.zeros((h, w, cells[0], cells[1]), np.float64)
+    for i in range(cells[0]):
+        for j in range(cells[1]):
+            area = (rows[i + 1] - rows[i]) * (cols[j + 1] - cols[j])
+            out[rows[i] : rows[i + 1], cols[j] : cols[j + 1], i, j] = 1.0 / area
+    weights = out.reshape(h * w, cells[0] * cells[1]).astype(np.float32)
+    weights.flags.writeable = False  # shared by every call (cached)
+    return weights
+
+
+def channel_means(features: np.ndarray, layer: LayerInfo) -> np.ndarray:
+    """(N, channels) global means of a layer's pooled features: the features themselves,
+    or, for a grid, its cells weighted by their areas (exactly the mean over positions)."""
+    if layer.cells is None:
+        return features
+    h, w = int(layer.resolution[0]), int(layer.resolution[1])
+    rows, cols = cell_edges(h, layer.cells[0]), cell_edges(w, layer.cells[1])
+    share = (np.outer(np.diff(rows), np.diff(cols)) / (h * w)).reshape(-1)
+    grid = features.reshape(features.shape[0], layer.channels, share.size).astype(np.float64)
+    return (grid @ share).astype(np.float32)
+
+
 def pooling(layer: LayerInfo) -> str:
     """How a layer becomes one vector per image, in words (the report says it).
 
-    Feature maps: the mean over space, whatever the channel axis.  Token sequences: the
-    class token where the model has prefix tokens (what its head reads), otherwise the
-    mean of the tokens.  Tensors of unknown layout: the mean over every axis but the
+    Feature maps and token grids: the mean of each cell of a small grid (see
+    :func:`pool_cells`), or over all of space where one cell is all the budget allows,
+    whatever the channel axis.  Token sequences: the class token where the model has
+    prefix tokens (what its head reads), otherwise as maps.  Tensors of unknown layout: the mean over every axis but the
     first (a legacy rule kept for layers asked for by name).
     """
+    if layer.cells is not None:
+        what = "map" if layer.layout in (CHW, HWC) else "token grid"
+        return f"{layer.cells[0]}x{layer.cells[1]} grid of {what} means"
     if layer.layout in (CHW, HWC):
         return "spatial mean"
     if layer.layout == TOKENS:
@@ -169,14 +243,11 @@ def input_layer_info(channels: int, size: tuple[int, int]) -> LayerInfo:
 def downsample_pixels(pixels: np.ndarray, channels_last: bool = False) -> np.ndarray:
     """Area-average an input batch to at most 16x16 and flatten it: the pixel layer."""
     x = pixels.transpose(0, 3, 1, 2) if channels_last else pixels
-    n, c, h, w = x.shape
-    gh, gw = min(INPUT_GRID, h), min(INPUT_GRID, w)
-    # Bin edges that cover every pixel exactly once, even when sides don't divide evenly.
-    rows = np.linspace(0, h, gh + 1).astype(int)
-    cols = np.linspace(0, w, gw + 1).astype(int)
+    n, _, h, w = x.shape
+    rows, cols = cell_edges(h, min(INPUT_GRID, h)), cell_edges(w, min(INPUT_GRID, w))
     summed = np.add.reduceat(np.add.reduceat(x, rows[:-1], axis=2), cols[:-1], axis=3)
     counts = np.outer(np.diff(rows), np.diff(cols)).astype(np.float32)
-    return (summed / counts).reshape(n, c * gh * gw).astype(np.float32)
+    return (summed / counts).reshape(n, -1).astype(np.float32)
 
 
 def run_in_batches_of(
@@ -387,9 +458,13 @@ class ModelAdapter(ABC):
         """Length of the output vector."""
 
     @abstractmethod
-    def extract(self, pixels: np.ndarray, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def extract(
+        self, pixels: np.ndarray, layers: list[str], cells: Mapping[str, tuple[int, int]] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Run one batch; return the outputs (N, K) and the pooled features of ``layers``
-        (names from :meth:`layers`; the pseudo-layers are handled by the caller)."""
+        (names from :meth:`layers`; the pseudo-layers are handled by the caller): the
+        global mean (see :func:`pooling`), or for a layer in ``cells`` the means of that
+        grid's cells, channel-major ((C, cells) flattened, whatever the layout)."""
 
     # --- Grad-CAM support: a model split at one tensor -------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from reportgen.models.base import (
     ModelInfo,
     SplitModel,
     annotate_layers,
+    cell_weights,
     map_view,
     module_from_scope,
     run_in_batches_of,
@@ -140,7 +142,7 @@ class OnnxAdapter(ModelAdapter):
         self._shapes: dict[str, tuple[int, ...]] = {}  # per-image shapes of batched tensors
         self._dtypes: dict[str, np.dtype] = {}
         self._num_outputs = 0
-        self._sessions: dict[tuple[str, ...], tuple[ort.InferenceSession, list[str]]] = {}
+        self._sessions: dict[tuple[Any, ...], tuple[ort.InferenceSession, list[str]]] = {}
         self.batch: int | None = info.fixed_batch
 
     # -- preparation
@@ -316,8 +318,10 @@ class OnnxAdapter(ModelAdapter):
 
     # -- running
 
-    def _extraction_session(self, layers: tuple[str, ...]) -> tuple[ort.InferenceSession, list[str]]:
-        cached = self._sessions.get(layers)
+    def _extraction_session(
+        self, layers: tuple[str, ...], cells: tuple[tuple[int, int] | None, ...]
+    ) -> tuple[ort.InferenceSession, list[str]]:
+        cached = self._sessions.get((layers, cells))
         if cached:
             return cached
         model = copy.deepcopy(self.fixed)
@@ -325,15 +329,42 @@ class OnnxAdapter(ModelAdapter):
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         out_names = [self.output_name]
         info = {layer.name: layer for layer in self._layers}
-        for i, name in enumerate(layers):
+        for i, (name, grid) in enumerate(zip(layers, cells, strict=True)):
             self._check(name)
             pooled = f"reportgen/pool/{i}"
-            self._add_pooling(graph, name, info.get(name), pooled, opset)
+            layer = info.get(name)
+            if grid is not None and layer is not None:
+                self._add_grid_pooling(graph, name, layer, grid, pooled)
+            else:
+                self._add_pooling(graph, name, layer, pooled, opset)
             graph.output.append(onnx.ValueInfoProto(name=pooled))
             out_names.append(pooled)
         entry = (self.session(model), out_names)
-        self._sessions[layers] = entry
+        self._sessions[(layers, cells)] = entry
         return entry
+
+    def _add_grid_pooling(
+        self, graph: onnx.GraphProto, name: str, layer: LayerInfo, cells: tuple[int, int], pooled: str
+    ) -> None:
+        """Nodes that average tensor ``name`` over each cell of a grid, inside the graph:
+        one MatMul with the cell weights (exact for any side, divisible or not), in
+        float32 whatever the model computes in; channel-major output like the torch route."""
+        weights = cell_weights(layer.resolution, cells)
+        graph.node.append(helper.make_node("Cast", [name], [pooled + "/f32"], to=TensorProto.FLOAT))
+        shape = pooled + "/shape"
+        if layer.layout == CHW:
+            graph.initializer.append(numpy_helper.from_array(np.array([0, layer.channels, -1], np.int64), shape))
+            graph.initializer.append(numpy_helper.from_array(weights, pooled + "/weights"))
+            graph.node.append(helper.make_node("Reshape", [pooled + "/f32", shape], [pooled + "/flat"]))
+            graph.node.append(helper.make_node("MatMul", [pooled + "/flat", pooled + "/weights"], [pooled + "/cells"]))
+        else:
+            # (H, W, C) maps and (T, C) token grids: positions first, channels last.
+            graph.initializer.append(numpy_helper.from_array(np.array([0, -1, layer.channels], np.int64), shape))
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weights.T), pooled + "/weights"))
+            graph.node.append(helper.make_node("Reshape", [pooled + "/f32", shape], [pooled + "/flat"]))
+            graph.node.append(helper.make_node("MatMul", [pooled + "/weights", pooled + "/flat"], [pooled + "/hwc"]))
+            graph.node.append(helper.make_node("Transpose", [pooled + "/hwc"], [pooled + "/cells"], perm=[0, 2, 1]))
+        graph.node.append(helper.make_node("Flatten", [pooled + "/cells"], [pooled], axis=1))
 
     def _add_pooling(self, graph: onnx.GraphProto, name: str, layer: LayerInfo | None, pooled: str, opset: int) -> None:
         """Nodes that pool tensor ``name`` to one vector per image, inside the graph (so
@@ -371,8 +402,11 @@ class OnnxAdapter(ModelAdapter):
             self.batch,
         )
 
-    def extract(self, pixels: np.ndarray, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        session, names = self._extraction_session(tuple(layers))
+    def extract(
+        self, pixels: np.ndarray, layers: list[str], cells: Mapping[str, tuple[int, int]] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        grids = cells or {}
+        session, names = self._extraction_session(tuple(layers), tuple(grids.get(name) for name in layers))
         outs = self._run(session, names, {self.input_name: pixels.astype(self.dtype, copy=False)})
         scores = outs[0]
         scores = scores.reshape(scores.shape[0], -1).astype(np.float32, copy=False)

@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,11 @@ from reportgen.models.base import (
     ModelInfo,
     SplitModel,
     annotate_layers,
+    cell_weights,
     map_view,
     run_in_batches_of,
 )
-from reportgen.models.layouts import HWC, TOKENS, GraphStep
+from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep
 from reportgen.models.torchscript import MODULE_KEY
 
 EXTRA_FILE = "reportgen.json"
@@ -294,9 +295,16 @@ def _export_module(module: torch.nn.Module, size: tuple[int, int], channels: int
 # ------------------------------------------------------------------ execution
 
 
-def _pool(t: torch.Tensor, layer: LayerInfo | None = None) -> torch.Tensor:
-    """One vector per image, by the tensor's layout (see ``base.pooling``)."""
+def _pool(t: torch.Tensor, layer: LayerInfo | None = None, cells: tuple[int, int] | None = None) -> torch.Tensor:
+    """One vector per image, by the tensor's layout (see ``base.pooling``): the global
+    mean, or the means of ``cells`` (channel-major, see ``ModelAdapter.extract``)."""
     layout = layer.layout if layer is not None else ""
+    if cells is not None and layer is not None:
+        weights = torch.tensor(cell_weights(layer.resolution, cells), device=t.device, dtype=t.dtype)
+        if layout == CHW:
+            return (t.flatten(2) @ weights).flatten(1)
+        # (H, W, C) maps and (T, C) token grids: positions first.
+        return (weights.T @ t.reshape(t.shape[0], -1, t.shape[-1])).transpose(1, 2).flatten(1)
     if layout == HWC:
         return t.mean(dim=(1, 2))
     if layout == TOKENS:
@@ -585,10 +593,13 @@ class TorchAdapter(ModelAdapter):
 
     # -- running
 
-    def extract(self, pixels: np.ndarray, layers: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def extract(
+        self, pixels: np.ndarray, layers: list[str], cells: Mapping[str, tuple[int, int]] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         assert self._exec is not None, "prepare() first"
         wanted = {self._node(name): name for name in layers}
         info = {layer.name: layer for layer in self._layers}
+        grids = dict(cells or {})
 
         def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
             assert self._exec is not None
@@ -597,7 +608,7 @@ class TorchAdapter(ModelAdapter):
             def tap(node: torch.fx.Node, value: Any) -> None:
                 name = wanted.get(node)
                 if name is not None:
-                    captured[name] = _pool(value, info.get(name)).float()
+                    captured[name] = _pool(value, info.get(name), grids.get(name)).float()
 
             x = torch.from_numpy(arrays[0]).to(self.device, non_blocking=True)
             with torch.inference_mode():

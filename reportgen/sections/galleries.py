@@ -12,6 +12,7 @@ from reportgen.analyses.channels import top_channels
 from reportgen.analyses.galleries import class_galleries
 from reportgen.errors import UserError
 from reportgen.models import ModelAdapter, SplitModel, last_spatial_layer
+from reportgen.models.base import channel_means
 from reportgen.sections import SectionInputs, load_pixels, overlay_key, small_map, thumb_key
 from reportgen.sections import shortcuts as shortcuts_section
 from reportgen.sections.shortcuts import ShortcutsSection
@@ -282,7 +283,8 @@ def build(inputs: SectionInputs) -> None:
             )
             return
         with clock("channels"):
-            picks = top_channels(features.arrays[layer], cfg.channels, cfg.channel_images)
+            info = next(item for item in features.layers if item.name == layer)
+            picks = top_channels(channel_means(features.arrays[layer], info), cfg.channels, cfg.channel_images)
             rows = sorted({r for p in picks for r in p.rows})
             pixels = load_pixels(dataset, [features.files[r] for r in rows], pre)
             ok = [r for r in rows if features.files[r] in pixels]

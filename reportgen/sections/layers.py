@@ -10,6 +10,7 @@ import numpy as np
 
 from reportgen.analyses.knn import LayerKnn, knn_search, layer_knn
 from reportgen.analyses.suspects import (
+    MIN_SCORE,
     DuplicatePair,
     Mislabel,
     flagged_mislabels,
@@ -20,6 +21,7 @@ from reportgen.analyses.suspects import (
 from reportgen.analyses.tsne import TsneResult, perplexity_for, tsne_layers
 from reportgen.extract import Features
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
+from reportgen.models.base import channel_means
 from reportgen.sections import ImageSet, NeighbourEntry, SectionInputs, label_name, neighbour_strip
 from reportgen.sections.explorer import build_explorer
 
@@ -110,6 +112,7 @@ class SuspectsSection:
     layers: list[str]  # the deep layers the mislabel score reads
     duplicate_layers: list[str]
     duplicate_ratio: float
+    min_score: float = MIN_SCORE  # the mislabel score a flag needs
 
     def thumb_keys(self) -> set[str]:
         keys = {m.thumb for m in self.mislabels} | {n.thumb for m in self.mislabels for n in m.neighbours}
@@ -123,6 +126,7 @@ class SuspectsSection:
                 "mislabel_layers": self.layers,
                 "duplicate_layers": self.duplicate_layers,
                 "duplicate_ratio": self.duplicate_ratio,
+                "mislabel_min_score": self.min_score,
             },
         }
 
@@ -349,6 +353,23 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
         summary.knn_accuracy = knn[summary.name].accuracy
         summary.knn_agreement = knn[summary.name].agreement
         summary.note = knn[summary.name].note
+    with clock("knn"):
+        # The same vote on each grid layer's global mean, exact from its cells: the
+        # accuracy the classic average would show, beside what the grid keeps.
+        by_name = {layer.name: layer for layer in features.layers}
+        for summary in result.layers:
+            layer = by_name[summary.name]
+            if layer.cells is None or knn[summary.name].accuracy is None:
+                continue
+            summary.knn_accuracy_global_mean = layer_knn(
+                channel_means(features.arrays[layer.name], layer),
+                labels,
+                cfg.k,
+                metric=cfg.metric,
+                reference=None if reference_arrays is None else channel_means(reference_arrays[layer.name], layer),
+                reference_labels=ref_labels,
+                layer=layer.name,
+            ).accuracy
 
     predicted = [class_map.classes[p] for p in pred]
     wrong = (truth >= 0) & (pred != truth)

@@ -11,6 +11,7 @@ from reportgen.analyses.channels import top_channels
 from reportgen.analyses.visualize import Prior, guided_projection, synthesize, unit_evaluator
 from reportgen.errors import UserError
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
+from reportgen.models.base import channel_means
 from reportgen.models.layouts import CHW
 from reportgen.sections import SectionInputs, load_pixels, thumb_key
 
@@ -97,8 +98,9 @@ def build(inputs: SectionInputs) -> None:
     ][-2:]
     plans: list[tuple[str, str, list[int], list[str], list[list[int]], list[float]]] = []
     for layer in spatial:
-        picks = top_channels(features.arrays[layer.name], cfg.units, n_top)
-        means = features.arrays[layer.name].mean(axis=0)
+        per_channel = channel_means(features.arrays[layer.name], layer)
+        picks = top_channels(per_channel, cfg.units, n_top)
+        means = per_channel.mean(axis=0)
         plans.append(
             (
                 f"Channels of {layer.name}",
