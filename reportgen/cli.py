@@ -130,6 +130,14 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="feature-space distance (default: euclidean)",
     )
     g.add_argument(
+        "--knn-search",
+        choices=("auto", "exact", "approximate"),
+        default="auto",
+        help="auto (default): exact neighbours unless images x images x dims of a layer exceeds 5e11 "
+        "(about 22,000 images at 1024 dims), then an approximate index whose recall the report states; "
+        "exact: always exact; approximate: always the index",
+    )
+    g.add_argument(
         "--reference",
         type=Path,
         metavar="DIR",
@@ -237,6 +245,7 @@ def _config_from(args: argparse.Namespace) -> AuditConfig:
         quiet=args.quiet,
         k=args.k,
         metric=args.metric,
+        knn_search=args.knn_search,
         reference=args.reference,
         queries_per_class=args.queries_per_class,
         max_queries=args.max_queries,

@@ -13,6 +13,7 @@ from reportgen.models.base import POOL_VALUES
 
 CAM_METHODS = ("gradcam", "ablationcam", "scorecam")
 KNN_METRICS = ("euclidean", "cosine")
+KNN_SEARCH = ("auto", "exact", "approximate")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -100,6 +101,7 @@ class AuditConfig:
     # kNN and t-SNE
     k: int = 10
     metric: str = "euclidean"
+    knn_search: str = "auto"  # exact up to ann.EXACT_WORK, then an index with measured recall
     reference: Path | None = None
     queries_per_class: int = 3
     max_queries: int = 60
@@ -128,6 +130,8 @@ class AuditConfig:
             raise UserError("--pool-values must be 0 (the global mean) or more")
         if self.metric not in KNN_METRICS:
             raise UserError(f"--metric must be one of {', '.join(KNN_METRICS)}")
+        if self.knn_search not in KNN_SEARCH:
+            raise UserError(f"--knn-search must be one of {', '.join(KNN_SEARCH)}")
         if self.cam not in CAM_METHODS:
             raise UserError(f"--cam must be one of {', '.join(CAM_METHODS)}")
         if self.resize not in ("stretch", "crop"):

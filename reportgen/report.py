@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from reportgen.analyses.knn import SearchReport
 from reportgen.analyses.metrics import ClassBalance, ClassificationMetrics
 from reportgen.data import Skipped
 from reportgen.util import round_floats
@@ -59,6 +60,7 @@ class LayerSummary:
     # For a layer pooled to a grid: the kNN accuracy of its global mean (what a grid keeps
     # that the classic average does not).
     knn_accuracy_global_mean: float | None = None
+    knn_search: SearchReport | None = None  # how its neighbours were found (exact, or with a measured recall)
     tsne_trustworthiness: float | None = None
     note: str = ""
 
@@ -195,6 +197,14 @@ def to_json(result: AuditResult) -> dict[str, Any]:
                 "knn_accuracy": layer.knn_accuracy,
                 "knn_agreement": layer.knn_agreement,
                 "knn_accuracy_global_mean": layer.knn_accuracy_global_mean,
+                "knn_search": None
+                if layer.knn_search is None
+                else {
+                    "method": layer.knn_search.method,
+                    "recall_at_k": layer.knn_search.recall,
+                    "recall_queries": layer.knn_search.recall_queries,
+                    "detail": layer.knn_search.detail or None,
+                },
                 "tsne_trustworthiness": layer.tsne_trustworthiness,
                 "note": layer.note or None,
             }

@@ -81,15 +81,17 @@ def test_torch_pooling_of_every_layout(layout: str) -> None:
     np.testing.assert_allclose(got, _grid_means(maps, _edges(9, 4), _edges(10, 3)), rtol=1e-5, atol=1e-6)
 
 
-def test_onnx_grid_pooling_equals_the_raw_maps(tmp_path: Path) -> None:
-    # 30x30: the first ReLU's 8x8 cells have uneven sides (3 and 4 pixels).
-    adapter = load_model(tiny_cnn(tmp_path / "m.onnx", size=(30, 30)), device="cpu")
-    adapter.prepare((30, 30))
+@pytest.mark.parametrize("side", [30, 32])
+def test_onnx_grid_pooling_equals_the_raw_maps(side: int, tmp_path: Path) -> None:
+    # 30x30: the first ReLU's 8x8 cells have uneven sides (3 and 4 pixels), pooled by a
+    # MatMul; 32x32: equal cells, pooled by AveragePool.
+    adapter = load_model(tiny_cnn(tmp_path / "m.onnx", size=(side, side)), device="cpu")
+    adapter.prepare((side, side))
     info = {layer.name: layer for layer in adapter.layers()}
     names = ["relu1/out", "relu2/out"]
     cells = {name: pool_cells(info[name]) for name in names}
     assert cells == {"relu1/out": (8, 8), "relu2/out": (8, 8)}
-    x = np.random.default_rng(2).standard_normal((3, 3, 30, 30)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((3, 3, side, side)).astype(np.float32)
     _, feats = adapter.extract(x, names, cells)
     raw = adapter.tensors(x, names)
     for name, maps in zip(names, raw, strict=True):

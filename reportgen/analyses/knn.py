@@ -1,4 +1,8 @@
-"""Exact k-nearest-neighbour search, blockwise, and the per-layer kNN summaries.
+"""k-nearest-neighbour search, and the per-layer kNN summaries.
+
+Exact and blockwise (below), unless the work is too large for it: then through an
+approximate index (``ann.py``) whose recall is measured here, on a sample of queries,
+against this exact search (:func:`find_neighbours`).
 
 The search computes squared Euclidean distances with one float32 matrix product per
 block of queries, keeps a few more candidates than asked, recomputes their distances in
@@ -12,10 +16,12 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from reportgen.analyses import ann
 
 _EPS32 = float(np.finfo(np.float32).eps)
 BLOCK_BYTES = 64 << 20  # distance block held at once per worker
@@ -176,6 +182,47 @@ def majority_vote(neighbour_labels: np.ndarray) -> np.ndarray:
     return out
 
 
+SEARCH_MODES = ("auto", "exact", "approximate")
+
+
+@dataclass
+class SearchReport:
+    """How a neighbour search was done and, when approximate, how good it was."""
+
+    method: str  # "exact" or "approximate"
+    recall: float | None = None  # recall@k on the checked queries (approximate only)
+    recall_queries: int = 0
+    detail: str = ""  # the index's settings, in words
+
+
+def find_neighbours(
+    queries: np.ndarray,
+    reference: np.ndarray,
+    k: int,
+    *,
+    metric: str = "euclidean",
+    leave_one_out: bool = False,
+    mode: str = "auto",
+    seed: int = 0,
+) -> tuple[Neighbours, SearchReport]:
+    """The k nearest reference rows of every query: exact, or (``mode`` approximate, or
+    auto and more work than ``ann.EXACT_WORK``) through the index, with its recall@k
+    measured against the exact search for a seeded sample of queries."""
+    rows = np.arange(len(queries)) if leave_one_out else None
+    k_cap = max(0, min(k, len(reference) - (1 if leave_one_out else 0)))
+    large = ann.is_large(len(queries), len(reference), reference.shape[1] if reference.ndim == 2 else 1)
+    if mode == "exact" or (mode == "auto" and not large) or k_cap == 0 or len(queries) == 0:
+        return knn_search(queries, reference, k, metric=metric, query_rows=rows), SearchReport("exact")
+    idx, dist, detail = ann.approximate_neighbours(
+        queries, reference, k_cap, metric=metric, leave_one_out=leave_one_out, seed=seed
+    )
+    rng = np.random.default_rng([seed, 1])  # not the index's stream: checking must not steer it
+    checked = np.sort(rng.choice(len(queries), size=min(len(queries), ann.RECALL_QUERIES), replace=False))
+    exact = knn_search(queries[checked], reference, k_cap, metric=metric, query_rows=checked if leave_one_out else None)
+    recall = ann.recall_at_k(idx[checked], exact.indices)
+    return Neighbours(idx, dist), SearchReport("approximate", recall, len(checked), detail)
+
+
 @dataclass
 class LayerKnn:
     """Leave-one-out kNN of every image at one layer, and what it says about labels."""
@@ -185,6 +232,7 @@ class LayerKnn:
     accuracy: float | None  # majority vote of the neighbours' labels == own label
     agreement: float | None  # mean share of neighbours carrying the image's own label
     note: str = ""  # why accuracy and agreement are None where there are labels
+    search: SearchReport = field(default_factory=lambda: SearchReport("exact"))
 
 
 def layer_knn(
@@ -196,17 +244,20 @@ def layer_knn(
     reference: np.ndarray | None = None,
     reference_labels: np.ndarray | None = None,
     layer: str = "",
+    search: str = "auto",
+    seed: int = 0,
 ) -> LayerKnn:
     """kNN of every row, from the reference set or (without one) leaving the row out.
 
     ``labels`` (and ``reference_labels``) are ints, -1 for unlabeled rows; accuracy and
-    agreement are over the labeled rows, or None when there are none.
+    agreement are over the labeled rows, or None when there are none.  ``search``: see
+    :func:`find_neighbours` (its report is kept on the result).
     """
     if reference is None:
-        nb = knn_search(features, features, k, metric=metric, query_rows=np.arange(len(features)))
+        nb, how = find_neighbours(features, features, k, metric=metric, leave_one_out=True, mode=search, seed=seed)
         ref_labels = labels
     else:
-        nb = knn_search(features, reference, k, metric=metric)
+        nb, how = find_neighbours(features, reference, k, metric=metric, mode=search, seed=seed)
         ref_labels = reference_labels if reference_labels is not None else np.full(len(reference), -1)
     accuracy = agreement = None
     known = labels >= 0
@@ -214,10 +265,10 @@ def layer_knn(
     if len(searched) and not np.ptp(searched, axis=0).any():
         # Every candidate is at the same distance: the "neighbours" are whatever the
         # tie-break picks (row order), and a vote among them measures nothing.
-        return LayerKnn(layer, nb, None, None, "every image has the same features at this layer: kNN undefined")
+        return LayerKnn(layer, nb, None, None, "every image has the same features at this layer: kNN undefined", how)
     if nb.indices.shape[1] and known.any():
         nl = ref_labels[nb.indices]
         vote = majority_vote(nl)
         accuracy = float(np.mean(vote[known] == labels[known]))
         agreement = float(np.mean((nl[known] == labels[known, None]).mean(axis=1)))
-    return LayerKnn(layer, nb, accuracy, agreement)
+    return LayerKnn(layer, nb, accuracy, agreement, search=how)

@@ -349,19 +349,34 @@ class OnnxAdapter(ModelAdapter):
         """Nodes that average tensor ``name`` over each cell of a grid, inside the graph:
         one MatMul with the cell weights (exact for any side, divisible or not), in
         float32 whatever the model computes in; channel-major output like the torch route."""
+        h, w = (int(v) for v in layer.resolution)
+        if layer.layout == CHW and h % cells[0] == 0 and w % cells[1] == 0:
+            # Equal cells: one pooling op, which needs no buffer the size of the map (the
+            # MatMul route below holds one more map-sized buffer per tapped layer).
+            kernel = [h // cells[0], w // cells[1]]
+            graph.node.append(
+                helper.make_node("AveragePool", [name], [pooled + "/cells"], kernel_shape=kernel, strides=kernel)
+            )
+            graph.node.append(helper.make_node("Flatten", [pooled + "/cells"], [pooled], axis=1))
+            return
         weights = cell_weights(layer.resolution, cells)
-        graph.node.append(helper.make_node("Cast", [name], [pooled + "/f32"], to=TensorProto.FLOAT))
+        source = name
+        if self._dtypes.get(name, np.dtype(np.float32)) != np.float32:
+            # A float16 (or double) tensor: the weights and the result are float32. A
+            # float32 tensor is read as it is: a Cast would copy the largest maps.
+            source = pooled + "/f32"
+            graph.node.append(helper.make_node("Cast", [name], [source], to=TensorProto.FLOAT))
         shape = pooled + "/shape"
         if layer.layout == CHW:
             graph.initializer.append(numpy_helper.from_array(np.array([0, layer.channels, -1], np.int64), shape))
             graph.initializer.append(numpy_helper.from_array(weights, pooled + "/weights"))
-            graph.node.append(helper.make_node("Reshape", [pooled + "/f32", shape], [pooled + "/flat"]))
+            graph.node.append(helper.make_node("Reshape", [source, shape], [pooled + "/flat"]))
             graph.node.append(helper.make_node("MatMul", [pooled + "/flat", pooled + "/weights"], [pooled + "/cells"]))
         else:
             # (H, W, C) maps and (T, C) token grids: positions first, channels last.
             graph.initializer.append(numpy_helper.from_array(np.array([0, -1, layer.channels], np.int64), shape))
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weights.T), pooled + "/weights"))
-            graph.node.append(helper.make_node("Reshape", [pooled + "/f32", shape], [pooled + "/flat"]))
+            graph.node.append(helper.make_node("Reshape", [source, shape], [pooled + "/flat"]))
             graph.node.append(helper.make_node("MatMul", [pooled + "/weights", pooled + "/flat"], [pooled + "/hwc"]))
             graph.node.append(helper.make_node("Transpose", [pooled + "/hwc"], [pooled + "/cells"], perm=[0, 2, 1]))
         graph.node.append(helper.make_node("Flatten", [pooled + "/cells"], [pooled], axis=1))

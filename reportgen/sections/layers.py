@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.analyses.knn import LayerKnn, knn_search, layer_knn
+from reportgen.analyses.knn import LayerKnn, find_neighbours, layer_knn
 from reportgen.analyses.suspects import (
     MIN_SCORE,
     DuplicatePair,
@@ -347,12 +347,15 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 reference=None if reference_arrays is None else reference_arrays[name],
                 reference_labels=ref_labels,
                 layer=name,
+                search=cfg.knn_search,
+                seed=cfg.seed,
             )
             bar.update()
     for summary in result.layers:
         summary.knn_accuracy = knn[summary.name].accuracy
         summary.knn_agreement = knn[summary.name].agreement
         summary.note = knn[summary.name].note
+        summary.knn_search = knn[summary.name].search
     with clock("knn"):
         # The same vote on each grid layer's global mean, exact from its cells: the
         # accuracy the classic average would show, beside what the grid keeps.
@@ -369,6 +372,8 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 reference=None if reference_arrays is None else channel_means(reference_arrays[layer.name], layer),
                 reference_labels=ref_labels,
                 layer=layer.name,
+                search=cfg.knn_search,
+                seed=cfg.seed,
             ).accuracy
 
     predicted = [class_map.classes[p] for p in pred]
@@ -401,8 +406,14 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 found.append(pairs)
             else:
                 # Within the audited folder, and across into the reference (leakage).
-                own = knn_search(
-                    features.arrays[name], features.arrays[name], 1, metric=cfg.metric, query_rows=np.arange(features.n)
+                own, _ = find_neighbours(
+                    features.arrays[name],
+                    features.arrays[name],
+                    1,
+                    metric=cfg.metric,
+                    leave_one_out=True,
+                    mode=cfg.knn_search,
+                    seed=cfg.seed,
                 )
                 scale = float(np.median(own.distances[:, 0])) if own.indices.shape[1] else 0.0
                 found.append(near_duplicates(own, dup_ratio, scale=scale, layer=name)[0])
