@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "cam": 8 if quick else 32,
         "report": [100, 200] if quick else [1000, 5000],
         "explorer": 200 if quick else 10000,
+        "ann": 5000 if quick else 100_000,
     }
     total = max([sizes["extract"], *sizes["tsne"], *sizes["report"], sizes["cam"], sizes["explorer"]])
     started = time.perf_counter()
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(measure.report_size(reports[largest], largest))
     step(f"explorer, N = {sizes['explorer']}")
     rows += measure.explorer(models["onnx"], folders[sizes["explorer"]], sizes["explorer"], out_dir, args.batch_size)
+    step(f"approximate kNN, N = {sizes['ann']:,}")
+    real = out_dir / f"explorer-{sizes['explorer']}" / "features.npz"
+    rows += measure.approximate_knn(sizes["ann"], 1024, real=real)
     elapsed = time.perf_counter() - started
 
     table = ["| figure | value | target | met | how it was measured |", "|---|---|---|---|---|"]

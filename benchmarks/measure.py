@@ -187,6 +187,66 @@ def knn_ratio(n: int, dim: int = 512) -> Figure:
     )
 
 
+def approximate_knn(n: int, dim: int, real: Path | None = None) -> list[Figure]:
+    """The approximate route against the exact search: time, recall@10 over every query,
+    and how close the report's own recall estimate (1,000 queries) came.  On seeded
+    low-dimensional manifold features of N rows, and on the real features of a finished
+    audit's cache (every layer of a 10,000-image ResNet-18 run), when given."""
+    from benchmarks.workload import manifold_features
+    from reportgen.analyses import ann
+    from reportgen.analyses.knn import find_neighbours, knn_search
+
+    def one(name: str, x: np.ndarray) -> tuple[float, float, float, float, float]:
+        start = time.perf_counter()
+        approx, report = find_neighbours(x, x, 10, leave_one_out=True, mode="approximate")
+        approx_s = time.perf_counter() - start
+        start = time.perf_counter()
+        exact = knn_search(x, x, 10, query_rows=np.arange(len(x)))
+        exact_s = time.perf_counter() - start
+        recall = ann.recall_at_k(approx.indices, exact.indices)
+        assert report.recall is not None
+        return approx_s, exact_s, recall, report.recall, float(np.mean(approx.indices[:, 0] == exact.indices[:, 0]))
+
+    figures = []
+    x = manifold_features(n, dim)
+    approx_s, exact_s, recall, estimate, first = one("synthetic", x)
+    figures.append(
+        Figure(
+            f"approximate kNN recall@10, N = {n:,}, {dim} dims (manifold features)",
+            recall,
+            ">= 0.95, and faster than exact",
+            recall >= 0.95 and approx_s < exact_s,
+            f"index {approx_s:.1f} s (recall check included), exact {exact_s:.1f} s; the report's own estimate "
+            f"from {ann.RECALL_QUERIES} queries {estimate:.4f}; nearest neighbour right for {100 * first:.2f}%",
+        )
+    )
+    if real is not None and real.is_file():
+        from reportgen.extract import load_cache
+
+        cached = load_cache(real, None)
+        features = getattr(cached, "features", None)
+        if features is not None:
+            worst = None
+            lines = []
+            for layer in features.layers:
+                arr = features.arrays[layer.name]
+                if arr.shape[1] < 16:
+                    continue  # the logits: nothing to index
+                _, _, recall, estimate, _ = one(layer.name, arr)
+                worst = recall if worst is None else min(worst, recall)
+                lines.append(f"{layer.module or layer.name} {recall:.3f}")
+            figures.append(
+                Figure(
+                    f"approximate kNN recall@10 on real features, N = {features.n:,} (worst layer)",
+                    worst,
+                    ">= 0.9",
+                    worst is not None and worst >= 0.9,
+                    "random-weight ResNet-18 features of the explorer run, per layer: " + ", ".join(lines),
+                )
+            )
+    return figures
+
+
 def gradcam_ratio(models: dict[str, Path], images: Path, n_images: int) -> list[Figure]:
     """reportgen's Grad-CAM images/s over the grad-cam package's GradCAM (same weights,
     layer, images and targets), and each one's cost in forward passes."""

@@ -113,6 +113,21 @@ def synthetic_features(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.
     return x, labels
 
 
+def manifold_features(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Rows on a curved 6-d sheet lifted into ``dim`` dims, with a little noise: features
+    of low intrinsic dimension, as a network's are (isotropic noise in every dimension
+    would make every neighbour list arbitrary)."""
+    rng = np.random.default_rng(seed)
+    latent = rng.uniform(-1, 1, (n, 6))
+    lift = rng.standard_normal((12, dim)).astype(np.float32)
+    out = np.empty((n, dim), np.float32)
+    for s in range(0, n, 65536):
+        part = latent[s : s + 65536]
+        block = np.concatenate([part, np.sin(2.5 * part)], axis=1).astype(np.float32) @ lift
+        out[s : s + 65536] = block + 0.01 * rng.standard_normal(block.shape).astype(np.float32)
+    return out
+
+
 def build_modern_models(folder: Path, quick: bool, seed: int = 0) -> dict[str, dict[str, Path]]:
     """ViT-B/16 and ConvNeXt-T (10 outputs, seeded random weights) as ONNX and TorchScript,
     at 224 px; ``quick`` builds small members of the two families at 64 px instead.  Each

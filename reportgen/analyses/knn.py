@@ -182,9 +182,6 @@ def majority_vote(neighbour_labels: np.ndarray) -> np.ndarray:
     return out
 
 
-SEARCH_MODES = ("auto", "exact", "approximate")
-
-
 @dataclass
 class SearchReport:
     """How a neighbour search was done and, when approximate, how good it was."""

@@ -32,7 +32,8 @@ INPUT_GRID = 16  # side of the downsampled pixel layer
 # away where things are, which early layers mostly encode (the pixel layer keeps 16x16 for
 # the same reason); about a thousand values keep the layout of a 16-channel layer at 8x8
 # and of a 64-channel layer at 4x4, while exact kNN over them costs what a 1024-d
-# feature vector costs.  Layers with more than this many channels keep the global mean.
+# feature vector costs.  A layer with more than a quarter of this many channels has room
+# for one cell only: it keeps its global mean, as a CNN's head reads its last stage.
 POOL_VALUES = 1024
 MAX_CELLS = 8  # a finer grid than 8x8 adds pixels' detail, not layout
 
@@ -169,8 +170,9 @@ def pooling(layer: LayerInfo) -> str:
     Feature maps and token grids: the mean of each cell of a small grid (see
     :func:`pool_cells`), or over all of space where one cell is all the budget allows,
     whatever the channel axis.  Token sequences: the class token where the model has
-    prefix tokens (what its head reads), otherwise as maps.  Tensors of unknown layout: the mean over every axis but the
-    first (a legacy rule kept for layers asked for by name).
+    prefix tokens (what its head reads), otherwise as maps.  Tensors of unknown layout:
+    the mean over every axis but the first (a legacy rule kept for layers asked for by
+    name).
     """
     if layer.cells is not None:
         what = "map" if layer.layout in (CHW, HWC) else "token grid"

@@ -346,9 +346,9 @@ class OnnxAdapter(ModelAdapter):
     def _add_grid_pooling(
         self, graph: onnx.GraphProto, name: str, layer: LayerInfo, cells: tuple[int, int], pooled: str
     ) -> None:
-        """Nodes that average tensor ``name`` over each cell of a grid, inside the graph:
-        one MatMul with the cell weights (exact for any side, divisible or not), in
-        float32 whatever the model computes in; channel-major output like the torch route."""
+        """Nodes that average tensor ``name`` over each cell of a grid, inside the graph,
+        channel-major like the torch route: an AveragePool where the cells are equal, else
+        one MatMul with the cell weights (exact for any side), in float32."""
         h, w = (int(v) for v in layer.resolution)
         if layer.layout == CHW and h % cells[0] == 0 and w % cells[1] == 0:
             # Equal cells: one pooling op, which needs no buffer the size of the map (the
