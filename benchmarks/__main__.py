@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,6 +59,34 @@ def gpu_line() -> str:
             "(`--device cpu`): GPU figures come from their own run"
         )
     return "- GPU figures: not measured — this machine has no CUDA device; they come from a run on a GPU machine"
+
+
+def figure_table(rows: list[Any]) -> list[str]:
+    """Benchmark figures as a Markdown table."""
+    table = ["| figure | value | target | met | how it was measured |", "|---|---|---|---|---|"]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "–"}[r.ok]
+        value = "–" if r.value is None else f"{r.value:.2f}"
+        table.append(f"| {r.name} | {value} | {r.target} | {met} | {r.detail} |")
+    return table
+
+
+def write_results(output: Path, title: str, command: str, elapsed: float, body: list[str]) -> None:
+    """One results file: title, when, on what, by which command, then ``body``; printed too."""
+    text = "\n".join(
+        [
+            f"# {title}",
+            "",
+            f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- machine: {machine()}",
+            f"- command: `{command}` ({elapsed / 60:.1f} min)",
+            *body,
+            "",
+        ]
+    )
+    print(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,19 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     rows += measure.approximate_knn(sizes["ann"], 1024, real=real)
     elapsed = time.perf_counter() - started
 
-    table = ["| figure | value | target | met | how it was measured |", "|---|---|---|---|---|"]
-    for r in rows:
-        met = {True: "yes", False: "**no**", None: "–"}[r.ok]
-        value = "–" if r.value is None else f"{r.value:.2f}"
-        table.append(f"| {r.name} | {value} | {r.target} | {met} | {r.detail} |")
-    command = "python -m benchmarks" + (" --quick" if quick else "")
-    text = "\n".join(
+    write_results(
+        args.output,
+        "Benchmark results" + (" (quick mode: tiny workloads, timings meaningless)" if quick else ""),
+        "python -m benchmarks" + (" --quick" if quick else ""),
+        elapsed,
         [
-            "# Benchmark results" + (" (quick mode: tiny workloads, timings meaningless)" if quick else ""),
-            "",
-            f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- machine: {machine()}",
-            f"- command: `{command}` ({elapsed / 60:.1f} min)",
             "- workload: torchvision ResNet-18, seeded random weights, 10 outputs, exported to ONNX (opset 17) and "
             "TorchScript; seeded synthetic 400x300 JPEGs in 10 class folders; kNN on seeded clustered 512-d features",
             "- every figure is measured on the CPU (`--device cpu` in every run), even where a GPU is present: "
@@ -159,13 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             "- the other suites: `RESULTS-architectures.md` (ViT-B/16, ConvNeXt-T), `RESULTS-diagnostics.md` "
             "(layer pooling and suspected mislabels against ground truth and cleanlab)",
             "",
-            *table,
-            "",
-        ]
+            *figure_table(rows),
+        ],
     )
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
     return 0
 
 
@@ -175,21 +193,13 @@ def diagnostics(work: Path, quick: bool, output: Path) -> int:
     started = time.perf_counter()
     curves, comparisons, notes = suite.run(work, quick, HERE.parent / "sample_data")
     elapsed = time.perf_counter() - started
-    command = "python -m benchmarks --suite diagnostics" + (" --quick" if quick else "")
-    text = "\n".join(
-        [
-            "# Diagnostics against ground truth" + (" (quick mode: small workloads)" if quick else ""),
-            "",
-            f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- machine: {machine()}",
-            f"- command: `{command}` ({elapsed / 60:.1f} min)",
-            "",
-            *suite.markdown(curves, comparisons, notes),
-        ]
+    write_results(
+        output,
+        "Diagnostics against ground truth" + (" (quick mode: small workloads)" if quick else ""),
+        "python -m benchmarks --suite diagnostics" + (" --quick" if quick else ""),
+        elapsed,
+        ["", *suite.markdown(curves, comparisons, notes)],
     )
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
     return 0
 
 
@@ -206,32 +216,21 @@ def architectures(work: Path, quick: bool, batch: int, output: Path) -> int:
     size = 64 if quick else 224
     rows = measure.modern_architectures(models, images, n_cam, batch, size)
     elapsed = time.perf_counter() - started
-    table = ["| figure | value | target | met | how it was measured |", "|---|---|---|---|---|"]
-    for r in rows:
-        met = {True: "yes", False: "**no**", None: "–"}[r.ok]
-        table.append(f"| {r.name} | {'–' if r.value is None else f'{r.value:.2f}'} | {r.target} | {met} | {r.detail} |")
-    text = "\n".join(
+    write_results(
+        output,
+        "Benchmark results: modern architectures"
+        + (" (quick mode: tiny models, timings meaningless)" if quick else ""),
+        f"python -m benchmarks --suite architectures{' --quick' if quick else ''}",
+        elapsed,
         [
-            "# Benchmark results: modern architectures"
-            + (" (quick mode: tiny models, timings meaningless)" if quick else ""),
-            "",
-            f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- machine: {machine()}",
-            f"- command: `python -m benchmarks --suite architectures{' --quick' if quick else ''}` ({elapsed / 60:.1f} min)",
             "- workload: torchvision ViT-B/16 and ConvNeXt-T at 224 px, seeded random weights (the ViT's zero-initialised "
             "head given random weights), 10 outputs, exported to ONNX (opset 17, TorchScript-based exporter) and traced "
             "TorchScript; seeded synthetic 400x300 JPEGs; every figure on the CPU",
             gpu_line(),
-            "- the other suites: `RESULTS-architectures.md` (ViT-B/16, ConvNeXt-T), `RESULTS-diagnostics.md` "
-            "(layer pooling and suspected mislabels against ground truth and cleanlab)",
             "",
-            *table,
-            "",
-        ]
+            *figure_table(rows),
+        ],
     )
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
     return 0
 
 

@@ -43,41 +43,43 @@ def is_large(n_queries: int, n_reference: int, dims: int) -> bool:
     return float(n_queries) * float(n_reference) * float(max(dims, 1)) > EXACT_WORK
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+def prepared_rows(x: np.ndarray, metric: str) -> np.ndarray:
+    """Rows as float64 (exact distances are computed in float64), unit-length for cosine.
+    Callers here pass blocks, so a memory-mapped array is never copied whole."""
+    x = np.asarray(x, dtype=np.float64)
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=-1, keepdims=True)
+        x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return x
 
 
-def _rows(x: np.ndarray, unit: bool) -> np.ndarray:
-    """Rows of ``x`` as float64, unit-length for cosine; read block by block, so a
-    memory-mapped array is never copied whole."""
-    return _unit_rows(x) if unit else np.asarray(x, np.float64)
-
-
-def _projection(x: np.ndarray, dims: int, rng: np.random.Generator, unit: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (D, dims) leading principal axes, from a seeded sample of rows."""
-    rows = np.sort(rng.choice(len(x), size=min(len(x), PCA_SAMPLE), replace=False))
-    sample = _rows(x[rows], unit)
-    mean = sample.mean(axis=0)
-    centred = sample - mean
+def principal_axes(centred: np.ndarray, dims: int) -> np.ndarray:
+    """(D, dims) leading principal axes of centred rows, each signed so that its largest
+    loading is positive: the same input gives the same projection."""
     values, vectors = np.linalg.eigh(centred.T @ centred)
     axes = vectors[:, np.argsort(values)[::-1][:dims]]
-    # Fixed signs (largest loading positive): the same input gives the same projection.
     signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(axes.shape[1])])
     signs[signs == 0] = 1
-    return mean, axes * signs
+    return axes * signs
 
 
-def _project(x: np.ndarray, mean: np.ndarray, axes: np.ndarray, unit: bool, block: int = 65536) -> np.ndarray:
+def _projection(x: np.ndarray, dims: int, rng: np.random.Generator, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (D, dims) leading principal axes, from a seeded sample of rows."""
+    rows = np.sort(rng.choice(len(x), size=min(len(x), PCA_SAMPLE), replace=False))
+    sample = prepared_rows(x[rows], metric)
+    mean = sample.mean(axis=0)
+    return mean, principal_axes(sample - mean, dims)
+
+
+def _project(x: np.ndarray, mean: np.ndarray, axes: np.ndarray, metric: str, block: int = 65536) -> np.ndarray:
     out = np.empty((len(x), axes.shape[1]), np.float32)
     for s in range(0, len(x), block):
-        out[s : s + block] = (_rows(x[s : s + block], unit) - mean) @ axes
+        out[s : s + block] = (prepared_rows(x[s : s + block], metric) - mean) @ axes
     return out
 
 
 def _rerank(
-    queries: np.ndarray, reference: np.ndarray, cand: np.ndarray, k: int, own: np.ndarray | None, unit: bool
+    queries: np.ndarray, reference: np.ndarray, cand: np.ndarray, k: int, own: np.ndarray | None, metric: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest of each row's candidates by exact float64 distance (between unit rows
     for cosine, as the exact search computes it), ties by row."""
@@ -89,7 +91,7 @@ def _rerank(
         c = cand[s : s + step]
         valid = c >= 0  # FAISS pads with -1 when a query's probed cells hold too few rows
         safe = np.where(valid, c, 0)
-        diff = _rows(reference[safe], unit) - _rows(queries[s : s + step], unit)[:, None, :]
+        diff = prepared_rows(reference[safe], metric) - prepared_rows(queries[s : s + step], metric)[:, None, :]
         sq = np.einsum("bmd,bmd->bm", diff, diff)
         sq[~valid] = np.inf
         if own is not None:
@@ -117,11 +119,10 @@ def approximate_neighbours(
 
     n_q, n_ref = len(queries), len(reference)
     rng = np.random.default_rng(seed)
-    unit = metric == "cosine"
     dims = min(INDEX_DIMS, reference.shape[1])
-    mean, axes = _projection(reference, dims, rng, unit)
-    ref_low = _project(reference, mean, axes, unit)
-    qry_low = ref_low if leave_one_out else _project(queries, mean, axes, unit)
+    mean, axes = _projection(reference, dims, rng, metric)
+    ref_low = _project(reference, mean, axes, metric)
+    qry_low = ref_low if leave_one_out else _project(queries, mean, axes, metric)
 
     cells = int(min(max(1, round(4 * math.sqrt(n_ref))), max(1, n_ref // MIN_ROWS_PER_CELL)))
     quantizer = faiss.IndexFlatL2(dims)
@@ -135,7 +136,7 @@ def approximate_neighbours(
     want = min(n_ref, RERANK * k + (1 if leave_one_out else 0))
     _, cand = index.search(np.ascontiguousarray(qry_low), want)
     own = np.arange(n_q) if leave_one_out else None
-    idx, dist = _rerank(queries, reference, cand.astype(np.int64), k, own, unit)
+    idx, dist = _rerank(queries, reference, cand.astype(np.int64), k, own, metric)
     if metric == "cosine":
         dist = dist * dist / 2.0  # |a - b|^2 / 2 = 1 - cos for unit rows
     detail = (

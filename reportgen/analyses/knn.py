@@ -35,15 +35,6 @@ class Neighbours:
     distances: np.ndarray  # (Q, k) float64; Euclidean, or cosine distance (1 - cos)
 
 
-def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    """Rows as float64 (exact distances are computed in float64); unit rows for cosine."""
-    x = np.asarray(x, dtype=np.float64)
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    return x
-
-
 def knn_search(
     queries: np.ndarray,
     reference: np.ndarray,
@@ -69,8 +60,8 @@ def knn_search(
 
     Ties in distance are broken by the lower reference row.
     """
-    queries = _prepare(queries, metric)
-    reference = _prepare(reference, metric)
+    queries = ann.prepared_rows(queries, metric)
+    reference = ann.prepared_rows(reference, metric)
     n_q, dim = queries.shape
     n_ref = reference.shape[0]
     k = max(0, min(k, n_ref - (1 if query_rows is not None else 0)))

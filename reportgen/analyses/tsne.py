@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
+from reportgen.analyses.ann import principal_axes
 from reportgen.analyses.knn import knn_search
 
 PERPLEXITY = 30.0
@@ -87,13 +88,7 @@ def pca(x: np.ndarray, dims: int) -> np.ndarray:
     dims = min(dims, x.shape[0] - 1, x.shape[1])
     if x.shape[1] <= dims:
         return x
-    cov = x.T @ x
-    values, vectors = np.linalg.eigh(cov)
-    top = vectors[:, np.argsort(values)[::-1][:dims]]
-    # Fix each component's sign so the largest loading is positive: same input, same output.
-    signs = np.sign(top[np.abs(top).argmax(axis=0), np.arange(dims)])
-    signs[signs == 0] = 1
-    return x @ (top * signs)
+    return x @ principal_axes(x, dims)
 
 
 def is_degenerate(x: np.ndarray) -> bool:

@@ -20,6 +20,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -295,12 +296,20 @@ def _export_module(module: torch.nn.Module, size: tuple[int, int], channels: int
 # ------------------------------------------------------------------ execution
 
 
+@lru_cache(maxsize=64)
+def _cell_weights(
+    resolution: tuple[int, ...], cells: tuple[int, int], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``base.cell_weights`` on the tensor's device, made once (not per batch and layer)."""
+    return torch.tensor(cell_weights(resolution, cells), device=device, dtype=dtype)
+
+
 def _pool(t: torch.Tensor, layer: LayerInfo | None = None, cells: tuple[int, int] | None = None) -> torch.Tensor:
     """One vector per image, by the tensor's layout (see ``base.pooling``): the global
     mean, or the means of ``cells`` (channel-major, see ``ModelAdapter.extract``)."""
     layout = layer.layout if layer is not None else ""
     if cells is not None and layer is not None:
-        weights = torch.tensor(cell_weights(layer.resolution, cells), device=t.device, dtype=t.dtype)
+        weights = _cell_weights(tuple(layer.resolution), cells, t.device, t.dtype)
         if layout == CHW:
             return (t.flatten(2) @ weights).flatten(1)
         # (H, W, C) maps and (T, C) token grids: positions first.
