@@ -29,7 +29,7 @@ from PIL import Image
 from reportgen.analyses.knn import layer_knn
 from reportgen.analyses.metrics import to_probabilities
 from reportgen.analyses.suspects import MIN_SCORE, LabelScores, flagged_mislabels, label_scores
-from reportgen.extract import load_cache
+from reportgen.extract import default_cache_path, load_cache
 from reportgen.models.base import channel_means
 
 DIGITS_SIDE = 32
@@ -213,7 +213,7 @@ def compare_with_cleanlab(case: str, report: Path, planted_files: set[str]) -> C
     from sklearn.neighbors import KNeighborsClassifier
 
     data = json.loads(report.with_suffix(".json").read_text())
-    cached = load_cache(report.with_name(report.stem + ".features.npz"), None)
+    cached = load_cache(default_cache_path(report), None)
     assert cached is not None and not hasattr(cached, "reason"), f"no features cache beside {report}"
     features = cached.features  # type: ignore[union-attr]
     classes = data["classes"]

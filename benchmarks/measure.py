@@ -7,6 +7,7 @@ import gc
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,9 +83,12 @@ def _extraction_seconds(
     adapter = load_model(path, device="cpu")
     adapter.prepare(pre.size)
     layers = resolve_layers(None, adapter, pre)
-    ours = _best_of(
-        lambda: extract(dataset, adapter, layers, pre, batch_size=batch, show_progress=False), repeats=repeats
-    )
+
+    def once() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            extract(dataset, adapter, layers, pre, Path(folder), batch_size=batch, show_progress=False)
+
+    ours = _best_of(once, repeats=repeats)
     return ours, bare_forward(kind, path, pixels, batch), adapter, layers
 
 
@@ -119,8 +123,10 @@ def layer_features(model: Path, images: Path, batch: int) -> tuple[dict[str, np.
     adapter = load_model(model, device="cpu")
     adapter.prepare(pre.size)
     layers = resolve_layers(None, adapter, pre)
-    feats = extract(dataset, adapter, layers, pre, batch_size=batch, show_progress=False)
-    return feats.arrays, [layer.name for layer in layers], feats.labels
+    with tempfile.TemporaryDirectory() as folder:
+        feats = extract(dataset, adapter, layers, pre, Path(folder), batch_size=batch, show_progress=False)
+        arrays = {name: np.array(values) for name, values in feats.arrays.items()}  # in memory: the folder goes
+    return arrays, [layer.name for layer in layers], feats.labels
 
 
 def tsne_ratio(arrays: dict[str, np.ndarray], layers: list[str], labels: np.ndarray) -> Figure:
@@ -535,7 +541,7 @@ def explorer(model: Path, images: Path, n: int, out_dir: Path, batch: int) -> li
     ``--no-explorer``, from the same features cache), and its frame time in headless
     Chromium while the points glide through every layer and the pointer sweeps the map."""
     report, bare = out_dir / f"explorer-{n}" / "report.html", out_dir / f"explorer-{n}" / "bare.html"
-    cache = report.parent / "features.npz"
+    cache = report.parent / "features"
     base = [sys.executable, "-m", "reportgen", "audit", str(model), str(images), "-q", "--follow-links"]
     base += ["--device", "cpu", "--batch-size", str(batch), "--features", str(cache)]
     wall, _ = _run_measured([*base, "-o", str(report)])

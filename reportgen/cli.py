@@ -118,9 +118,20 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
     g.add_argument(
-        "--features", type=Path, metavar="NPZ", help="features cache (default: <report>.features.npz beside the report)"
+        "--features",
+        type=Path,
+        metavar="DIR",
+        help="features cache, a directory of .npy files (default: <report>.features beside the report)",
     )
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the features cache")
+    g.add_argument(
+        "--feature-precision",
+        choices=("auto", "float32", "float16"),
+        default="auto",
+        help="how the layer features are stored: float16 halves disk and memory at a relative rounding of "
+        "at most 0.05%% per value; auto (default) uses it once float32 features would pass 2 GiB "
+        "(about 100,000 images at 5,000 values each)",
+    )
     g = p.add_argument_group("nearest neighbours and t-SNE")
     g.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
     g.add_argument(
@@ -234,6 +245,7 @@ def _config_from(args: argparse.Namespace) -> AuditConfig:
         resize=args.resize,
         layers=args.layers,
         pool_values=args.pool_values,
+        feature_precision=args.feature_precision,
         labels=args.labels,
         arch=args.arch,
         trust_pickle=args.trust_pickle,

@@ -17,6 +17,8 @@ when present.  Everything is computed on the images both audits used:
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from reportgen.analyses.similarity import PairedAccuracy, knn_overlap, linear_ck
 from reportgen.config import source_date_epoch, timestamp
 from reportgen.data import contained, is_plain_relative
 from reportgen.errors import UserError
-from reportgen.extract import CachedRun, load_cache
+from reportgen.extract import CachedRun, default_cache_path, load_cache
 from reportgen.report import JSON_SCHEMA_VERSION
 from reportgen.util import round_floats
 
@@ -68,14 +70,32 @@ def load_audit(path: Path) -> Audit:
             f"{json_path} was written by reportgen {data.get('tool_version', '?')} with JSON schema {version}; "
             f"this reportgen ({__version__}) reads schema {JSON_SCHEMA_VERSION} and older: upgrade reportgen"
         )
+    if data["predictions"] is None:
+        data["predictions"] = _predictions_from_csv(data, json_path)
     _check_file_entries(data, json_path)
     options = data.get("options") or {}
-    cache = (
-        Path(options["features"]) if options.get("features") else json_path.with_name(json_path.stem + ".features.npz")
-    )
-    if not options.get("use_cache", True) or not cache.is_file():
+    cache = Path(options["features"]) if options.get("features") else default_cache_path(json_path)
+    if not options.get("use_cache", True) or not cache.is_dir():
         cache = None
     return Audit(json_path, data, cache)
+
+
+def _predictions_from_csv(data: dict[str, Any], json_path: Path) -> list[dict[str, Any]]:
+    """A large audit's per-image predictions, from the gzipped CSV its JSON names."""
+    entry = data.get("predictions_file")
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+        raise UserError(f"{json_path} has no predictions and names no predictions file beside it")
+    path = json_path.with_name(name)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read {path}, the predictions of {json_path}: {exc}") from None
+    try:
+        return [{**row, "label": row["label"] or None, "score": float(row["score"])} for row in rows]
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"{path} is not a reportgen predictions file ({exc})") from None
 
 
 def _check_file_entries(data: dict[str, Any], json_path: Path) -> None:

@@ -14,6 +14,7 @@ from reportgen.models.base import POOL_VALUES
 CAM_METHODS = ("gradcam", "ablationcam", "scorecam")
 KNN_METRICS = ("euclidean", "cosine")
 KNN_SEARCH = ("auto", "exact", "approximate")
+PRECISIONS = ("auto", "float32", "float16")  # of the stored layer features (extract.feature_dtype)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -95,7 +96,8 @@ class AuditConfig:
     device: str = "auto"
     batch_size: int = 32
     seed: int = 0
-    features: Path | None = None  # default: <output stem>.features.npz beside the report
+    features: Path | None = None  # default: <output stem>.features beside the report
+    feature_precision: str = "auto"  # float16 when float32 features would pass extract.FLOAT16_ABOVE
     use_cache: bool = True
     quiet: bool = False
     # kNN and t-SNE
@@ -130,6 +132,8 @@ class AuditConfig:
             raise UserError("--pool-values must be 0 (the global mean) or more")
         if self.metric not in KNN_METRICS:
             raise UserError(f"--metric must be one of {', '.join(KNN_METRICS)}")
+        if self.feature_precision not in PRECISIONS:
+            raise UserError(f"--feature-precision must be one of {', '.join(PRECISIONS)}")
         if self.knn_search not in KNN_SEARCH:
             raise UserError(f"--knn-search must be one of {', '.join(KNN_SEARCH)}")
         if self.cam not in CAM_METHODS:
@@ -169,7 +173,7 @@ class AuditConfig:
     def cache_path(self) -> Path:
         if self.features is not None:
             return self.features
-        return self.output.with_name(self.output.stem + ".features.npz")
+        return self.output.with_name(self.output.stem + ".features")
 
     def extraction_options(self) -> dict[str, Any]:
         """The options that change extracted features (part of the cache key)."""
@@ -180,6 +184,7 @@ class AuditConfig:
             "resize": self.resize,
             "layers": self.layers,
             "pool_values": self.pool_values,
+            "feature_precision": self.feature_precision,
             "arch": self.arch,
         }
 

@@ -1,29 +1,41 @@
 """One streamed pass over the images: outputs and pooled features of every layer.
 
-Decoding runs on a thread pool a couple of batches ahead of the model; features are
-written into arrays allocated once, so memory grows with the pooled features only.
+Decoding runs on a thread pool a couple of batches ahead of the model; each batch's
+features are written straight into ``.npy`` files on disk (:class:`FeatureStore`) and
+read back memory-mapped, so memory stays flat whatever the number of images: the
+analyses read the layers a block or a sample at a time and the operating system keeps
+in memory only the pages in use.
 
-The cache (``--features PATH``) is an ``.npz`` file, read with ``allow_pickle=False``:
+The cache (``--features PATH``, default ``<report>.features`` beside the report) is a
+directory of uncompressed ``.npy`` files, read with ``allow_pickle=False``:
 
 ==============  ==========================================================
-``meta``        JSON text: format version, cache key, layers, model info,
-                preprocessing, folder classes, skipped files
-``files``       relative paths of the decoded images (unicode array)
-``sha256``      SHA-256 of each decoded file
-``labels``      folder-class index per image, -1 when unlabeled (int64)
-``outputs``     raw model outputs, (N, K) float32
-``logits``      the class scores before the model's final softmax, (N, K)
+``meta.json``   format version, cache key, layers, model info, preprocessing,
+                folder classes, skipped files, feature precision
+``files.npy``   relative paths of the decoded images (unicode array)
+``sha256.npy``  SHA-256 of each decoded file
+``labels.npy``  folder-class index per image, -1 when unlabeled (int64)
+``outputs.npy`` raw model outputs, (N, K) float32
+``logits.npy``  the class scores before the model's final softmax, (N, K)
                 float32; only for models whose output is a softmax
-``layer_<i>``   pooled features of layer i of ``meta.layers``, (N, D_i) float32:
-                the layer's grid of channel means (its ``cells``, channel-major)
-                or its global mean (see ``models.base.pooling``)
+``layer_<i>.npy`` pooled features of layer i of ``meta.layers``, (N, D_i) float32
+                or float16 (see :func:`feature_dtype`): the layer's grid of channel
+                means (its ``cells``, channel-major) or its global mean (see
+                ``models.base.pooling``)
 ==============  ==========================================================
+
+Format 3 caches (one ``.npz`` file) are not read: they are named as such and the
+features are extracted again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +45,74 @@ import numpy as np
 
 from reportgen import __version__
 from reportgen.data import ImageDataset, Preprocess, Skipped, iter_batches
-from reportgen.errors import one_line
+from reportgen.errors import UserError, one_line
 from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, downsample_pixels
 from reportgen.progress import progress
-from reportgen.util import atomic_write
+from reportgen.util import ROW_BLOCK
 
-CACHE_FORMAT = 3  # 2: logits of softmax-ended models; 3: spatial layers pooled to grids
+CACHE_FORMAT = 4  # 2: softmax models' logits; 3: grid pooling; 4: a directory of .npy files
+# auto stores float16 when the layers' float32 features would pass this size: about
+# 100,000 images at 5,000 values each.  float16 keeps 11 significant bits (a relative
+# rounding of at most 2^-11 = 0.05% per value); below the size, float32 costs little.
+FLOAT16_ABOVE = 2 << 30
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def feature_dtype(precision: str, n_images: int, dims: int) -> np.dtype:
+    """The dtype the layer features are stored in: ``precision`` (auto, float32 or
+    float16; ``config.PRECISIONS``) resolved for ``n_images`` rows of ``dims`` values in all."""
+    if precision == "auto":
+        precision = "float16" if 4 * n_images * dims > FLOAT16_ABOVE else "float32"
+    return np.dtype(np.float16 if precision == "float16" else np.float32)
+
+
+class FeatureStore:
+    """Preallocated ``.npy`` files that extraction writes batch by batch (memory-mapped).
+
+    A layer stored as float16 whose values leave float16's range (beyond 65,504) is
+    moved to float32 on the spot rather than saturated.
+    """
+
+    def __init__(self, folder: Path, total: int, dims: dict[str, int], dtype: np.dtype) -> None:
+        self.folder = folder
+        self.total = total
+        self.files: dict[str, str] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+        for i, (name, dim) in enumerate(dims.items()):
+            self.files[name] = f"layer_{i}.npy"
+            self.arrays[name] = self._open(self.files[name], (total, dim), dtype)
+
+    def _open(self, file: str, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        return np.lib.format.open_memmap(self.folder / file, mode="w+", dtype=dtype, shape=shape)
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        target = self.arrays[name]
+        if target.dtype == np.float16 and np.any(np.abs(values[np.isfinite(values)]) > FLOAT16_MAX):
+            wide = self._open(self.files[name] + ".wide", target.shape, np.dtype(np.float32))
+            wide[:start] = target[:start]
+            del target
+            os.replace(self.folder / (self.files[name] + ".wide"), self.folder / self.files[name])
+            self.arrays[name] = target = wide
+        target[start : start + len(values)] = values
+
+    def finish(self, filled: int) -> dict[str, np.ndarray]:
+        """The layers' first ``filled`` rows, flushed and reopened read-only."""
+        out = {}
+        for name, array in self.arrays.items():
+            path = self.folder / self.files[name]
+            if filled < self.total:  # some images failed to decode: the files shrink to the rows written
+                short = self._open(self.files[name] + ".short", (filled, array.shape[1]), array.dtype)
+                for s in range(0, filled, ROW_BLOCK):
+                    short[s : s + ROW_BLOCK] = array[s : min(filled, s + ROW_BLOCK)]
+                short.flush()
+                del short
+                os.replace(self.folder / (self.files[name] + ".short"), path)
+            else:
+                array.flush()
+            del array
+            out[name] = _open_rows(path)
+        self.arrays = {}
+        return out
 
 
 @dataclass
@@ -59,6 +133,7 @@ class Features:
     skipped: list[Skipped] = field(default_factory=list)  # decode failures met here
     seconds: float = 0.0
     from_cache: bool = False
+    folder: Path | None = None  # where the layer arrays live on disk (memory-mapped)
 
     @property
     def n(self) -> int:
@@ -86,11 +161,14 @@ def extract(
     adapter: ModelAdapter,
     layers: list[LayerInfo],
     pre: Preprocess,
+    folder: Path,
     *,
     batch_size: int = 32,
+    precision: str = "auto",
     show_progress: bool = True,
 ) -> Features:
-    """Run the model over every image of ``dataset`` once.
+    """Run the model over every image of ``dataset`` once, writing the layer features
+    into ``folder`` (an empty directory; see :class:`FeatureStore`).
 
     ``layers`` may include the pseudo-layers :data:`INPUT_LAYER` and
     :data:`LOGITS_LAYER`; every other name is tapped inside the runtime.
@@ -102,7 +180,8 @@ def extract(
     # The logits of a softmax-ended model ride along as one more tap.
     taps = [*tapped, score] if score and score not in tapped else tapped
     cells = {layer.name: layer.cells for layer in layers if layer.cells is not None and layer.name in tapped}
-    arrays = {layer.name: np.empty((total, layer.dim), np.float32) for layer in layers if layer.name != LOGITS_LAYER}
+    dims = {layer.name: layer.dim for layer in layers if layer.name != LOGITS_LAYER}
+    store = FeatureStore(folder, total, dims, feature_dtype(precision, total, sum(dims.values())))
     outputs = np.empty((total, adapter.num_outputs), np.float32)
     logits = np.empty((total, adapter.num_outputs), np.float32) if score else None
     rows: list[int] = []
@@ -126,19 +205,19 @@ def extract(
                 if logits is not None:
                     logits[filled:end] = feats[score]
                 for name in tapped:
-                    arrays[name][filled:end] = feats[name]
-                if INPUT_LAYER in arrays:
-                    arrays[INPUT_LAYER][filled:end] = downsample_pixels(batch.pixels, pre.channels_last)
+                    store.write(name, filled, feats[name])
+                if INPUT_LAYER in dims:
+                    store.write(INPUT_LAYER, filled, downsample_pixels(batch.pixels, pre.channels_last))
                 filled = end
                 rows.extend(batch.indices)
                 digests.extend(batch.sha256)
             bar.update(n + len(batch.failures))
     finally:
         bar.close()
+    arrays = store.finish(filled)
     seconds = time.perf_counter() - start
     outputs = outputs[:filled]
     logits = None if logits is None else logits[:filled]
-    arrays = {k: v[:filled] for k, v in arrays.items()}
     if LOGITS_LAYER in {layer.name for layer in layers}:
         arrays[LOGITS_LAYER] = outputs
     skipped.sort(key=lambda s: s.file)
@@ -152,7 +231,14 @@ def extract(
         logits=logits,
         skipped=skipped,
         seconds=seconds,
+        folder=folder,
     )
+
+
+def _open_rows(path: Path) -> np.ndarray:
+    """A stored array, memory-mapped read-only (an empty one in memory: nothing to map)."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    return np.asarray(array) if array.size == 0 else array
 
 
 # ------------------------------------------------------------------ cache
@@ -178,8 +264,34 @@ class CachedRun:
     meta: dict[str, Any]
 
 
+def scratch_folder(beside: Path) -> Path:
+    """An empty directory next to ``beside`` (same file system, so finishing a cache is
+    a rename) for one extraction to write into."""
+    try:
+        beside.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent))
+        mask = os.umask(0o022)  # mkdtemp's 0700 would hide a shared cache: the umask decides, as for files
+        os.umask(mask)
+        os.chmod(folder, 0o777 & ~mask)
+        return folder
+    except OSError as exc:
+        raise UserError(f"cannot write the features next to {beside}: {exc.strerror or exc}") from None
+
+
+def discard(folder: Path | None) -> None:
+    """Remove an extraction's scratch directory.  Its arrays stay readable where they
+    are memory-mapped (POSIX keeps unlinked files until they are unmapped)."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Write the cache atomically (a crash leaves the previous cache intact)."""
+    """Finish ``features.folder`` (written by :func:`extract`) as the cache at ``path``:
+    the small arrays and ``meta.json`` are added, then the directory takes the path's
+    name (an older cache there, a directory or a format 3 file, is replaced)."""
+    folder = features.folder
+    if folder is None:
+        raise ValueError("features without a folder cannot be cached")
     meta = {
         "format": CACHE_FORMAT,
         "tool_version": __version__,
@@ -195,35 +307,40 @@ def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[
                 "module": layer.module,
                 "role": layer.role,
                 "cells": list(layer.cells) if layer.cells else None,
+                "file": None if layer.name == LOGITS_LAYER else f"layer_{i}.npy",
             }
-            for layer in features.layers
+            for i, layer in enumerate(features.layers)
         ],
         "skipped": [{"file": s.file, "reason": s.reason} for s in features.skipped],
         "seconds": features.seconds,
         **extra,
     }
-    payload: dict[str, np.ndarray] = {
-        "meta": np.array(json.dumps(meta)),
-        "files": np.array(features.files, dtype=str),
-        "sha256": np.array(features.sha256, dtype=str),
-        "labels": features.labels.astype(np.int64),
-        "outputs": features.outputs.astype(np.float32),
-    }
+    np.save(folder / "files.npy", np.array(features.files, dtype=str))
+    np.save(folder / "sha256.npy", np.array(features.sha256, dtype=str))
+    np.save(folder / "labels.npy", features.labels.astype(np.int64))
+    np.save(folder / "outputs.npy", features.outputs.astype(np.float32))
     if features.logits is not None:
-        payload["logits"] = features.logits.astype(np.float32)
-    for i, layer in enumerate(features.layers):
-        if layer.name != LOGITS_LAYER:
-            payload[f"layer_{i}"] = features.arrays[layer.name]
-
-    def write(fh: Any) -> None:
-        np.savez(fh, **payload)
-
-    atomic_write(path, write)
+        np.save(folder / "logits.npy", features.logits.astype(np.float32))
+    (folder / "meta.json").write_text(json.dumps(meta))  # written last: its presence means complete
+    for file in folder.iterdir():
+        with open(file, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = None
+    if path.is_dir() or path.is_file():
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        os.replace(path, old)
+    os.replace(folder, path)
+    features.folder = path
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
 
 
 @dataclass
 class CacheMiss:
-    """Why a cache file that exists was not used."""
+    """Why a cache that exists was not used."""
 
     reason: str  # one line
     broken: bool  # unreadable (not merely out of date or from another version)
@@ -231,60 +348,90 @@ class CacheMiss:
 
 def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | CacheMiss | None:
     """The cached run at ``path`` if it exists and matches ``key`` (any key when None,
-    for reading back a finished audit's features); why not, when the file exists but
-    cannot be used; None when there is no file."""
-    if not path.is_file():
+    for reading back a finished audit's features); why not, when something is there but
+    cannot be used; None when there is nothing."""
+    if path.is_file():
+        return _old_file(path)
+    if not path.is_dir():
         return None
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(str(npz["meta"]))
-            if meta.get("format") != CACHE_FORMAT:
-                return CacheMiss(
-                    f"written in cache format {meta.get('format')!r} by reportgen {meta.get('tool_version', '?')}; "
-                    f"this version reads format {CACHE_FORMAT}",
-                    broken=False,
-                )
-            if key is not None and meta.get("key") != key:
-                changed = [
-                    part
-                    for part in ("model_sha256", "options", "listing_sha256", "root")
-                    if meta["key"].get(part) != key[part]
-                ]
-                what = f" ({', '.join(_KEY_WORDS[c] for c in changed)} changed)" if changed else ""
-                return CacheMiss(f"out of date{what}", broken=False)
-            layers = [
-                LayerInfo(
-                    d["name"],
-                    tuple(d["shape"]),
-                    d.get("op", ""),
-                    d.get("layout", ""),
-                    int(d.get("prefix", 0)),
-                    tuple(d["grid"]) if d.get("grid") else None,
-                    d.get("module", ""),
-                    d.get("role", ""),
-                    tuple(d["cells"]) if d.get("cells") else None,
-                )
-                for d in meta["layers"]
-            ]
-            outputs = npz["outputs"]
-            arrays = {}
-            for i, layer in enumerate(layers):
-                arrays[layer.name] = outputs if layer.name == LOGITS_LAYER else npz[f"layer_{i}"]
-            features = Features(
-                files=[str(f) for f in npz["files"]],
-                labels=npz["labels"].astype(np.int64),
-                sha256=[str(s) for s in npz["sha256"]],
-                outputs=outputs,
-                layers=layers,
-                arrays=arrays,
-                logits=npz["logits"] if "logits" in npz.files else None,
-                skipped=[Skipped(s["file"], s["reason"]) for s in meta["skipped"]],
-                seconds=float(meta.get("seconds", 0.0)),
-                from_cache=True,
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            return CacheMiss(
+                f"written in cache format {meta.get('format')!r} by reportgen {meta.get('tool_version', '?')}; "
+                f"this version reads format {CACHE_FORMAT}",
+                broken=False,
             )
+        if key is not None and meta.get("key") != key:
+            changed = [
+                part
+                for part in ("model_sha256", "options", "listing_sha256", "root")
+                if meta["key"].get(part) != key[part]
+            ]
+            what = f" ({', '.join(_KEY_WORDS[c] for c in changed)} changed)" if changed else ""
+            return CacheMiss(f"out of date{what}", broken=False)
+        layers = [
+            LayerInfo(
+                d["name"],
+                tuple(d["shape"]),
+                d.get("op", ""),
+                d.get("layout", ""),
+                int(d.get("prefix", 0)),
+                tuple(d["grid"]) if d.get("grid") else None,
+                d.get("module", ""),
+                d.get("role", ""),
+                tuple(d["cells"]) if d.get("cells") else None,
+            )
+            for d in meta["layers"]
+        ]
+
+        def small(name: str) -> np.ndarray:
+            return np.load(path / name, allow_pickle=False)
+
+        outputs = small("outputs.npy")
+        n = len(outputs)
+        arrays = {}
+        for d, layer in zip(meta["layers"], layers, strict=True):
+            if layer.name == LOGITS_LAYER:
+                arrays[layer.name] = outputs
+                continue
+            if not isinstance(d.get("file"), str) or "/" in d["file"] or d["file"].startswith("."):
+                raise ValueError(f"layer {layer.name!r} names no file")
+            array = _open_rows(path / d["file"])
+            if array.shape != (n, layer.dim):
+                raise ValueError(f"{d['file']} holds {array.shape}, expected {(n, layer.dim)}")
+            arrays[layer.name] = array
+        features = Features(
+            files=[str(f) for f in small("files.npy")],
+            labels=small("labels.npy").astype(np.int64),
+            sha256=[str(s) for s in small("sha256.npy")],
+            outputs=outputs,
+            layers=layers,
+            arrays=arrays,
+            logits=small("logits.npy") if (path / "logits.npy").is_file() else None,
+            skipped=[Skipped(s["file"], s["reason"]) for s in meta["skipped"]],
+            seconds=float(meta.get("seconds", 0.0)),
+            from_cache=True,
+            folder=path,
+        )
+        if not (len(features.files) == len(features.labels) == len(features.sha256) == n):
+            raise ValueError("files, labels and outputs differ in length")
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the features are extracted again
         return CacheMiss(f"unreadable ({type(exc).__name__}: {one_line(exc, 160)})", broken=True)
     return CachedRun(features, meta)
+
+
+def _old_file(path: Path) -> CacheMiss:
+    """Why a file where the cache directory should be is not read."""
+    with contextlib.suppress(Exception):
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+        return CacheMiss(
+            f"a single-file cache (format {meta.get('format')!r}, reportgen {meta.get('tool_version', '?')}); "
+            f"this version keeps a directory of .npy files (format {CACHE_FORMAT}) and will replace it",
+            broken=False,
+        )
+    return CacheMiss("unreadable (a file, not a cache directory); it will be replaced", broken=True)
 
 
 _KEY_WORDS = {
@@ -296,4 +443,4 @@ _KEY_WORDS = {
 
 
 def default_cache_path(report: Path) -> Path:
-    return report.with_name(report.stem + ".features.npz")
+    return report.with_name(report.stem + ".features")

@@ -23,7 +23,17 @@ from reportgen.analyses.metrics import (
 from reportgen.config import AuditConfig, source_date_epoch, timestamp
 from reportgen.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, Preprocess, Skipped, discover
 from reportgen.errors import UserError
-from reportgen.extract import CachedRun, CacheMiss, Features, cache_key, extract, load_cache, save_cache
+from reportgen.extract import (
+    CachedRun,
+    CacheMiss,
+    Features,
+    cache_key,
+    discard,
+    extract,
+    load_cache,
+    save_cache,
+    scratch_folder,
+)
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, default_layers, load_model
 from reportgen.models.base import POOL_VALUES, ModelInfo, input_layer_info, pooling, with_cells
@@ -33,7 +43,7 @@ from reportgen.sections import SectionInputs
 from reportgen.sections import galleries as galleries_section
 from reportgen.sections import layers as layers_section
 from reportgen.sections import units as units_section
-from reportgen.util import file_sha256
+from reportgen.util import ROW_BLOCK, file_sha256, release
 
 
 class Clock:
@@ -157,7 +167,11 @@ def drop_nonfinite(features: Features) -> tuple[Features, list[Skipped]]:
     where = np.where(bad, "the output", "")
     for layer in features.layers:
         array = features.arrays[layer.name]
-        layer_bad = ~np.isfinite(array).all(axis=1)
+        layer_bad = np.concatenate(
+            [~np.isfinite(array[s : s + ROW_BLOCK]).all(axis=1) for s in range(0, len(array), ROW_BLOCK)]
+            or [np.zeros(0, bool)]
+        )
+        release(array)
         where = np.where(layer_bad & ~bad, f"layer {layer.name}", where)
         bad |= layer_bad
     if not bad.any():
@@ -222,11 +236,46 @@ def _extract_or_load(
         adapter = handle.prepared(pre.size)
         layers = resolve_layers(cfg.layers, adapter, pre, cfg.pool_values)
     with clock("extract"):
-        features = extract(dataset, adapter, layers, pre, batch_size=cfg.batch_size, show_progress=not cfg.quiet)
+        features = _extract_to(cfg.cache_path, cfg, dataset, adapter, layers, pre)
     meta = _model_meta(adapter, pre)
-    if cfg.use_cache and features.n:
-        save_cache(cfg.cache_path, features, key, {"model": meta})
+    _keep_or_discard(cfg.cache_path, features, key, meta, cfg)
     return features, meta, pre
+
+
+def _extract_to(
+    cache: Path,
+    cfg: AuditConfig,
+    dataset: ImageDataset,
+    adapter: ModelAdapter,
+    layers: list[LayerInfo],
+    pre: Preprocess,
+) -> Features:
+    """Extract into a scratch directory beside ``cache`` (removed if extraction fails)."""
+    folder = scratch_folder(cache)
+    try:
+        return extract(
+            dataset,
+            adapter,
+            layers,
+            pre,
+            folder,
+            batch_size=cfg.batch_size,
+            precision=cfg.feature_precision,
+            show_progress=not cfg.quiet,
+        )
+    except BaseException:
+        discard(folder)
+        raise
+
+
+def _keep_or_discard(cache: Path, features: Features, key: dict, meta: dict, cfg: AuditConfig) -> None:
+    """The extraction becomes the cache at ``cache``; without a cache (or with no image
+    left), its scratch directory goes (the arrays stay mapped for this run)."""
+    if cfg.use_cache and features.n:
+        save_cache(cache, features, key, {"model": meta})
+    else:
+        discard(features.folder)
+        features.folder = None
 
 
 def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
@@ -386,13 +435,11 @@ def reference_features(
         raise UserError(f"--reference {cfg.reference} must be a labeled folder (one sub-folder per class)")
     options = {**cfg.extraction_options(), "layers": [layer.name for layer in layers], "role": "reference"}
     key = cache_key(model_sha, options, ref)
-    path = cfg.cache_path.with_name(cfg.cache_path.name.replace(".npz", "") + ".reference.npz")
+    path = cfg.cache_path.with_name(cfg.cache_path.name + ".reference")
     cached = _usable_cache(path, key, cfg, [])
     if cached is not None:
-        return cached.features, ref.folder_classes
+        return drop_nonfinite(cached.features)[0], ref.folder_classes
     adapter = handle.prepared(pre.size)
-    features = extract(ref, adapter, layers, pre, batch_size=cfg.batch_size, show_progress=not cfg.quiet)
-    features, _ = drop_nonfinite(features)
-    if cfg.use_cache and features.n:
-        save_cache(path, features, key, {"model": _model_meta(adapter, pre)})
-    return features, ref.folder_classes
+    features = _extract_to(path, cfg, ref, adapter, layers, pre)
+    _keep_or_discard(path, features, key, _model_meta(adapter, pre), cfg)
+    return drop_nonfinite(features)[0], ref.folder_classes

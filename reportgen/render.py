@@ -9,7 +9,10 @@ disk or from the model and are untrusted) and fails on undefined names.
 from __future__ import annotations
 
 import base64
+import csv
+import gzip
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -24,10 +27,19 @@ from reportgen.analyses.cam import CAM_NAMES
 from reportgen.data import contained
 from reportgen.explorer_page import explorer_payload
 from reportgen.overlay import blend_uri, overlay_thumbnail
-from reportgen.report import AuditResult, Figures, to_json
+from reportgen.report import (
+    HTML_PREDICTION_ROWS,
+    PREDICTION_COLUMNS,
+    PREDICTIONS_INLINE,
+    AuditResult,
+    Figures,
+    prediction_rows,
+    shown_predictions,
+    to_json,
+)
 from reportgen.resources import templates_dir
 from reportgen.thumbs import jpeg_uri, placeholder, sprite_sheets, sprite_side, thumbnails
-from reportgen.util import atomic_write_bytes, data_uri
+from reportgen.util import atomic_write_bytes, data_uri, round_floats
 
 
 def _mime(data: bytes) -> str:
@@ -293,14 +305,48 @@ def render_html(result: AuditResult, figures: Figures) -> str:
         page_data=page_data,
         explorer_data=explorer_data,
         top_confusions=_top_confusions(result),
+        predictions=shown_predictions(result, HTML_PREDICTION_ROWS),
+        predictions_inline=PREDICTIONS_INLINE,
+        html_rows=HTML_PREDICTION_ROWS,
         swatches=class_swatches(result.sections["tsne"].class_names) if "tsne" in result.sections else [],
         show_full_confusion=result.metrics is not None and len(result.classes) <= 30,
     )
 
 
+def predictions_csv_path(json_path: Path) -> Path:
+    """Where the per-image predictions go when there are too many for the JSON."""
+    return json_path.with_name(json_path.stem + ".predictions.csv.gz")
+
+
 def write_report(result: AuditResult, figures: Figures, html_path: Path, json_path: Path) -> None:
-    """Write the JSON sidecar, then the HTML, each atomically."""
-    _write_pair(to_json(result), render_html(result, figures), html_path, json_path)
+    """Write the predictions CSV (a large set only), the JSON sidecar, then the HTML,
+    each atomically."""
+    inline = len(result.predictions) <= PREDICTIONS_INLINE
+    payload = to_json(result, inline_predictions=inline)
+    html = render_html(result, figures)
+    csv_path = predictions_csv_path(json_path)
+    if not inline:
+        payload["predictions_file"] = {
+            "name": csv_path.name,
+            "format": "csv.gz",
+            "rows": len(result.predictions),
+            "columns": list(PREDICTION_COLUMNS),
+        }
+        atomic_write_bytes(csv_path, predictions_csv(prediction_rows(result)))
+    elif csv_path.is_file():
+        csv_path.unlink()  # a larger earlier run's rows must not pass for this run's
+    _write_pair(payload, html, html_path, json_path)
+
+
+def predictions_csv(rows: list[dict[str, Any]]) -> bytes:
+    """The rows as gzipped CSV (header :data:`PREDICTION_COLUMNS`; an empty label for an
+    unlabeled image; scores to 6 significant digits as in the JSON), byte-stable."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(PREDICTION_COLUMNS)
+    for row in round_floats(rows):
+        writer.writerow(["" if row[c] is None else row[c] for c in PREDICTION_COLUMNS])
+    return gzip.compress(text.getvalue().encode("utf-8"), compresslevel=6, mtime=0)
 
 
 def _write_pair(payload: dict[str, Any], html: str, html_path: Path, json_path: Path) -> None:

@@ -18,7 +18,7 @@ from reportgen.util import round_floats
 if TYPE_CHECKING:
     from reportgen.thumbs import SpriteSheets
 
-JSON_SCHEMA_VERSION = 1
+JSON_SCHEMA_VERSION = 2  # 2: above 200,000 images, predictions null and in predictions_file
 
 
 @dataclass
@@ -142,8 +142,34 @@ def _metrics_json(result: AuditResult) -> dict[str, Any]:
     }
 
 
-def to_json(result: AuditResult) -> dict[str, Any]:
-    """The JSON sidecar (see the README's "JSON sidecar" section for every key)."""
+PREDICTIONS_INLINE = 200_000  # per-image predictions beyond this go to a gzipped CSV beside the JSON
+PREDICTION_COLUMNS = ("file", "label", "pred", "score", "sha256")  # the entries' keys, the CSV's columns
+HTML_PREDICTION_ROWS = 2_000  # rows the HTML's predictions table holds; every row is in the JSON or CSV
+
+
+def prediction_rows(result: AuditResult) -> list[dict[str, Any]]:
+    """One entry per audited image, the keys of :data:`PREDICTION_COLUMNS`."""
+    classes = result.classes
+    return [
+        {"file": p.file, "label": p.label, "pred": classes[p.pred], "score": p.score, "sha256": p.sha256}
+        for p in result.predictions
+    ]
+
+
+def shown_predictions(result: AuditResult, limit: int = HTML_PREDICTION_ROWS) -> list[Prediction]:
+    """The predictions the HTML lists: all of them up to ``limit``; beyond it, the
+    misclassified images, most confident first, then the least confident of the rest."""
+    preds = result.predictions
+    if len(preds) <= limit:
+        return preds
+    wrong = sorted((p for p in preds if p.correct is False), key=lambda p: (-p.score, p.file))
+    rest = sorted((p for p in preds if p.correct is not False), key=lambda p: (p.score, p.file))
+    return (wrong + rest)[:limit]
+
+
+def to_json(result: AuditResult, *, inline_predictions: bool = True) -> dict[str, Any]:
+    """The JSON sidecar (see the README's "JSON sidecar" section for every key); without
+    ``inline_predictions``, ``predictions`` is null and the rows go to the CSV sidecar."""
     classes = result.classes
     out: dict[str, Any] = {
         "schema_version": JSON_SCHEMA_VERSION,
@@ -180,10 +206,7 @@ def to_json(result: AuditResult) -> dict[str, Any]:
             "predicted_counts": result.balance.predicted_counts,
             "imbalance_ratio": result.balance.imbalance_ratio,
         },
-        "predictions": [
-            {"file": p.file, "label": p.label, "pred": classes[p.pred], "score": p.score, "sha256": p.sha256}
-            for p in result.predictions
-        ],
+        "predictions": prediction_rows(result) if inline_predictions else None,
         "skipped": [{"file": s.file, "reason": s.reason} for s in result.skipped],
         "layers": [
             {

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import math
+import mmap
 import os
 import tempfile
 from collections.abc import Callable
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from reportgen.errors import UserError
+
+# Rows of a memory-mapped layer read at once: 64k rows of 1,024 float32 values are 256 MB.
+ROW_BLOCK = 65536
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -82,3 +86,14 @@ def round_floats(value: Any, digits: int = 6) -> Any:
 def data_uri(data: bytes, mime: str) -> str:
     """``data:`` URI of the bytes: how every picture is embedded in the reports."""
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def release(array: Any) -> None:
+    """Let the operating system take back the pages of a memory-mapped array that this
+    process has read (they stay in the page cache; a later read maps them again): the
+    resident memory of a run over a large cache then holds the layer in use, not every
+    layer read so far.  Anything else is left alone."""
+    handle = getattr(array, "_mmap", None)
+    if isinstance(handle, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            handle.madvise(mmap.MADV_DONTNEED)

@@ -115,3 +115,12 @@ def copy_sample(tmp_path: Path) -> Path:
     dst = tmp_path / "images"
     shutil.copytree(SAMPLE / "images", dst)
     return dst
+
+
+def read_cache(path: Path):
+    """The features cache at ``path`` (a directory), read as reportgen reads it."""
+    from reportgen.extract import CachedRun, load_cache
+
+    cached = load_cache(path, None)
+    assert isinstance(cached, CachedRun), cached
+    return cached.features

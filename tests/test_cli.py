@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, assert_no_traceback, jpeg_bytes, load_json, make_image, run_cli
+from conftest import SAMPLE, assert_no_traceback, jpeg_bytes, load_json, make_image, read_cache, run_cli
 from sklearn.metrics import confusion_matrix
 
 from reportgen import __version__
@@ -29,15 +29,15 @@ def test_onnx_and_torchscript_reports_agree(sample_audits: dict[str, Path]) -> N
 
 
 def test_features_of_both_formats_agree(sample_audits: dict[str, Path]) -> None:
-    caches = {fmt: np.load(html.with_name("report.features.npz")) for fmt, html in sample_audits.items()}
+    caches = {fmt: read_cache(html.with_name("report.features")) for fmt, html in sample_audits.items()}
     onnx, ts = caches["onnx"], caches["torchscript"]
-    assert list(onnx["files"]) == list(ts["files"])
-    layer_keys = sorted(k for k in onnx.files if k.startswith("layer_"))
-    assert layer_keys == sorted(k for k in ts.files if k.startswith("layer_")) and len(layer_keys) >= 4
-    for key in layer_keys:
-        scale = np.abs(onnx[key]).max() + 1e-6
-        assert np.allclose(onnx[key], ts[key], atol=1e-4 * scale), key
-    assert np.allclose(onnx["outputs"], ts["outputs"], atol=1e-4)
+    assert onnx.files == ts.files
+    assert [layer.name for layer in onnx.layers] == [layer.name for layer in ts.layers] and len(onnx.layers) >= 4
+    for name, values in onnx.arrays.items():
+        assert values.dtype == np.float32, name  # a small set: stored in full precision
+        scale = np.abs(values).max() + 1e-6
+        assert np.allclose(values, ts.arrays[name], atol=1e-4 * scale), name
+    assert np.allclose(onnx.outputs, ts.outputs, atol=1e-4)
 
 
 def test_json_metrics_equal_scikit_learn_on_its_own_predictions(sample_audits: dict[str, Path]) -> None:
@@ -186,10 +186,10 @@ def test_second_run_reuses_the_cache_and_skips_the_model(tmp_path: Path, copy_sa
     first = run_cli(*audit)
     assert first.code == 0, first.err
     assert load_json(out)["features_from_cache"] is False
-    cache = out.with_name("r.features.npz")
-    assert cache.is_file()
-    npz = np.load(cache, allow_pickle=False)
-    assert {"meta", "files", "sha256", "labels", "outputs"} <= set(npz.files)
+    cache = out.with_name("r.features")
+    assert cache.is_dir()
+    assert {"meta.json", "files.npy", "sha256.npy", "labels.npy", "outputs.npy"} <= {p.name for p in cache.iterdir()}
+    assert not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]  # no scratch directory left
     # The second run finds the cache: no model load and no extraction phase are timed.
     second = run_cli(*audit)
     assert second.code == 0, second.err

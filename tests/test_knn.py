@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from conftest import load_json
+from conftest import load_json, read_cache
 from sklearn.neighbors import NearestNeighbors
 
 from reportgen.analyses.knn import knn_search, layer_knn, majority_vote
@@ -14,12 +12,9 @@ from reportgen.analyses.knn import knn_search, layer_knn, majority_vote
 
 @pytest.fixture(scope="module")
 def sample_features(sample_audits) -> dict[str, np.ndarray]:
-    npz = np.load(sample_audits["onnx"].with_name("report.features.npz"))
-    meta = json.loads(str(npz["meta"]))
-    out = {}
-    for i, layer in enumerate(meta["layers"]):
-        out[layer["name"]] = npz["outputs"] if layer["name"] == "logits" else npz[f"layer_{i}"]
-    out["__labels__"] = npz["labels"]
+    cached = read_cache(sample_audits["onnx"].with_name("report.features"))
+    out = {name: np.asarray(values) for name, values in cached.arrays.items()}
+    out["__labels__"] = cached.labels
     return out
 
 
@@ -99,3 +94,25 @@ def test_per_layer_summary_in_json(sample_audits) -> None:
         assert set(entry) == {"query", "neighbours"} and len(entry["neighbours"]) == 10
         assert set(entry["neighbours"][0]) == {"file", "distance", "label"}
         assert all(n["file"] != entry["query"] for n in entry["neighbours"])
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_a_large_reference_searched_in_slices_gives_the_same_neighbours(monkeypatch, metric: str) -> None:
+    """The slice-by-slice route (memory-mapped layers of large sets) returns exactly the
+    one-piece search's neighbours, own rows left out, ties by row across slice edges."""
+    from reportgen.analyses import knn as knn_module
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(700, 6)).astype(np.float32)
+    x[300] = x[10]  # an exact tie that straddles two slices
+    whole = knn_search(x, x, 7, metric=metric, query_rows=np.arange(len(x)))
+    monkeypatch.setattr(knn_module, "ROW_BLOCK", 64)
+    monkeypatch.setattr(knn_module, "SLICE_BYTES", 8 * 6 * 100)  # 100-row slices
+    sliced = knn_search(x, x, 7, metric=metric, query_rows=np.arange(len(x)))
+    assert np.array_equal(sliced.indices, whole.indices)
+    assert np.allclose(sliced.distances, whole.distances, rtol=0, atol=1e-12)
+    assert not (sliced.indices == np.arange(len(x))[:, None]).any()
+    reference = NearestNeighbors(n_neighbors=8, metric=metric, algorithm="brute").fit(x.astype(np.float64))
+    _, theirs = reference.kneighbors(x.astype(np.float64))
+    # sklearn includes the row itself (first, distance 0): the rest are ours, up to ties.
+    assert np.mean([len(set(a) & set(b[1:])) / 7 for a, b in zip(sliced.indices, theirs, strict=True)]) > 0.99

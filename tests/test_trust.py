@@ -141,8 +141,10 @@ def private_audit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_report_under_umask_077_is_private(private_audit: Path) -> None:
-    for path in (private_audit, private_audit.with_suffix(".json"), private_audit.with_name("report.features.npz")):
+    cache = private_audit.with_name("report.features")
+    for path in (private_audit, private_audit.with_suffix(".json"), *cache.iterdir()):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
 
 
 def test_the_recorded_perplexity_is_the_one_used(private_audit: Path) -> None:

@@ -6,10 +6,15 @@ and dimension: about 3.6 x 10^12 a minute on 2 cores (the kNN benchmark: 20,000 
 x 513 in 3.4 s), so 50,000 images at 1,024 dims take about 40 s per layer, and a million
 images 5 hours per layer.  Above :data:`EXACT_WORK` this module answers instead:
 
+0. the layer is copied into memory as float32, a block at a time (a memory-mapped
+   float16 layer answers the random reads below an order of magnitude slower): 4 GB
+   at a million images of 1,024 values, the largest allocation of a large run;
 1. the rows (unit rows for cosine) are projected on their leading :data:`INDEX_DIMS`
-   principal components, computed from a seeded sample;
-2. a FAISS inverted-file index (``IndexIVFFlat``: k-means cells, seeded) finds
-   :data:`RERANK` x k candidates per query in that projection, probing the cells nearest
+   principal components, computed from a seeded sample of :data:`PCA_SAMPLE` rows
+   (rows with no more dimensions are indexed as they are);
+2. a FAISS inverted-file index (``IndexIVFFlat``: about 4 sqrt(N) k-means cells,
+   seeded, trained on 39 rows per cell) finds :data:`RERANK` x k candidates per query
+   (+1, the row itself) in that projection, probing the :data:`PROBES` cells nearest
    to the query;
 3. the candidates are re-ranked by their exact distance in the full features (float64,
    ties by row, as the exact search breaks them): every distance reported is exact,
@@ -17,6 +22,12 @@ images 5 hours per layer.  Above :data:`EXACT_WORK` this module answers instead:
 4. the caller (``knn.find_neighbours``) runs the exact search for a seeded sample of
    :data:`RECALL_QUERIES` queries and measures the share of their true k neighbours found
    (recall@k), so the report states its own error.
+
+The settings were chosen on the dataset-scale benchmark (``python -m benchmarks --suite
+scale`` and one layer of its cache): at a million images of 1,024 values, 8 probes and
+k + 1 candidates took 143 s on 2 cores at recall@10 0.962; 16 probes and 2k + 1
+candidates reached 0.999 at about 1.6 times the time (timed under a profiler); 128
+components with a sixteenth of the cells probed did not finish one layer in 15 minutes.
 
 Why FAISS: Meta's library, maintained, with wheels for every platform (hnswlib is
 published as source only; PyNNDescent compiles with numba on first use), an exact flat
@@ -30,12 +41,16 @@ import math
 
 import numpy as np
 
+from reportgen.util import ROW_BLOCK, release
+
 EXACT_WORK = 4e12  # query x reference x dims above which the index is used: ~1 min per layer exact
-INDEX_DIMS = 128  # principal components the index searches in
-PCA_SAMPLE = 100_000  # rows the principal components are computed from
-RERANK = 4  # candidates per neighbour taken from the index before exact re-ranking
-RECALL_QUERIES = 1000  # queries checked against the exact search
+INDEX_DIMS = 64  # principal components the index searches in
+PCA_SAMPLE = 20_000  # rows the principal components are computed from
+RERANK = 1  # candidates per neighbour taken from the index before exact re-ranking (+1 for the row itself)
+PROBES = 8  # cells probed per query (of about 4 sqrt(N)): the measured recall says how it went
+RECALL_QUERIES = 500  # queries checked against the exact search (5,000 neighbours at k = 10)
 MIN_ROWS_PER_CELL = 39  # FAISS's k-means wants at least this many training rows per cell
+KMEANS_ITERATIONS = 10
 
 
 def is_large(n_queries: int, n_reference: int, dims: int) -> bool:
@@ -63,18 +78,23 @@ def principal_axes(centred: np.ndarray, dims: int) -> np.ndarray:
     return axes * signs
 
 
-def _projection(x: np.ndarray, dims: int, rng: np.random.Generator, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (D, dims) leading principal axes, from a seeded sample of rows."""
+def _projection(
+    x: np.ndarray, dims: int, rng: np.random.Generator, metric: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean and (D, dims) leading principal axes of the prepared rows, from a seeded
+    sample; no axes when the rows have no more than ``dims`` dimensions."""
     rows = np.sort(rng.choice(len(x), size=min(len(x), PCA_SAMPLE), replace=False))
     sample = prepared_rows(x[rows], metric)
     mean = sample.mean(axis=0)
-    return mean, principal_axes(sample - mean, dims)
+    return mean, (principal_axes(sample - mean, dims) if dims < x.shape[1] else None)
 
 
-def _project(x: np.ndarray, mean: np.ndarray, axes: np.ndarray, metric: str, block: int = 65536) -> np.ndarray:
-    out = np.empty((len(x), axes.shape[1]), np.float32)
-    for s in range(0, len(x), block):
-        out[s : s + block] = (prepared_rows(x[s : s + block], metric) - mean) @ axes
+def _project(x: np.ndarray, mean: np.ndarray, axes: np.ndarray | None, metric: str) -> np.ndarray:
+    """The prepared, centred rows on the axes (all of them without axes), float32."""
+    out = np.empty((len(x), x.shape[1] if axes is None else axes.shape[1]), np.float32)
+    for s in range(0, len(x), ROW_BLOCK):
+        centred = prepared_rows(x[s : s + ROW_BLOCK], metric) - mean
+        out[s : s + ROW_BLOCK] = centred if axes is None else centred @ axes
     return out
 
 
@@ -86,7 +106,7 @@ def _rerank(
     n = len(cand)
     idx = np.empty((n, k), np.int64)
     dist = np.empty((n, k), np.float64)
-    step = max(1, (32 << 20) // (8 * cand.shape[1] * max(1, queries.shape[1])))
+    step = max(1, (16 << 20) // (8 * cand.shape[1] * max(1, queries.shape[1])))
     for s in range(0, n, step):
         c = cand[s : s + step]
         valid = c >= 0  # FAISS pads with -1 when a query's probed cells hold too few rows
@@ -102,6 +122,17 @@ def _rerank(
     return idx, np.sqrt(np.maximum(dist, 0.0))
 
 
+def in_memory(x: np.ndarray) -> np.ndarray:
+    """The rows as one float32 array in memory (float16 and float32 values exactly),
+    converted a block at a time: the index route reads rows many times and at random,
+    which a memory-mapped float16 layer answers an order of magnitude slower."""
+    out = np.empty(x.shape, np.float32)
+    for s in range(0, len(x), ROW_BLOCK):
+        out[s : s + ROW_BLOCK] = x[s : s + ROW_BLOCK]
+        release(x)  # the copy replaces the mapped pages block by block, not on top of all of them
+    return out
+
+
 def approximate_neighbours(
     queries: np.ndarray,
     reference: np.ndarray,
@@ -112,9 +143,10 @@ def approximate_neighbours(
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Indices (Q, k) and exact distances of the k nearest reference rows found through
-    the index (see the module notes), and the index's settings in words.  With
-    ``leave_one_out`` the queries are the reference rows and a row is never its own
-    neighbour; ``k`` must leave enough rows (the caller caps it)."""
+    the index (see the module notes), and the index's settings in words.  ``queries``
+    and ``reference`` are float32 arrays in memory (:func:`in_memory`; the same array
+    with ``leave_one_out``: then a row is never its own neighbour); ``k`` must leave enough
+    rows (the caller caps it)."""
     import faiss
 
     n_q, n_ref = len(queries), len(reference)
@@ -123,24 +155,26 @@ def approximate_neighbours(
     mean, axes = _projection(reference, dims, rng, metric)
     ref_low = _project(reference, mean, axes, metric)
     qry_low = ref_low if leave_one_out else _project(queries, mean, axes, metric)
+    space = f"all {dims} dimensions" if axes is None else f"the leading {dims} principal components"
 
     cells = int(min(max(1, round(4 * math.sqrt(n_ref))), max(1, n_ref // MIN_ROWS_PER_CELL)))
     quantizer = faiss.IndexFlatL2(dims)
     index = faiss.IndexIVFFlat(quantizer, dims, cells, faiss.METRIC_L2)
     index.cp.seed = int(seed)
-    train_rows = np.sort(rng.choice(n_ref, size=min(n_ref, 256 * cells), replace=False))
+    index.cp.niter = KMEANS_ITERATIONS
+    train_rows = np.sort(rng.choice(n_ref, size=min(n_ref, MIN_ROWS_PER_CELL * cells), replace=False))
     index.train(np.ascontiguousarray(ref_low[train_rows]))
     index.add(np.ascontiguousarray(ref_low))
-    # Probing a sixteenth of the cells (at least 8): the measured recall says how it went.
-    index.nprobe = int(min(cells, max(8, cells // 16)))
+    index.nprobe = int(min(cells, PROBES))
     want = min(n_ref, RERANK * k + (1 if leave_one_out else 0))
     _, cand = index.search(np.ascontiguousarray(qry_low), want)
+    del ref_low, qry_low, index
     own = np.arange(n_q) if leave_one_out else None
     idx, dist = _rerank(queries, reference, cand.astype(np.int64), k, own, metric)
     if metric == "cosine":
         dist = dist * dist / 2.0  # |a - b|^2 / 2 = 1 - cos for unit rows
     detail = (
-        f"FAISS IndexIVFFlat over the leading {dims} principal components: {cells} cells, {index.nprobe} probed, "
+        f"FAISS IndexIVFFlat over {space}: {cells} cells, {min(cells, PROBES)} probed, "
         f"{want} candidates per query re-ranked by exact distance"
     )
     return idx, dist, detail

@@ -22,9 +22,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from reportgen.analyses import ann
+from reportgen.util import ROW_BLOCK, release
 
 _EPS32 = float(np.finfo(np.float32).eps)
 BLOCK_BYTES = 64 << 20  # distance block held at once per worker
+SLICE_BYTES = 256 << 20  # float64 reference rows searched at once (larger references go in slices)
 
 
 @dataclass
@@ -58,8 +60,13 @@ def knn_search(
         When the queries are rows of ``reference`` (leave-one-out), their row numbers:
         each query's own row is never its neighbour.
 
-    Ties in distance are broken by the lower reference row.
+    Ties in distance are broken by the lower reference row.  A reference too large to
+    hold in float64 (a memory-mapped layer of a large set) is searched a slice at a time.
     """
+    n_ref_rows = len(reference)
+    dims = reference.shape[1] if reference.ndim == 2 else 1
+    if n_ref_rows > ROW_BLOCK and 8 * n_ref_rows * dims > SLICE_BYTES:
+        return _search_slices(queries, reference, k, metric, query_rows, workers)
     queries = ann.prepared_rows(queries, metric)
     reference = ann.prepared_rows(reference, metric)
     n_q, dim = queries.shape
@@ -103,7 +110,9 @@ def knn_search(
         key = buf[:b]
         np.matmul(q_aug[start:stop], r_aug.T, out=key)
         if query_rows is not None:
-            key[np.arange(b), query_rows[start:stop]] = np.inf
+            own = query_rows[start:stop]
+            inside = own >= 0  # -1: the query's own row is not in this reference
+            key[np.flatnonzero(inside), own[inside]] = np.inf
         # Every true neighbour has key <= (k-th smallest key) + 2 err: keep all of those.
         kth = np.partition(key, k - 1, axis=1)[:, k - 1] if k < n_ref else key.max(axis=1)
         threshold = kth + 2.0 * err[start:stop]
@@ -142,6 +151,33 @@ def knn_search(
     if metric == "cosine":
         dist = dist * dist / 2.0  # |a - b|^2 / 2 = 1 - cos for unit vectors
     return Neighbours(out_idx, dist)
+
+
+def _search_slices(
+    queries: np.ndarray,
+    reference: np.ndarray,
+    k: int,
+    metric: str,
+    query_rows: np.ndarray | None,
+    workers: int | None,
+) -> Neighbours:
+    """:func:`knn_search` over consecutive slices of the reference, merged by (distance,
+    row): the same result, with memory bounded by one slice."""
+    n_ref = len(reference)
+    step = max(ROW_BLOCK, SLICE_BYTES // (8 * max(1, reference.shape[1])))
+    parts_idx, parts_dist = [], []
+    for a in range(0, n_ref, step):
+        b = min(n_ref, a + step)
+        own = None
+        if query_rows is not None:
+            own = np.where((query_rows >= a) & (query_rows < b), query_rows - a, -1)
+        part = knn_search(queries, reference[a:b], k, metric=metric, query_rows=own, workers=workers)
+        parts_idx.append(part.indices + a)
+        parts_dist.append(part.distances)
+    idx, dist = np.concatenate(parts_idx, axis=1), np.concatenate(parts_dist, axis=1)
+    k = max(0, min(k, n_ref - (1 if query_rows is not None else 0)))
+    order = np.lexsort((idx, dist), axis=1)[:, :k]
+    return Neighbours(np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1))
 
 
 def majority_vote(neighbour_labels: np.ndarray) -> np.ndarray:
@@ -201,6 +237,11 @@ def find_neighbours(
     large = ann.is_large(len(queries), len(reference), reference.shape[1] if reference.ndim == 2 else 1)
     if mode == "exact" or (mode == "auto" and not large) or k_cap == 0 or len(queries) == 0:
         return knn_search(queries, reference, k, metric=metric, query_rows=rows), SearchReport("exact")
+    # One float32 copy in memory serves the index, the re-ranking and the exact check.
+    source = reference
+    reference = ann.in_memory(reference)
+    queries = reference if leave_one_out else ann.in_memory(queries)
+    release(source)  # its pages: the copy in memory serves from here on
     idx, dist, detail = ann.approximate_neighbours(
         queries, reference, k_cap, metric=metric, leave_one_out=leave_one_out, seed=seed
     )

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.models.layouts import CHW, HWC, TOKENS, VECTOR, GraphStep, attention_inputs, infer_layouts
+from reportgen.util import ROW_BLOCK, release
 
 INPUT_LAYER = "input"
 LOGITS_LAYER = "logits"
@@ -160,8 +161,12 @@ def channel_means(features: np.ndarray, layer: LayerInfo) -> np.ndarray:
     h, w = int(layer.resolution[0]), int(layer.resolution[1])
     rows, cols = cell_edges(h, layer.cells[0]), cell_edges(w, layer.cells[1])
     share = (np.outer(np.diff(rows), np.diff(cols)) / (h * w)).reshape(-1)
-    grid = features.reshape(features.shape[0], layer.channels, share.size).astype(np.float64)
-    return (grid @ share).astype(np.float32)
+    out = np.empty((features.shape[0], layer.channels), np.float32)
+    for s in range(0, len(out), ROW_BLOCK):  # a block at a time: the layer may be memory-mapped
+        block = np.asarray(features[s : s + ROW_BLOCK], np.float64)
+        out[s : s + ROW_BLOCK] = block.reshape(len(block), layer.channels, share.size) @ share
+    release(features)
+    return out
 
 
 def pooling(layer: LayerInfo) -> str:

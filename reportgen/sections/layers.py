@@ -24,6 +24,7 @@ from reportgen.models import INPUT_LAYER, LOGITS_LAYER
 from reportgen.models.base import channel_means
 from reportgen.sections import ImageSet, NeighbourEntry, SectionInputs, label_name, neighbour_strip
 from reportgen.sections.explorer import build_explorer
+from reportgen.util import release
 
 
 @dataclass
@@ -350,6 +351,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 search=cfg.knn_search,
                 seed=cfg.seed,
             )
+            release(features.arrays[name])
             bar.update()
     for summary in result.layers:
         summary.knn_accuracy = knn[summary.name].accuracy
@@ -375,6 +377,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 search=cfg.knn_search,
                 seed=cfg.seed,
             ).accuracy
+            release(features.arrays[layer.name])
 
     predicted = [class_map.classes[p] for p in pred]
     wrong = (truth >= 0) & (pred != truth)
