@@ -2,9 +2,11 @@
 its recall measured against the exact search on every run.
 
 The exact search (``knn.knn_search``) costs one multiply-add per query, reference row
-and dimension: about 3.6 x 10^12 a minute on 2 cores (the kNN benchmark: 20,000 x 20,000
-x 513 in 3.4 s), so 50,000 images at 1,024 dims take about 40 s per layer, and a million
-images 5 hours per layer.  Above :data:`EXACT_WORK` this module answers instead:
+and dimension: about 3.6 x 10^12 a minute on 2 cores for one product of 20,000 x 20,000
+x 513 (the kNN benchmark), but about 2 x 10^12 a minute over a whole report's layers
+(the dataset-scale benchmark at 50,000 images: 348 s for four 800-1,024-value layers
+and five small ones), so 50,000 images at 1,024 dims take over a minute per layer, and
+a million images 8 hours per layer.  Above :data:`EXACT_WORK` this module answers instead:
 
 0. the layer is copied into memory as float32, a block at a time (a memory-mapped
    float16 layer answers the random reads below an order of magnitude slower): 4 GB
@@ -43,7 +45,7 @@ import numpy as np
 
 from reportgen.util import ROW_BLOCK, release
 
-EXACT_WORK = 4e12  # query x reference x dims above which the index is used: ~1 min per layer exact
+EXACT_WORK = 1e12  # query x reference x dims above which the index is used: ~30 s per layer exact
 INDEX_DIMS = 64  # principal components the index searches in
 PCA_SAMPLE = 20_000  # rows the principal components are computed from
 RERANK = 1  # candidates per neighbour taken from the index before exact re-ranking (+1 for the row itself)
