@@ -144,8 +144,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--knn-search",
         choices=("auto", "exact", "approximate"),
         default="auto",
-        help="auto (default): exact neighbours unless images x images x dims of a layer exceeds 1e12 "
-        "(about 31,000 images at 1024 dims), then an approximate index whose recall the report states; "
+        help="auto (default): exact neighbours unless images x images x dims of a layer exceeds 1e12, "
+        "counting 256 per pair for the selection (about 28,000 images at 1024 dims), then an approximate index whose recall the report states; "
         "exact: always exact; approximate: always the index",
     )
     g.add_argument(

@@ -46,6 +46,10 @@ import numpy as np
 from reportgen.util import ROW_BLOCK, release
 
 EXACT_WORK = 1e12  # query x reference x dims above which the index is used: ~30 s per layer exact
+# The exact search's work per (query, reference) pair besides the product (the partition
+# and threshold over every distance), in multiply-adds: whatever the dims, it is quadratic
+# in the images.  At 50,000 images the five small layers (10-64 values) took ~25 s each.
+PAIR_COST = 256
 INDEX_DIMS = 64  # principal components the index searches in
 PCA_SAMPLE = 20_000  # rows the principal components are computed from
 RERANK = 1  # candidates per neighbour taken from the index before exact re-ranking (+1 for the row itself)
@@ -56,8 +60,9 @@ KMEANS_ITERATIONS = 10
 
 
 def is_large(n_queries: int, n_reference: int, dims: int) -> bool:
-    """Whether the exact search would cost more than :data:`EXACT_WORK`."""
-    return float(n_queries) * float(n_reference) * float(max(dims, 1)) > EXACT_WORK
+    """Whether the exact search would cost more than :data:`EXACT_WORK`: the product's
+    multiply-adds, plus :data:`PAIR_COST` for the per-pair selection work."""
+    return float(n_queries) * float(n_reference) * float(max(dims, 1) + PAIR_COST) > EXACT_WORK
 
 
 def prepared_rows(x: np.ndarray, metric: str) -> np.ndarray:
