@@ -90,7 +90,6 @@ class FeatureStore:
         if target.dtype == np.float16 and np.any(np.abs(values[np.isfinite(values)]) > FLOAT16_MAX):
             wide = self._open(self.files[name] + ".wide", target.shape, np.dtype(np.float32))
             wide[:start] = target[:start]
-            del target
             os.replace(self.folder / (self.files[name] + ".wide"), self.folder / self.files[name])
             self.arrays[name] = target = wide
         target[start : start + len(values)] = values
