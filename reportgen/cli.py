@@ -656,6 +656,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(argv, debug)
 
 
+def entry(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (``reportgen`` and ``python -m reportgen``): exit with main()'s status.
+
+    An interrupt that lands while CPython runs code through ``PyRun_String`` (some extension
+    modules' first import does: the t-SNE stage's first import of scipy.stats was caught so
+    in CI) sets CPython's "unhandled KeyboardInterrupt" flag although main() handled it,
+    and the interpreter then kills itself with SIGINT at exit instead of returning 130.
+    Nothing is left to finalise on that path (scratch files go in ``finally`` blocks), so
+    it flushes and leaves with the documented status at once.
+    """
+    code = main(argv)
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _run(argv: list[str], debug: bool) -> int:
     try:
         parser = build_parser()

@@ -232,6 +232,30 @@ def test_interrupted_run_leaves_the_previous_report(tmp_path: Path, copy_sample:
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_interrupt_inside_an_extension_import_still_exits_130(tmp_path: Path) -> None:
+    # CI caught the run above dying by SIGINT (-2) after printing its message: the interrupt
+    # landed while scipy.stats' first import ran code through PyRun_String, which sets
+    # CPython's "unhandled KeyboardInterrupt" flag even though the CLI handled it, and under
+    # `python -m` the interpreter then kills itself at exit. Raise the interrupt through
+    # PyRun_String on purpose, so the outcome does not depend on timing.
+    (tmp_path / "interrupt_probe.py").write_text(
+        "import ctypes\n"
+        "from reportgen import cli\n"
+        "def interrupted(args):\n"
+        "    run = ctypes.pythonapi.PyRun_String\n"
+        "    run.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]\n"
+        "    run.restype = ctypes.py_object\n"
+        "    run(b'raise KeyboardInterrupt', 257, {}, {})\n"  # 257: Py_file_input
+        "cli._cmd_layers = interrupted\n"
+        "cli.entry(['layers', 'model.onnx'])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "interrupt_probe"], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert proc.stderr.strip() == "reportgen: interrupted; no report was written or replaced"
+
+
 # ------------------------------------------------------------------ reproducible
 
 
