@@ -99,12 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--suite",
-        choices=("core", "architectures", "diagnostics", "scale"),
+        choices=("core", "architectures", "diagnostics", "scale", "gpu"),
         default="core",
         help="core: the ResNet-18 figures (RESULTS.md); architectures: ViT-B/16 and ConvNeXt-T "
         "(RESULTS-architectures.md); diagnostics: layer pooling and suspected mislabels against ground truth "
         "and cleanlab (RESULTS-diagnostics.md); scale: whole audits from 50,000 to 1,000,000 images, from the "
-        "features cache at the largest (RESULTS-scale.md)",
+        "features cache at the largest (RESULTS-scale.md); gpu: the CUDA path on a GPU machine (RESULTS-gpu.md)",
+    )
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="gpu suite only: cpu runs its code on the CPU"
     )
     args = parser.parse_args(argv)
 
@@ -118,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "diagnostics":
         output = args.output if args.output != HERE / "RESULTS.md" else HERE / "RESULTS-diagnostics.md"
         return diagnostics(args.work / ("quick" if quick else "full") / "diagnostics", quick, output)
+    if args.suite == "gpu":
+        output = args.output if args.output != HERE / "RESULTS.md" else HERE / "RESULTS-gpu.md"
+        return gpu(args.work / ("quick" if quick else "full") / "gpu", quick, args.device, output)
     if args.suite == "scale":
         output = args.output if args.output != HERE / "RESULTS.md" else HERE / "RESULTS-scale.md"
         return scale(args.work / ("quick" if quick else "full") / "scale", quick, output)
@@ -185,6 +191,27 @@ def main(argv: list[str] | None = None) -> int:
             "- the other suites: `RESULTS-architectures.md` (ViT-B/16, ConvNeXt-T), `RESULTS-diagnostics.md` "
             "(layer pooling and suspected mislabels against ground truth and cleanlab), `RESULTS-scale.md` "
             "(dataset scale: 50,000 to 1,000,000 images)",
+            "",
+            *figure_table(rows),
+        ],
+    )
+    return 0
+
+
+def gpu(work: Path, quick: bool, device: str, output: Path) -> int:
+    from benchmarks import gpu as suite
+
+    started = time.perf_counter()
+    rows, notes = suite.run(work, quick, device)
+    write_results(
+        output,
+        "Benchmark results: GPU" + (" (quick mode: tiny workloads, timings meaningless)" if quick else ""),
+        f"python -m benchmarks --suite gpu{' --quick' if quick else ''}{' --device cpu' if device == 'cpu' else ''}",
+        time.perf_counter() - started,
+        [
+            "- workload: torchvision ResNet-18, seeded random weights, 10 outputs, as TorchScript and state_dict; "
+            "seeded synthetic 400x300 JPEGs; kNN on seeded manifold features (`benchmarks/workload.py`)",
+            *notes,
             "",
             *figure_table(rows),
         ],

@@ -49,8 +49,9 @@ def _decode_all(files: list[Path], pre: Preprocess) -> np.ndarray:
     return np.stack([load_one(f, pre)[0] for f in files])
 
 
-def bare_forward(kind: str, path: Path, pixels: np.ndarray, batch: int) -> float:
-    """Seconds for the runtime's own forward pass over pre-decoded tensors."""
+def bare_forward(kind: str, path: Path, pixels: np.ndarray, batch: int, device: str = "cpu") -> float:
+    """Seconds for the runtime's own forward pass over pre-decoded tensors (on a GPU: each
+    batch copied there and the outputs back, as any tool must)."""
     if kind == "onnx":
         import onnxruntime as ort
 
@@ -63,24 +64,31 @@ def bare_forward(kind: str, path: Path, pixels: np.ndarray, batch: int) -> float
     else:
         import torch
 
-        module = torch.jit.load(str(path)).eval()
+        module = torch.jit.load(str(path), map_location=device).eval()
         tensors = torch.from_numpy(pixels)
 
         def run() -> None:
             with torch.inference_mode():
                 for i in range(0, len(tensors), batch):
-                    module(tensors[i : i + batch])
+                    module(tensors[i : i + batch].to(device)).cpu()
 
     return _best_of(run, repeats=2)
 
 
 def _extraction_seconds(
-    kind: str, path: Path, dataset: ImageDataset, pixels: np.ndarray, pre: Preprocess, batch: int, repeats: int
+    kind: str,
+    path: Path,
+    dataset: ImageDataset,
+    pixels: np.ndarray,
+    pre: Preprocess,
+    batch: int,
+    repeats: int,
+    device: str = "cpu",
 ) -> tuple[float, float, ModelAdapter, list[LayerInfo]]:
     """Seconds for reportgen to extract ``dataset`` (decode included, default layers) and
     for the bare runtime to run the pre-decoded ``pixels``; the prepared adapter and the
     layers extracted."""
-    adapter = load_model(path, device="cpu")
+    adapter = load_model(path, device=device)
     adapter.prepare(pre.size)
     layers = resolve_layers(None, adapter, pre)
 
@@ -89,7 +97,7 @@ def _extraction_seconds(
             extract(dataset, adapter, layers, pre, Path(folder), batch_size=batch, show_progress=False)
 
     ours = _best_of(once, repeats=repeats)
-    return ours, bare_forward(kind, path, pixels, batch), adapter, layers
+    return ours, bare_forward(kind, path, pixels, batch, device), adapter, layers
 
 
 def extraction_efficiency(models: dict[str, Path], images: Path, batch: int) -> list[Figure]:

@@ -116,3 +116,61 @@ def test_a_large_reference_searched_in_slices_gives_the_same_neighbours(monkeypa
     _, theirs = reference.kneighbors(x.astype(np.float64))
     # sklearn includes the row itself (first, distance 0): the rest are ours, up to ties.
     assert np.mean([len(set(a) & set(b[1:])) / 7 for a, b in zip(sliced.indices, theirs, strict=True)]) > 0.99
+
+
+def _torch_knn_cases(massive: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Seeded features with exact ties: 31 identical rows (more than k + spares within the
+    rounding bound), and with ``massive`` 301 more (the route that ranks every row from
+    float64 products, whose last bits depend on how the reference is sliced, on either
+    route: so not with slices)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(1500, 24)).astype(np.float32)
+    x[100:130] = x[5]
+    if massive:
+        x[600:900] = x[9]
+    return [(x, None), (x[:400] + 0.01, x[500:])]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("spare", [32, 0])
+@pytest.mark.parametrize("slice_rows", [None, 350])
+def test_the_torch_search_gives_the_cpu_search_neighbours(monkeypatch, metric: str, spare: int, slice_rows) -> None:
+    """The GPU route (run here on torch's CPU device) against the numpy search: the same
+    rows in the same order, the same distances, with and without spare candidates and
+    with the reference in slices."""
+    from reportgen.models import cuda_knn
+
+    monkeypatch.setattr(cuda_knn, "SPARE", spare)
+    if slice_rows is not None:
+        monkeypatch.setattr(cuda_knn, "_slice_rows", lambda dev, dims, n_ref: slice_rows)
+    for queries, reference in _torch_knn_cases(massive=slice_rows is None):
+        own = np.arange(len(queries)) if reference is None else None
+        ref = queries if reference is None else reference
+        want = knn_search(queries, ref, 10, metric=metric, query_rows=own)
+        idx, dist = cuda_knn.knn_search_cuda(queries, ref, 10, metric=metric, query_rows=own, device="cpu")
+        np.testing.assert_array_equal(idx, want.indices)
+        np.testing.assert_allclose(dist, want.distances, rtol=1e-9, atol=1e-6)
+        if own is not None:
+            assert not (idx == own[:, None]).any()
+
+
+def test_an_accelerated_search_makes_auto_exact(monkeypatch) -> None:
+    """With an accelerated exact search, ``auto`` never builds the index, however large
+    the work; ``approximate`` still does, and checks its recall with the accelerated one."""
+    from reportgen.analyses import ann
+    from reportgen.analyses.knn import find_neighbours
+    from reportgen.models.cuda_knn import knn_search_cuda
+
+    monkeypatch.setattr(ann, "EXACT_WORK", 1.0)  # everything counts as large
+    x = np.random.default_rng(3).normal(size=(2000, 16)).astype(np.float32)
+    calls = []
+
+    def on_cpu(*args, **kwargs):
+        calls.append(len(args[0]))
+        return knn_search_cuda(*args, device="cpu", **kwargs)
+
+    nb, how = find_neighbours(x, x, 5, leave_one_out=True, accelerated=on_cpu)
+    assert how.method == "exact" and calls == [2000]
+    np.testing.assert_array_equal(nb.indices, knn_search(x, x, 5, query_rows=np.arange(2000)).indices)
+    _, how = find_neighbours(x, x, 5, leave_one_out=True, mode="approximate", accelerated=on_cpu)
+    assert how.method == "approximate" and calls[1] == ann.RECALL_QUERIES and how.recall is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -209,6 +210,12 @@ def majority_vote(neighbour_labels: np.ndarray) -> np.ndarray:
     return out
 
 
+# An exact search on an accelerator (``models.cuda_knn.knn_search_cuda``), passed in so
+# that this module never imports torch: (queries, reference, k, metric=, query_rows=)
+# -> (indices, distances), the same result as :func:`knn_search`.
+AcceleratedSearch = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
 @dataclass
 class SearchReport:
     """How a neighbour search was done and, when approximate, how good it was."""
@@ -228,12 +235,17 @@ def find_neighbours(
     leave_one_out: bool = False,
     mode: str = "auto",
     seed: int = 0,
+    accelerated: AcceleratedSearch | None = None,
 ) -> tuple[Neighbours, SearchReport]:
     """The k nearest reference rows of every query: exact, or (``mode`` approximate, or
     auto and more work than ``ann.EXACT_WORK``) through the index, with its recall@k
-    measured against the exact search for a seeded sample of queries."""
+    measured against the exact search for a seeded sample of queries.  With an
+    ``accelerated`` exact search (a GPU), ``auto`` is always exact, through it."""
     rows = np.arange(len(queries)) if leave_one_out else None
     k_cap = max(0, min(k, len(reference) - (1 if leave_one_out else 0)))
+    if accelerated is not None and mode != "approximate" and k_cap and len(queries):
+        idx, dist = accelerated(queries, reference, k, metric=metric, query_rows=rows)
+        return Neighbours(idx, dist), SearchReport("exact", detail="on the GPU")
     large = ann.is_large(len(queries), len(reference), reference.shape[1] if reference.ndim == 2 else 1)
     if mode == "exact" or (mode == "auto" and not large) or k_cap == 0 or len(queries) == 0:
         return knn_search(queries, reference, k, metric=metric, query_rows=rows), SearchReport("exact")
@@ -247,8 +259,12 @@ def find_neighbours(
     )
     rng = np.random.default_rng([seed, 1])  # not the index's stream: checking must not steer it
     checked = np.sort(rng.choice(len(queries), size=min(len(queries), ann.RECALL_QUERIES), replace=False))
-    exact = knn_search(queries[checked], reference, k_cap, metric=metric, query_rows=checked if leave_one_out else None)
-    recall = ann.recall_at_k(idx[checked], exact.indices)
+    own = checked if leave_one_out else None
+    if accelerated is not None:
+        exact_idx, _ = accelerated(queries[checked], reference, k_cap, metric=metric, query_rows=own)
+    else:
+        exact_idx = knn_search(queries[checked], reference, k_cap, metric=metric, query_rows=own).indices
+    recall = ann.recall_at_k(idx[checked], exact_idx)
     return Neighbours(idx, dist), SearchReport("approximate", recall, len(checked), detail)
 
 
@@ -275,18 +291,23 @@ def layer_knn(
     layer: str = "",
     search: str = "auto",
     seed: int = 0,
+    accelerated: AcceleratedSearch | None = None,
 ) -> LayerKnn:
     """kNN of every row, from the reference set or (without one) leaving the row out.
 
     ``labels`` (and ``reference_labels``) are ints, -1 for unlabeled rows; accuracy and
     agreement are over the labeled rows, or None when there are none.  ``search``: see
-    :func:`find_neighbours` (its report is kept on the result).
+    :func:`find_neighbours` (its report is kept on the result), as is ``accelerated``.
     """
     if reference is None:
-        nb, how = find_neighbours(features, features, k, metric=metric, leave_one_out=True, mode=search, seed=seed)
+        nb, how = find_neighbours(
+            features, features, k, metric=metric, leave_one_out=True, mode=search, seed=seed, accelerated=accelerated
+        )
         ref_labels = labels
     else:
-        nb, how = find_neighbours(features, reference, k, metric=metric, mode=search, seed=seed)
+        nb, how = find_neighbours(
+            features, reference, k, metric=metric, mode=search, seed=seed, accelerated=accelerated
+        )
         ref_labels = reference_labels if reference_labels is not None else np.full(len(reference), -1)
     accuracy = agreement = None
     known = labels >= 0

@@ -22,6 +22,7 @@ from reportgen.analyses.tsne import TsneResult, perplexity_for, tsne_layers
 from reportgen.extract import Features
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
 from reportgen.models.base import channel_means
+from reportgen.models.cuda_knn import cuda_ready, knn_search_cuda
 from reportgen.sections import ImageSet, NeighbourEntry, SectionInputs, label_name, neighbour_strip
 from reportgen.sections.explorer import build_explorer
 from reportgen.util import release
@@ -336,6 +337,8 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
         reference_arrays = ref_features.arrays
         result.sections["reference"] = {"root": str(cfg.reference), "n_images": ref_features.n, "classes": ref_classes}
 
+    # With a CUDA device every search is exact, on it; without, large ones use the index.
+    accelerated = knn_search_cuda if cuda_ready(cfg.device) else None
     with clock("knn"), clock.bar("kNN", len(names), "layer") as bar:
         knn = {}
         for name in names:
@@ -350,6 +353,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 layer=name,
                 search=cfg.knn_search,
                 seed=cfg.seed,
+                accelerated=accelerated,
             )
             release(features.arrays[name])
             bar.update()
@@ -376,6 +380,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 layer=layer.name,
                 search=cfg.knn_search,
                 seed=cfg.seed,
+                accelerated=accelerated,
             ).accuracy
             release(features.arrays[layer.name])
 
@@ -417,6 +422,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                     leave_one_out=True,
                     mode=cfg.knn_search,
                     seed=cfg.seed,
+                    accelerated=accelerated,
                 )
                 scale = float(np.median(own.distances[:, 0])) if own.indices.shape[1] else 0.0
                 found.append(near_duplicates(own, dup_ratio, scale=scale, layer=name)[0])
