@@ -97,11 +97,19 @@ def _projection(
 
 
 def _project(x: np.ndarray, mean: np.ndarray, axes: np.ndarray | None, metric: str) -> np.ndarray:
-    """The prepared, centred rows on the axes (all of them without axes), float32."""
+    """The prepared, centred rows on the axes (all of them without axes), float32.
+
+    In float32 throughout (unit rows for cosine are made in float64 first): the projection
+    only chooses candidates, whose distances are then computed exactly; in float64 it took
+    18 s of the 121 s kNN phase at 200,000 images (profiled, 2 cores)."""
     out = np.empty((len(x), x.shape[1] if axes is None else axes.shape[1]), np.float32)
+    mean32 = mean.astype(np.float32)
+    axes32 = None if axes is None else axes.astype(np.float32)
     for s in range(0, len(x), ROW_BLOCK):
-        centred = prepared_rows(x[s : s + ROW_BLOCK], metric) - mean
-        out[s : s + ROW_BLOCK] = centred if axes is None else centred @ axes
+        block = x[s : s + ROW_BLOCK]
+        rows = prepared_rows(block, metric).astype(np.float32) if metric == "cosine" else np.asarray(block, np.float32)
+        centred = rows - mean32
+        out[s : s + ROW_BLOCK] = centred if axes32 is None else centred @ axes32
     return out
 
 

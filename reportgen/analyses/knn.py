@@ -68,22 +68,30 @@ def knn_search(
     dims = reference.shape[1] if reference.ndim == 2 else 1
     if n_ref_rows > ROW_BLOCK and 8 * n_ref_rows * dims > SLICE_BYTES:
         return _search_slices(queries, reference, k, metric, query_rows, workers)
-    queries = ann.prepared_rows(queries, metric)
-    reference = ann.prepared_rows(reference, metric)
     n_q, dim = queries.shape
     n_ref = reference.shape[0]
     k = max(0, min(k, n_ref - (1 if query_rows is not None else 0)))
     if k == 0 or n_q == 0:
         return Neighbours(np.zeros((n_q, 0), np.int64), np.zeros((n_q, 0)))
-    q_sq = np.einsum("ij,ij->i", queries, queries)
-    r_sq = np.einsum("ij,ij->i", reference, reference)
+
+    def prep(x: np.ndarray) -> np.ndarray:
+        return ann.prepared_rows(x, metric)
+
+    # The rows stay as given (float16/float32, perhaps memory-mapped): what needs float64
+    # is prepared a block or a gather at a time, never as a whole float64 copy.
     # [q, 1] . [-2r, |r|^2] = |r|^2 - 2 q.r: the ranking key, from one float32 product.
-    q_aug = np.empty((n_q, dim + 1), np.float32)
-    q_aug[:, :-1] = queries
-    q_aug[:, -1] = 1.0
-    r_aug = np.empty((n_ref, dim + 1), np.float32)
-    r_aug[:, :-1] = -2.0 * reference
-    r_aug[:, -1] = r_sq
+    q_sq, q_aug = _augmented(queries, prep, 1.0, None)
+    r_sq, r_aug = _augmented(reference, prep, -2.0, "norms")
+    full64: list[np.ndarray] = []
+    full_lock = threading.Lock()
+
+    def prepared_reference() -> np.ndarray:
+        """The whole prepared reference in float64: only for massive ties, so made once, on demand."""
+        with full_lock:
+            if not full64:
+                full64.append(prep(reference))
+        return full64[0]
+
     # A bound on the float32 rounding of that key (a dot product of dim + 1 terms).
     err = 4.0 * np.sqrt(dim + 1.0) * _EPS32 * (q_sq + float(r_sq.max()) + 1.0)
     block = max(1, min(n_q, BLOCK_BYTES // (4 * n_ref)))
@@ -97,7 +105,7 @@ def knn_search(
         out = np.empty(cand.shape, np.float64)
         step = max(1, (8 << 20) // (8 * cand.shape[1] * max(1, dim)))
         for s in range(0, len(rows), step):
-            diff = reference[cand[s : s + step]] - queries[rows[s : s + step]][:, None, :]
+            diff = prep(reference[cand[s : s + step]]) - prep(queries[rows[s : s + step]])[:, None, :]
             out[s : s + step] = np.einsum("bmd,bmd->bm", diff, diff)
         return out
 
@@ -124,7 +132,8 @@ def knn_search(
         if width > 8 * k + 64:
             # Massive ties (e.g. identical features): exact keys for the whole block.
             cand = np.broadcast_to(np.arange(n_ref), (b, n_ref))
-            sq = np.maximum(q_sq[start:stop, None] + r_sq[None, :] - 2.0 * queries[start:stop] @ reference.T, 0.0)
+            dots = prep(queries[start:stop]) @ prepared_reference().T
+            sq = np.maximum(q_sq[start:stop, None] + r_sq[None, :] - 2.0 * dots, 0.0)
         else:
             # Pad rows to the widest candidate list; padding gets an infinite distance.
             cand = np.zeros((b, width), np.int64)
@@ -152,6 +161,23 @@ def knn_search(
     if metric == "cosine":
         dist = dist * dist / 2.0  # |a - b|^2 / 2 = 1 - cos for unit vectors
     return Neighbours(out_idx, dist)
+
+
+def _augmented(
+    rows: np.ndarray, prep: Callable[[np.ndarray], np.ndarray], scale: float, last: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """float64 squared norms of the prepared rows, and the float32 rows [scale x, c] of the
+    ranking product (c = 1 for queries, the squared norm for reference rows), a block at a
+    time."""
+    n, dim = rows.shape
+    sq = np.empty(n, np.float64)
+    aug = np.empty((n, dim + 1), np.float32)
+    for s in range(0, n, ROW_BLOCK):
+        x = prep(rows[s : s + ROW_BLOCK])
+        sq[s : s + ROW_BLOCK] = np.einsum("ij,ij->i", x, x)
+        aug[s : s + ROW_BLOCK, :-1] = scale * x
+    aug[:, -1] = sq if last == "norms" else 1.0
+    return sq, aug
 
 
 def _search_slices(
