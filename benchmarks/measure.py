@@ -19,8 +19,7 @@ import numpy as np
 
 from reportgen.data import ImageDataset, Preprocess, discover, load_one
 from reportgen.extract import extract
-from reportgen.models import LayerInfo, ModelAdapter, load_model
-from reportgen.pipeline import resolve_layers
+from reportgen.models import LayerInfo, ModelAdapter, load_model, resolve_layers
 
 
 @dataclass
@@ -90,7 +89,7 @@ def _extraction_seconds(
     layers extracted."""
     adapter = load_model(path, device=device)
     adapter.prepare(pre.size)
-    layers = resolve_layers(None, adapter, pre)
+    layers = resolve_layers(None, adapter, pre.channels, pre.size)
 
     def once() -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -130,7 +129,7 @@ def layer_features(model: Path, images: Path, batch: int) -> tuple[dict[str, np.
     pre = Preprocess((224, 224))
     adapter = load_model(model, device="cpu")
     adapter.prepare(pre.size)
-    layers = resolve_layers(None, adapter, pre)
+    layers = resolve_layers(None, adapter, pre.channels, pre.size)
     with tempfile.TemporaryDirectory() as folder:
         feats = extract(dataset, adapter, layers, pre, Path(folder), batch_size=batch, show_progress=False)
         arrays = {name: np.array(values) for name, values in feats.arrays.items()}  # in memory: the folder goes

@@ -520,12 +520,12 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     import numpy as np
 
     from reportgen.analyses.visualize import Prior, synthesize, unit_evaluator
+    from reportgen.data import resolve_preprocess
     from reportgen.explain import resolve_target
     from reportgen.labels import read_labels_file
     from reportgen.models import load_model
     from reportgen.models.base import LOGITS_LAYER
-    from reportgen.pipeline import resolve_preprocess
-    from reportgen.render import picture_png
+    from reportgen.pictures import picture_png
     from reportgen.util import atomic_write_bytes
 
     if (args.channel is None) == (args.target is None):
@@ -546,7 +546,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         labels=args.labels,
     )
     adapter = load_model(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
-    pre = resolve_preprocess(cfg, adapter.info)
+    pre = resolve_preprocess(adapter.info, size=cfg.size, mean=cfg.mean, std=cfg.std, resize=cfg.resize)
     adapter.prepare(pre.size)
     if args.target is not None:
         names = read_labels_file(cfg.labels) if cfg.labels else adapter.info.embedded.classes

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reportgen.analyses.cam import CAM_METHODS
 from reportgen.errors import UserError
 from reportgen.models.base import POOL_VALUES
 
-CAM_METHODS = ("gradcam", "ablationcam", "scorecam")
 KNN_METRICS = ("euclidean", "cosine")
 KNN_SEARCH = ("auto", "exact", "approximate")
 PRECISIONS = ("auto", "float32", "float16")  # of the stored layer features (extract.feature_dtype)

@@ -24,12 +24,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from reportgen.errors import UserError
+
+if TYPE_CHECKING:
+    from reportgen.models.base import ModelInfo
 
 Image.init()
 
@@ -441,15 +444,27 @@ def open_image(path: Path, channels: int = 3, draft: tuple[int, int] | None = No
     return img, digest
 
 
+# ``--resize crop`` keeps this share of the shorter side: ImageNet's evaluation crop
+# (the shorter side scaled to 256 for a 224 input, then the centre cut out).
+CROP_FRACTION = 0.875
+
+
+def crop_geometry(width: int, height: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """For ``--resize crop``: the (width, height) an image of ``width`` x ``height`` is scaled
+    to, and the (left, top) of the centre cut of ``size`` (height, width) from it.  The
+    one definition the model's input and the overlays' placement both use."""
+    in_h, in_w = size
+    scale = max(in_h, in_w) / CROP_FRACTION / min(width, height)
+    new_w, new_h = max(in_w, round(width * scale)), max(in_h, round(height * scale))
+    return new_w, new_h, (new_w - in_w) // 2, (new_h - in_h) // 2
+
+
 def resize_for_model(img: Image.Image, pre: Preprocess) -> Image.Image:
     """Scale (and for ``crop``, centre-cut) an image to the model's input size."""
     height, width = pre.size
     if pre.resize == "crop":
-        scale = max(height, width) / 0.875 / min(img.width, img.height)
-        new = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
-        img = img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
-        left = (img.width - width) // 2
-        top = (img.height - height) // 2
+        new_w, new_h, left, top = crop_geometry(img.width, img.height, pre.size)
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
         return img.crop((left, top, left + width, top + height))
     if img.size == (width, height):
         return img
@@ -571,4 +586,44 @@ def _merge(parts: list[Batch], pre: Preprocess) -> Batch:
         np.concatenate([p.pixels for p in parts]),
         [d for p in parts for d in p.sha256],
         [f for p in parts for f in p.failures],
+    )
+
+
+def resolve_preprocess(
+    info: ModelInfo,
+    *,
+    size: tuple[int, int] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    resize: str = "stretch",
+) -> Preprocess:
+    """Input size, mean and std: the command line's (the arguments) first, then the
+    model's, then defaults."""
+    asked = size
+    size = asked or info.input_size_hint or info.embedded.input_size
+    if size is None:
+        raise UserError("the model does not fix its input size; pass --size (e.g. --size 224)")
+    if info.static_size and info.input_size_hint and asked and tuple(asked) != tuple(info.input_size_hint):
+        h, w = info.input_size_hint
+        raise UserError(f"the model only accepts {h}x{w} inputs, but --size asks for {asked[0]}x{asked[1]}")
+    channels = info.channels
+    if channels not in (1, 3):
+        raise UserError(f"the model expects {channels} input channels; reportgen feeds RGB (3) or grayscale (1) images")
+    default_mean = IMAGENET_MEAN if channels == 3 else (float(np.mean(IMAGENET_MEAN)),)
+    default_std = IMAGENET_STD if channels == 3 else (float(np.mean(IMAGENET_STD)),)
+    mean = mean or info.embedded.mean or default_mean
+    std = std or info.embedded.std or default_std
+    if len(mean) == 1:
+        mean = mean * channels
+    if len(std) == 1:
+        std = std * channels
+    if len(mean) != channels or len(std) != channels:
+        raise UserError(f"--mean and --std need 1 or {channels} values for a {channels}-channel model")
+    return Preprocess(
+        size=(int(size[0]), int(size[1])),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        channels=channels,
+        resize=resize,
+        channels_last=info.channels_last,
     )

@@ -10,12 +10,11 @@ import numpy as np
 
 from reportgen.analyses.cam import compute_cam
 from reportgen.config import AuditConfig
-from reportgen.data import DecodeError, load_one, open_image
+from reportgen.data import DecodeError, load_one, open_image, resolve_preprocess
 from reportgen.errors import UserError
 from reportgen.labels import read_labels_file
 from reportgen.models import ModelAdapter, last_spatial_layer, load_model
 from reportgen.overlay import overlay
-from reportgen.pipeline import resolve_preprocess
 from reportgen.util import atomic_write, atomic_write_bytes
 
 
@@ -51,7 +50,7 @@ def explain_image(
 ) -> tuple[Explanation, ModelAdapter]:
     """Compute the map of ``method`` for one image file."""
     adapter = load_model(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
-    pre = resolve_preprocess(cfg, adapter.info)
+    pre = resolve_preprocess(adapter.info, size=cfg.size, mean=cfg.mean, std=cfg.std, resize=cfg.resize)
     adapter.prepare(pre.size)
     layer = adapter.resolve(layer) if layer else last_spatial_layer(adapter.layers())
     if layer is None:

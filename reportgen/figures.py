@@ -155,6 +155,9 @@ def heat_colormap() -> ListedColormap:
 # ------------------------------------------------------------------ t-SNE
 
 
+# A GIF frame has a 256-colour palette; four go to white, black and two greys (see
+# _palette), so 252 classes get colours of their own and the rest reuse them in turn.
+PALETTE_CLASSES = 252
 FRAME = 440  # side of a t-SNE frame, px
 KEY_MS = 1400  # how long the animation rests on each layer
 TWEEN_MS = 70
@@ -164,7 +167,7 @@ TWEENS = 8
 def _palette(k: int) -> list[int]:
     """P-mode palette: 0 white, 1 black, 2 light grey, 3 dark grey, then class colours."""
     base = [(255, 255, 255), (0, 0, 0), (225, 228, 232), (75, 85, 99)]
-    colours = [tuple(round(c * 255) for c in rgb) for rgb in class_colors(max(1, min(k, 252)))]
+    colours = [tuple(round(c * 255) for c in rgb) for rgb in class_colors(max(1, min(k, PALETTE_CLASSES)))]
     flat: list[int] = []
     for rgb in base + colours:
         flat.extend(rgb)
@@ -212,7 +215,7 @@ def tsne_frame(
     order = np.lexsort((np.arange(n), wrong))  # misclassified drawn last, on top
     for i in order:
         x, y = px[i], py[i]
-        fill = 4 + int(colours[i]) % 252 if colours[i] >= 0 else 3
+        fill = 4 + int(colours[i]) % PALETTE_CLASSES if colours[i] >= 0 else 3
         if wrong[i]:
             r = radius + 1.5
             draw.ellipse([x - r, y - r, x + r, y + r], fill=1)
@@ -286,7 +289,7 @@ def tsne_grid(
     cols = min(4, n)
     rows = -(-n // cols)
     fig = _new_figure(3.2 * cols, 3.4 * rows)
-    palette = class_colors(max(1, min(k, 252)))
+    palette = class_colors(max(1, min(k, PALETTE_CLASSES)))
     limit = _limit(embeddings)
     count = len(colours)
     size = 14 if count <= 500 else 6 if count <= 2000 else 2

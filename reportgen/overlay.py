@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from reportgen.analyses.cam import resize_bilinear
-from reportgen.thumbs import jpeg_uri, open_fitted
+from reportgen.data import crop_geometry
+from reportgen.thumbs import THUMB, jpeg_uri, open_fitted
 
 _JET = (matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
 
@@ -25,9 +26,7 @@ def map_onto_image(cam: np.ndarray, width: int, height: int, resize: str) -> np.
     if resize != "crop":
         return resize_bilinear(cam[None], (height, width))[0]
     in_h, in_w = cam.shape
-    scale = max(in_h, in_w) / 0.875 / min(width, height)
-    new_w, new_h = max(in_w, round(width * scale)), max(in_h, round(height * scale))
-    left, top = (new_w - in_w) // 2, (new_h - in_h) // 2
+    new_w, new_h, left, top = crop_geometry(width, height, (in_h, in_w))
     x0, y0 = left * width / new_w, top * height / new_h
     box_w, box_h = in_w * width / new_w, in_h * height / new_h
     out = np.full((height, width), np.nan, np.float32)
@@ -50,7 +49,7 @@ def overlay(img: Image.Image, cam: np.ndarray, resize: str, image_weight: float 
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
 
 
-def overlay_thumbnail(path: Path, cam: np.ndarray, resize: str, side: int = 96) -> str:
+def overlay_thumbnail(path: Path, cam: np.ndarray, resize: str, side: int = THUMB) -> str:
     """Data URI of the overlay of ``cam`` on the image at ``path``, fitted in ``side``."""
     # Drawn at twice the size and then shrunk, so the heat map's edges stay smooth.
     pic = overlay(open_fitted(path, 2 * side), cam, resize)

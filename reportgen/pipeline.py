@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from reportgen import __version__
 from reportgen.analyses.metrics import (
@@ -20,8 +15,9 @@ from reportgen.analyses.metrics import (
     log_odds_from_probabilities,
     to_probabilities,
 )
+from reportgen.clock import Clock
 from reportgen.config import AuditConfig, source_date_epoch, timestamp
-from reportgen.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, Preprocess, Skipped, discover
+from reportgen.data import ImageDataset, Preprocess, Skipped, discover, resolve_preprocess
 from reportgen.errors import UserError
 from reportgen.extract import (
     CachedRun,
@@ -35,120 +31,16 @@ from reportgen.extract import (
     scratch_folder,
 )
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
-from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, default_layers, load_model
-from reportgen.models.base import POOL_VALUES, ModelInfo, input_layer_info, pooling, with_cells
-from reportgen.progress import note, progress
+from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, ModelHandle, resolve_layers
+from reportgen.models.base import pooling
+from reportgen.pictures import build_figures
+from reportgen.progress import note
 from reportgen.report import AuditResult, DatasetSummary, Figures, LayerSummary, ModelSummary, Prediction
 from reportgen.sections import SectionInputs
 from reportgen.sections import galleries as galleries_section
 from reportgen.sections import layers as layers_section
 from reportgen.sections import units as units_section
 from reportgen.util import ROW_BLOCK, file_sha256, release
-
-
-class Clock:
-    """Seconds spent per phase, in the order the phases ran, and the progress bars of
-    the phases that loop (shown on stderr unless ``show`` is false)."""
-
-    def __init__(self, show: bool = True) -> None:
-        self.seconds: dict[str, float] = {}
-        self.show = show
-
-    def bar(self, desc: str, total: int, unit: str) -> tqdm:
-        """A progress bar for one phase; close it when the phase ends."""
-        return progress(total=total, desc=desc, unit=unit, enabled=self.show)
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-
-class ModelHandle:
-    """Loads and prepares the model on first use, so a cached run may never load it."""
-
-    def __init__(self, cfg: AuditConfig):
-        self.cfg = cfg
-        self._adapter: ModelAdapter | None = None
-        self.size: tuple[int, int] | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._adapter is not None
-
-    def open(self) -> ModelAdapter:
-        if self._adapter is None:
-            self._adapter = load_model(
-                self.cfg.model, device=self.cfg.device, arch=self.cfg.arch, trust_pickle=self.cfg.trust_pickle
-            )
-        return self._adapter
-
-    def prepared(self, size: tuple[int, int]) -> ModelAdapter:
-        adapter = self.open()
-        if self.size != size:
-            adapter.prepare(size)
-            self.size = size
-        return adapter
-
-
-def resolve_preprocess(cfg: AuditConfig, info: ModelInfo) -> Preprocess:
-    """Input size, mean and std: the command line first, then the model, then defaults."""
-    size = cfg.size or info.input_size_hint or info.embedded.input_size
-    if size is None:
-        raise UserError("the model does not fix its input size; pass --size (e.g. --size 224)")
-    if info.static_size and info.input_size_hint and cfg.size and tuple(cfg.size) != tuple(info.input_size_hint):
-        h, w = info.input_size_hint
-        raise UserError(f"the model only accepts {h}x{w} inputs, but --size asks for {cfg.size[0]}x{cfg.size[1]}")
-    channels = info.channels
-    if channels not in (1, 3):
-        raise UserError(f"the model expects {channels} input channels; reportgen feeds RGB (3) or grayscale (1) images")
-    default_mean = IMAGENET_MEAN if channels == 3 else (float(np.mean(IMAGENET_MEAN)),)
-    default_std = IMAGENET_STD if channels == 3 else (float(np.mean(IMAGENET_STD)),)
-    mean = cfg.mean or info.embedded.mean or default_mean
-    std = cfg.std or info.embedded.std or default_std
-    if len(mean) == 1:
-        mean = mean * channels
-    if len(std) == 1:
-        std = std * channels
-    if len(mean) != channels or len(std) != channels:
-        raise UserError(f"--mean and --std need 1 or {channels} values for a {channels}-channel model")
-    return Preprocess(
-        size=(int(size[0]), int(size[1])),
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        channels=channels,
-        resize=cfg.resize,
-        channels_last=info.channels_last,
-    )
-
-
-def resolve_layers(
-    requested: list[str] | None, adapter: ModelAdapter, pre: Preprocess, pool_values: int = POOL_VALUES
-) -> list[LayerInfo]:
-    """The audited layers in graph order, the pixel layer first and the logits last, each
-    spatial one with the grid it is pooled to at ``pool_values`` (0: the global mean)."""
-    available = adapter.layers()
-    by_name = {layer.name: layer for layer in available}
-    names = [adapter.resolve(n) for n in requested] if requested else default_layers(available, adapter.num_outputs)
-    unknown = [n for n in names if n not in by_name and n not in (INPUT_LAYER, LOGITS_LAYER)]
-    if unknown:
-        modules = sorted({layer.module for layer in available if layer.module})
-        hint = difflib.get_close_matches(unknown[0], modules + list(by_name), n=3)
-        extra = f"; did you mean {', '.join(hint)}?" if hint else "; `reportgen layers MODEL` lists them"
-        raise UserError(f"no layer named {unknown[0]!r} in this model{extra}")
-    order = {layer.name: i for i, layer in enumerate(available)}
-    chosen: list[LayerInfo] = []
-    if INPUT_LAYER in names:
-        chosen.append(input_layer_info(pre.channels, pre.size))
-    chosen += with_cells(
-        [by_name[n] for n in sorted({n for n in names if n in by_name}, key=order.__getitem__)], pool_values
-    )
-    if LOGITS_LAYER in names:
-        chosen.append(LayerInfo(LOGITS_LAYER, (adapter.num_outputs,), "output"))
-    return chosen
 
 
 def _check_output_location(cfg: AuditConfig) -> None:
@@ -232,9 +124,9 @@ def _extract_or_load(
         return cached.features, meta, pre
     with clock("load model"):
         adapter = handle.open()
-        pre = resolve_preprocess(cfg, adapter.info)
+        pre = resolve_preprocess(adapter.info, size=cfg.size, mean=cfg.mean, std=cfg.std, resize=cfg.resize)
         adapter = handle.prepared(pre.size)
-        layers = resolve_layers(cfg.layers, adapter, pre, cfg.pool_values)
+        layers = resolve_layers(cfg.layers, adapter, pre.channels, pre.size, cfg.pool_values)
     with clock("extract"):
         features = _extract_to(cfg.cache_path, cfg, dataset, adapter, layers, pre)
     meta = _model_meta(adapter, pre)
@@ -280,8 +172,6 @@ def _keep_or_discard(cache: Path, features: Features, key: dict, meta: dict, cfg
 
 def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     """Run a whole audit and return its result and pictures (nothing is written here)."""
-    from reportgen.render import build_figures
-
     clock = Clock(show=not cfg.quiet)
     epoch = source_date_epoch()
     if not cfg.model.is_file():
@@ -291,7 +181,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     _check_output_location(cfg)
     with clock("hash model"):
         model_sha = file_sha256(cfg.model)
-    handle = ModelHandle(cfg)
+    handle = ModelHandle(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
     notes: list[str] = []  # for the report's warnings, from the stages before them
     features, meta, pre = _extract_or_load(cfg, dataset, handle, model_sha, clock, notes)
     skipped = sorted([*dataset.skipped, *features.skipped], key=lambda s: s.file)

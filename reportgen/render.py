@@ -14,8 +14,6 @@ import gzip
 import hashlib
 import io
 import json
-from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from reportgen import figures as plots
 from reportgen.analyses.cam import CAM_NAMES
 from reportgen.data import contained
 from reportgen.explorer_page import explorer_payload
-from reportgen.overlay import blend_uri, overlay_thumbnail
+from reportgen.overlay import overlay_thumbnail
 from reportgen.report import (
     HTML_PREDICTION_ROWS,
     PREDICTION_COLUMNS,
@@ -38,7 +36,7 @@ from reportgen.report import (
     to_json,
 )
 from reportgen.resources import templates_dir
-from reportgen.thumbs import jpeg_uri, placeholder, sprite_sheets, sprite_side, thumbnails
+from reportgen.thumbs import jpeg_uri, placeholder, thumbnails
 from reportgen.util import atomic_write_bytes, data_uri, round_floats
 
 
@@ -124,128 +122,9 @@ def csp(script: str) -> str:
 # ------------------------------------------------------------------ figures
 
 
-def build_figures(
-    result: AuditResult,
-    root: Path,
-    reference_root: Path | None = None,
-    bar: Callable[[str, int, str], Any] | None = None,
-) -> Figures:
-    """Every picture the HTML shows, from the numbers in ``result``; ``bar`` (description,
-    total, unit -> a tqdm-like bar) reports progress over the pictures."""
-    sections = result.sections
-    wanted: set[str] = set()
-    for section in sections.values():
-        wanted |= getattr(section, "thumb_keys", lambda: set())()
-    pictures = [(k, p) for section in sections.values() for k, p in sorted(getattr(section, "pictures", {}).items())]
-    overlays = [
-        (k, m) for section in sections.values() for k, m in sorted(getattr(section, "overlay_maps", dict)().items())
-    ]
-    tsne = sections.get("tsne")
-    explorer = sections.get("explorer")
-    points = len(explorer.files) if explorer is not None else 0
-    total = 3 + (2 if tsne is not None else 0) + len(wanted) + len(pictures) + len(overlays) + points
-    progress = bar("figures", total, "pic") if bar is not None else nullcontext(_NoBar())
-    with progress as tick:
-        figs = _charts(result, tick)
-        figs.thumbs = thumbnails(wanted, root, reference_root, on_each=tick.update)
-        for key, picture in pictures:
-            figs.thumbs[key] = picture_uri(picture)
-            tick.update()
-        resize = str(result.preprocessing.get("resize", "stretch"))
-        for key, cam in overlays:
-            file = key.split(":", 2)[2]
-            figs.thumbs[key] = overlay_thumbnail(root / file, cam, resize)
-            tick.update()
-        shortcuts = sections.get("shortcuts")
-        for key, (picture, cam) in sorted(getattr(shortcuts, "blends", {}).items()):
-            figs.thumbs[key] = blend_uri(picture, cam)
-        if explorer is not None:
-            paths = [root / f for f in explorer.files]
-            figs.sprites = sprite_sheets(paths, sprite_side(len(paths)), on_each=tick.update)
-    return figs
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def _charts(result: AuditResult, tick: Any) -> Figures:
-    """The plots: confusion, balance, layer curves, t-SNE animation and grid."""
-    figs = Figures()
-    if result.metrics is not None:
-        figs.images["confusion"] = plots.confusion_figure(result.metrics.confusion, result.classes)
-    tick.update()
-    figs.images["balance"] = plots.balance_figure(
-        result.classes, result.balance.true_counts, result.balance.predicted_counts
-    )
-    tick.update()
-    sections = result.sections
-    if any(layer.knn_accuracy is not None or layer.tsne_trustworthiness is not None for layer in result.layers):
-        series = {
-            "kNN accuracy (leave-one-out)": [layer.knn_accuracy for layer in result.layers],
-            "neighbour label agreement": [layer.knn_agreement for layer in result.layers],
-            # Where a layer keeps a grid, what its global mean alone would score.
-            "kNN accuracy, maps averaged to one vector": [
-                layer.knn_accuracy if layer.knn_accuracy_global_mean is None else layer.knn_accuracy_global_mean
-                for layer in result.layers
-            ]
-            if any(layer.knn_accuracy_global_mean is not None for layer in result.layers)
-            else [None] * len(result.layers),
-            "t-SNE trustworthiness": [layer.tsne_trustworthiness for layer in result.layers],
-        }
-        series = {k: v for k, v in series.items() if any(x is not None for x in v)}
-        figs.images["layer_curve"] = plots.layer_curve_figure([layer.name for layer in result.layers], series, "score")
-    tick.update()
-    tsne = sections.get("tsne")
-    if tsne is not None:
-        r = tsne.result
-        embeddings = [r.embeddings.get(name) for name in r.layers]
-        shape = {layer.name: layer for layer in result.layers}
-        subtitles = []
-        for name in r.layers:
-            t = r.trustworthiness.get(name)
-            dims = "x".join(str(v) for v in shape[name].shape) if name in shape else ""
-            subtitles.append(
-                f"{dims}" + (f" · trustworthiness {t:.3f}" if t is not None else f" · {r.notes.get(name, '')}")
-            )
-        k = len(tsne.class_names)
-        gif, keys = plots.tsne_animation(r.layers, embeddings, subtitles, tsne.labels, tsne.misclassified, k)
-        figs.images["tsne_gif"] = gif
-        tick.update()
-        figs.images["tsne_grid"] = plots.tsne_grid(r.layers, embeddings, subtitles, tsne.labels, tsne.misclassified, k)
-        figs.meta["tsne_key_frames"] = keys
-        tick.update()
-    return figs
-
-
-def picture_png(picture: np.ndarray, side: int | None = 128) -> bytes:
-    """A [0, 1] image (H, W, C) as PNG; with ``side``, enlarged with square pixels (or
-    shrunk) to about that size, else at its own size."""
-    from io import BytesIO
-
-    from PIL import Image
-
-    arr = np.clip(np.rint(picture * 255), 0, 255).astype(np.uint8)
-    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    if side is not None:
-        factor = side // max(img.size)
-        if factor > 1:
-            img = img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
-        elif max(img.size) > side:
-            img.thumbnail((side, side), Image.Resampling.BILINEAR)
-    buf = BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def picture_uri(picture: np.ndarray, side: int = 128) -> str:
-    return data_uri(picture_png(picture, side), "image/png")
-
-
 def class_swatches(names: list[str]) -> list[dict[str, str]]:
     """Legend entries: the hex colour each class has in the t-SNE pictures."""
-    colours = plots.class_colors(max(1, min(len(names), 252)))
+    colours = plots.class_colors(max(1, min(len(names), plots.PALETTE_CLASSES)))
     return [
         {"name": name, "colour": "#" + "".join(f"{round(c * 255):02x}" for c in colours[i % len(colours)])}
         for i, name in enumerate(names)
@@ -255,7 +134,14 @@ def class_swatches(names: list[str]) -> list[dict[str, str]]:
 # ------------------------------------------------------------------ HTML
 
 
-def _top_confusions(result: AuditResult, limit: int = 15) -> list[dict[str, Any]]:
+# The report lists the most frequent off-diagonal pairs, and gives the whole matrix as a
+# table of counts up to FULL_CONFUSION_CLASSES classes, beyond which the table is too wide
+# to read (the picture and the JSON always hold it whole).
+TOP_CONFUSIONS = 15
+FULL_CONFUSION_CLASSES = 30
+
+
+def _top_confusions(result: AuditResult, limit: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:
     if result.metrics is None:
         return []
     cm = result.metrics.confusion.copy()
@@ -309,7 +195,7 @@ def render_html(result: AuditResult, figures: Figures) -> str:
         predictions_inline=PREDICTIONS_INLINE,
         html_rows=HTML_PREDICTION_ROWS,
         swatches=class_swatches(result.sections["tsne"].class_names) if "tsne" in result.sections else [],
-        show_full_confusion=result.metrics is not None and len(result.classes) <= 30,
+        show_full_confusion=result.metrics is not None and len(result.classes) <= FULL_CONFUSION_CLASSES,
     )
 
 

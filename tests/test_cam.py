@@ -107,8 +107,11 @@ def test_every_format_equals_eager_grad_cam(sample_batch: np.ndarray, fmt: str) 
     assert np.all(_corr(ours.maps, ref) >= 0.98)
 
 
-def test_ablation_and_score_cam_equal_the_package(sample_batch: np.ndarray) -> None:
-    adapter = load_model(SAMPLE / "model.onnx", device="cpu")
+@pytest.mark.parametrize("model", ["model.onnx", "model.ts", "model.pt2"])
+def test_ablation_and_score_cam_equal_the_package(sample_batch: np.ndarray, model: str) -> None:
+    """Ablation-CAM and Score-CAM on every format against the grad-cam package's on the
+    eager twin of the sample CNN (same weights)."""
+    adapter = load_model(SAMPLE / model, device="cpu")
     adapter.prepare((64, 64))
     split = adapter.split(last_spatial_layer(adapter.layers()))
     x = sample_batch[:8]

@@ -37,6 +37,12 @@ from reportgen.analyses.knn import Neighbours, majority_vote
 
 MIN_SCORE = 0.75  # a flag needs the evidence, averaged, at 3:1 against the label (see above)
 
+# Two images closer than this share of the median nearest-neighbour distance count as
+# near-duplicates: far closer than two different images usually are, close enough for
+# re-encoded, resized or brightened copies (the sample's planted ones, which the tests
+# check the audit recovers).
+DUPLICATE_RATIO = 0.25
+
 
 @dataclass
 class Mislabel:
@@ -128,7 +134,7 @@ class DuplicatePair:
 
 
 def near_duplicates(
-    nb: Neighbours, ratio: float = 0.25, *, cross: bool = False, scale: float | None = None, layer: str = ""
+    nb: Neighbours, ratio: float = DUPLICATE_RATIO, *, cross: bool = False, scale: float | None = None, layer: str = ""
 ) -> tuple[list[DuplicatePair], float]:
     """Pairs closer than ``ratio`` x the median nearest-neighbour distance.
 

@@ -6,18 +6,22 @@ that kind is loaded.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from reportgen.errors import UserError
 from reportgen.models.base import (
     INPUT_LAYER,
     LOGITS_LAYER,
+    POOL_VALUES,
     LayerInfo,
     ModelAdapter,
     ModelInfo,
     SplitModel,
     default_layers,
+    input_layer_info,
     last_spatial_layer,
+    with_cells,
 )
 
 __all__ = [
@@ -25,12 +29,14 @@ __all__ = [
     "LOGITS_LAYER",
     "LayerInfo",
     "ModelAdapter",
+    "ModelHandle",
     "ModelInfo",
     "SplitModel",
     "default_layers",
     "detect_format",
     "last_spatial_layer",
     "load_model",
+    "resolve_layers",
 ]
 
 
@@ -49,12 +55,9 @@ def detect_format(path: Path) -> str:
     file's content (the extension only decides for ``.onnx``)."""
     if path.suffix.lower() == ".onnx":
         return "onnx"
-    try:
-        from reportgen.models.torch_adapter import sniff_torch_format
-    except ImportError:  # torch not installed: only ONNX can be read
-        sniffed = None
-    else:
-        sniffed = sniff_torch_format(path)
+    from reportgen.models.torch_adapter import sniff_torch_format
+
+    sniffed = sniff_torch_format(path)
     if sniffed:
         return sniffed
     if _looks_like_onnx(path):
@@ -98,3 +101,60 @@ def load_model(
     from reportgen.models.torch_adapter import load_torch_model
 
     return load_torch_model(path, fmt, arch=arch, trust_pickle=trust_pickle, device=device)
+
+
+class ModelHandle:
+    """Loads and prepares the model on first use, so a cached run may never load it."""
+
+    def __init__(self, path: Path, *, device: str = "auto", arch: str | None = None, trust_pickle: bool = False):
+        self.path = path
+        self.options = {"device": device, "arch": arch, "trust_pickle": trust_pickle}
+        self._adapter: ModelAdapter | None = None
+        self.size: tuple[int, int] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._adapter is not None
+
+    def open(self) -> ModelAdapter:
+        if self._adapter is None:
+            self._adapter = load_model(self.path, **self.options)
+        return self._adapter
+
+    def prepared(self, size: tuple[int, int]) -> ModelAdapter:
+        adapter = self.open()
+        if self.size != size:
+            adapter.prepare(size)
+            self.size = size
+        return adapter
+
+
+def resolve_layers(
+    requested: list[str] | None,
+    adapter: ModelAdapter,
+    channels: int,
+    size: tuple[int, int],
+    pool_values: int = POOL_VALUES,
+) -> list[LayerInfo]:
+    """The audited layers in graph order, the pixel layer first and the logits last, each
+    spatial one with the grid it is pooled to at ``pool_values`` (0: the global mean);
+    ``channels`` and ``size`` are the model input's (the pixel layer's)."""
+    available = adapter.layers()
+    by_name = {layer.name: layer for layer in available}
+    names = [adapter.resolve(n) for n in requested] if requested else default_layers(available, adapter.num_outputs)
+    unknown = [n for n in names if n not in by_name and n not in (INPUT_LAYER, LOGITS_LAYER)]
+    if unknown:
+        modules = sorted({layer.module for layer in available if layer.module})
+        hint = difflib.get_close_matches(unknown[0], modules + list(by_name), n=3)
+        extra = f"; did you mean {', '.join(hint)}?" if hint else "; `reportgen layers MODEL` lists them"
+        raise UserError(f"no layer named {unknown[0]!r} in this model{extra}")
+    order = {layer.name: i for i, layer in enumerate(available)}
+    chosen: list[LayerInfo] = []
+    if INPUT_LAYER in names:
+        chosen.append(input_layer_info(channels, size))
+    chosen += with_cells(
+        [by_name[n] for n in sorted({n for n in names if n in by_name}, key=order.__getitem__)], pool_values
+    )
+    if LOGITS_LAYER in names:
+        chosen.append(LayerInfo(LOGITS_LAYER, (adapter.num_outputs,), "output"))
+    return chosen

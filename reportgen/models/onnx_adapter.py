@@ -447,10 +447,8 @@ class OnnxAdapter(ModelAdapter):
         cached = getattr(self, "_twin", None)
         if cached is not None:
             return cached
-        try:
-            from reportgen.models.onnx_torch import OnnxTwinDifferentiable
-        except ImportError:
-            raise UserError("differentiating an ONNX model needs torch installed") from None
+        from reportgen.models.onnx_torch import OnnxTwinDifferentiable
+
         self._twin = OnnxTwinDifferentiable(self)
         return self._twin
 

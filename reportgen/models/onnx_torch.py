@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from reportgen.models.base import Differentiable
+from reportgen.errors import UserError
+from reportgen.models.base import LOGITS_LAYER, Differentiable, run_in_batches_of
+from reportgen.models.torch_grad import GuidedRelu, unit_gradients
 
 
 class NotDifferentiable(Exception):
@@ -72,7 +74,7 @@ def _same_pads(size: list[int], kernel: list[int], stride: list[int], dilation: 
     return begin + end
 
 
-def _conv(env: list[Any], a: dict[str, Any], guided: bool) -> torch.Tensor:
+def _conv(env: list[Any], a: dict[str, Any]) -> torch.Tensor:
     x, w = env[0], env[1]
     b = env[2] if len(env) > 2 else None
     spatial = x.ndim - 2
@@ -301,22 +303,6 @@ def _scatter_nd(env: list[Any], a: dict[str, Any]) -> torch.Tensor:
     return out
 
 
-class GuidedRelu(torch.autograd.Function):
-    """ReLU whose backward pass lets through only positive gradients at positive inputs
-    (guided backpropagation, Springenberg et al. 2015; the modern deconvnet of Zeiler &
-    Fergus)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (x > 0).to(grad.dtype)
-
-
 def _relu(env: list[Any], a: dict[str, Any], guided: bool = False) -> torch.Tensor:
     return GuidedRelu.apply(env[0]) if guided else F.relu(env[0])
 
@@ -379,7 +365,7 @@ _OPS: dict[str, Callable[[list[Any], dict[str, Any]], Any]] = {
     "Tile": lambda e, a: e[0].repeat(_ints(e[1])),
     "Slice": _slice,
     "Pad": _pad,
-    "Conv": lambda e, a: _conv(e, a, False),
+    "Conv": _conv,
     "MaxPool": lambda e, a: _pool(e, a, "max"),
     "AveragePool": lambda e, a: _pool(e, a, "avg"),
     "GlobalAveragePool": lambda e, a: e[0].mean(dim=tuple(range(2, e[0].ndim)), keepdim=True),
@@ -446,8 +432,6 @@ class OnnxTorchTwin:
             args = [env[i] if i else None for i in inputs]
             if op == "Relu":
                 value = _relu(args, attrs, guided)
-            elif op == "Conv":
-                value = _conv(args, attrs, guided)
             else:
                 value = _OPS[op](args, attrs)
             if op == "BatchNormalization" or op == "Dropout":
@@ -487,8 +471,6 @@ class OnnxTwinDifferentiable(Differentiable):
     route = "reportgen's torch twin of the ONNX graph (checked against ONNX Runtime)"
 
     def __init__(self, adapter: Any):
-        from reportgen.errors import UserError
-
         self.adapter = adapter
         self.device = torch.device(adapter.info.device)
         try:
@@ -514,8 +496,6 @@ class OnnxTwinDifferentiable(Differentiable):
     def _check_tap(self, name: str) -> None:
         """Compare the twin's value of tensor ``name`` with ONNX Runtime's, once per tensor:
         maps and gradients are read there, so the outputs agreeing is not enough."""
-        from reportgen.errors import UserError
-
         if name in self.checked:
             return
         (expected,) = self.adapter.tensors(self.probe, [name])
@@ -533,8 +513,6 @@ class OnnxTwinDifferentiable(Differentiable):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tensor ``layer``, the gradient of each image's target score with respect to it,
         and the scores (logits where the graph ends in a softmax): Grad-CAM's inputs."""
-        from reportgen.models.base import run_in_batches_of
-
         score = self.adapter.score_layer
         taps = {layer} | ({score} if score else set())
         for name in taps:
@@ -561,9 +539,6 @@ class OnnxTwinDifferentiable(Differentiable):
     def gradient(
         self, pixels: np.ndarray, layer: str, units: np.ndarray, *, reduce: str = "mean", guided: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        from reportgen.models.base import LOGITS_LAYER, run_in_batches_of
-        from reportgen.models.torch_adapter import unit_values
-
         # Output units are read from the logits where the graph ends in a softmax.
         score = self.adapter.score_layer
         tapped = (score if score else None) if layer == LOGITS_LAYER else layer
@@ -573,19 +548,11 @@ class OnnxTwinDifferentiable(Differentiable):
         if tapped:
             self._check_tap(tapped)
 
-        def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
-            x = torch.from_numpy(np.ascontiguousarray(arrays[0])).to(self.device).requires_grad_(True)
-            u = torch.as_tensor(arrays[1], device=self.device).long()
-            with torch.enable_grad():
-                out, captured = self.twin.run(x, taps, guided=guided)
-                activation = captured[tapped] if tapped else out
-                if tapped and layer == LOGITS_LAYER:
-                    activation = activation.reshape(activation.shape[0], -1)
-                values = unit_values(activation, u, reduce)
-                (grad,) = torch.autograd.grad(values.sum(), x)
-            return [values.detach().float().cpu().numpy(), grad.float().cpu().numpy()]
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            out, captured = self.twin.run(x, taps, guided=guided)
+            activation = captured[tapped] if tapped else out
+            if tapped and layer == LOGITS_LAYER:
+                activation = activation.reshape(activation.shape[0], -1)
+            return activation
 
-        values, grads = run_in_batches_of(
-            run, [pixels.astype(np.float32), np.asarray(units, np.int64)], self.adapter.batch
-        )
-        return values, grads
+        return unit_gradients(forward, pixels, units, reduce=reduce, device=self.device, batch=self.adapter.batch)

@@ -31,6 +31,7 @@ import torch.fx
 from reportgen.errors import UserError, one_line
 from reportgen.models import torchscript
 from reportgen.models.base import (
+    LOGITS_LAYER,
     Differentiable,
     EmbeddedMetadata,
     LayerInfo,
@@ -43,6 +44,7 @@ from reportgen.models.base import (
     run_in_batches_of,
 )
 from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep
+from reportgen.models.torch_grad import GuidedRelu, unit_gradients
 from reportgen.models.torchscript import MODULE_KEY
 
 EXTRA_FILE = "reportgen.json"
@@ -800,24 +802,6 @@ class TorchSplit(SplitModel):
         return a.detach().float().cpu().numpy(), grad.float().cpu().numpy(), scores.detach().float().cpu().numpy()
 
 
-def unit_values(activation: torch.Tensor, units: torch.Tensor, reduce: str) -> torch.Tensor:
-    """One value per image: channel ``units[i]`` of image i, averaged (``mean``) or maxed
-    (``max``) over space; for outputs, ``logprob`` is the log-softmax of output ``units[i]``
-    and ``margin`` that output minus the mean of the others."""
-    if reduce == "logprob":
-        activation = torch.log_softmax(activation.reshape(len(units), -1), dim=1)
-    elif reduce == "margin":
-        # The output above the mean of the others: raising everything at once earns nothing.
-        flat = activation.reshape(len(units), -1)
-        others = (flat.sum(dim=1, keepdim=True) - flat) / max(1, flat.shape[1] - 1)
-        activation = flat - others
-    picked = activation[torch.arange(len(units), device=activation.device), units]
-    if picked.ndim == 1:
-        return picked
-    flat = picked.reshape(len(units), -1)
-    return flat.amax(dim=1) if reduce == "max" else flat.mean(dim=1)
-
-
 class TorchDifferentiable(Differentiable):
     """Input gradients through the functional graph, with guided ReLUs on request."""
 
@@ -829,9 +813,6 @@ class TorchDifferentiable(Differentiable):
     def gradient(
         self, pixels: np.ndarray, layer: str, units: np.ndarray, *, reduce: str = "mean", guided: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        from reportgen.models.base import LOGITS_LAYER
-        from reportgen.models.onnx_torch import GuidedRelu
-
         adapter = self.adapter
         ex = adapter._exec
         assert ex is not None
@@ -839,31 +820,21 @@ class TorchDifferentiable(Differentiable):
         target = adapter._score_node if layer == LOGITS_LAYER else adapter._node(layer)
         replace = {torch.ops.aten.relu.default: GuidedRelu.apply} if guided else None
 
-        def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
-            x = torch.from_numpy(np.ascontiguousarray(arrays[0])).to(adapter.device).requires_grad_(True)
-            u = torch.as_tensor(arrays[1], device=adapter.device).long()
+        def forward(x: torch.Tensor) -> torch.Tensor:
             captured: dict[str, torch.Tensor] = {}
 
             def tap(node: torch.fx.Node, value: Any) -> None:
                 if node is target:
                     captured["a"] = value
 
-            with torch.enable_grad():
-                out = ex.run(ex.nodes, {}, [x], on_value=tap, replace=replace)
-                if target is None:
-                    activation = _as_scores(_first_tensor(out))
-                elif layer == LOGITS_LAYER:
-                    activation = _as_scores(captured["a"])
-                else:
-                    activation = captured["a"]
-                values = unit_values(activation, u, reduce)
-                (grad,) = torch.autograd.grad(values.sum(), x)
-            return [values.detach().float().cpu().numpy(), grad.float().cpu().numpy()]
+            out = ex.run(ex.nodes, {}, [x], on_value=tap, replace=replace)
+            if target is None:
+                return _as_scores(_first_tensor(out))
+            return _as_scores(captured["a"]) if layer == LOGITS_LAYER else captured["a"]
 
-        values, grads = run_in_batches_of(
-            run, [pixels.astype(np.float32), np.asarray(units, np.int64)], self.adapter.info.fixed_batch
+        return unit_gradients(
+            forward, pixels, units, reduce=reduce, device=adapter.device, batch=adapter.info.fixed_batch
         )
-        return values, grads
 
 
 def save_metadata_extra(meta: dict[str, Any]) -> dict[str, str]:

@@ -26,7 +26,8 @@ from reportgen.labels import ClassMap
 from reportgen.report import AuditResult
 
 if TYPE_CHECKING:
-    from reportgen.pipeline import Clock, ModelHandle
+    from reportgen.clock import Clock
+    from reportgen.models import ModelHandle
 
 
 @dataclass

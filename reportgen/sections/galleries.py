@@ -37,7 +37,6 @@ class ClassGallery:
     max: list[GalleryTile]
     min: list[GalleryTile]
     wrong: list[GalleryTile]
-    cue_mass: float | None = None  # unused unless a caller measures it
 
 
 @dataclass

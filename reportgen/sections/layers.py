@@ -3,13 +3,14 @@ suspected mislabels and near-duplicates, and the aligned t-SNE of every layer.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from reportgen.analyses.knn import LayerKnn, find_neighbours, layer_knn
 from reportgen.analyses.suspects import (
+    DUPLICATE_RATIO,
     MIN_SCORE,
     DuplicatePair,
     Mislabel,
@@ -26,6 +27,10 @@ from reportgen.models.cuda_knn import cuda_ready, knn_search_cuda
 from reportgen.sections import ImageSet, NeighbourEntry, SectionInputs, label_name, neighbour_strip
 from reportgen.sections.explorer import build_explorer
 from reportgen.util import release
+
+# Suspects kept for the HTML and the JSON, most suspicious first: more than a person
+# works through in one sitting, and a bound on both files whatever the folder's size.
+SHOWN_SUSPECTS = 200
 
 
 @dataclass
@@ -167,7 +172,6 @@ class TsneSection:
     labels: np.ndarray  # colour index per embedded point
     misclassified: np.ndarray  # bool per embedded point
     class_names: list[str]
-    layer_notes: dict[str, str] = field(default_factory=dict)
 
     def json_items(self) -> dict[str, Any]:
         r = self.result
@@ -186,7 +190,6 @@ class TsneSection:
 
 
 def choose_queries(
-    labels: np.ndarray,
     groups: np.ndarray,
     wrong: np.ndarray,
     wrong_score: np.ndarray,
@@ -263,7 +266,7 @@ def build_suspects_section(
     ref: ImageSet,
     vocab: list[str],
     predicted: list[str],
-    limit: int = 200,
+    limit: int = SHOWN_SUSPECTS,
 ) -> SuspectsSection:
     deepest = knn[deep_layers[-1]].neighbours if deep_layers else None
     entries = []
@@ -388,7 +391,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
     wrong = (truth >= 0) & (pred != truth)
     groups = labels if result.dataset.labeled else pred
     rows = choose_queries(
-        labels, groups, wrong, probs[np.arange(len(pred)), pred], cfg.queries_per_class, cfg.max_queries, cfg.seed
+        groups, wrong, probs[np.arange(len(pred)), pred], cfg.queries_per_class, cfg.max_queries, cfg.seed
     )
     inner = [n for n in names if n not in (INPUT_LAYER, LOGITS_LAYER)]
     key_layers = [n for n in (names[0], inner[len(inner) // 2] if inner else None, deep_layers(names)[1]) if n]
@@ -405,7 +408,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
     with clock("suspects"):
         evidence = label_scores(labels, p_label, [knn[n].neighbours for n in deep], ref_labels)
         mislabels = flagged_mislabels(labels, evidence)
-        dup_ratio = 0.25
+        dup_ratio = DUPLICATE_RATIO
         dup_layers = list(dict.fromkeys(n for n in (INPUT_LAYER, dup_layer) if n in knn))
         found = []
         for name in dup_layers:

@@ -15,6 +15,22 @@ from reportgen.models.base import channel_means
 from reportgen.models.layouts import CHW
 from reportgen.sections import SectionInputs, load_pixels, thumb_key
 
+# Images shown beside each synthesised unit: its top activators, as deepvis shows them;
+# four keep a row of the section within the page's width.
+UNIT_IMAGES = 4
+
+
+@dataclass
+class UnitPlan:
+    """One group of units to synthesise: a layer's strongest channels, or the classes."""
+
+    heading: str
+    layer: str
+    units: list[int]  # channel or output indices
+    names: list[str]  # as the report labels them
+    top_rows: list[list[int]]  # per unit, the rows of its top-activating images
+    means: list[float]  # per unit, its mean activation (probability for classes) over the set
+
 
 @dataclass
 class UnitTile:
@@ -88,7 +104,7 @@ def build(inputs: SectionInputs) -> None:
         return
     prior = Prior(steps=cfg.unit_steps)
     section = UnitsSection(model.route, cfg.unit_steps, cfg.seed, [])
-    n_top = 4
+    n_top = UNIT_IMAGES
     # Channel units are read on the channel axis of (C, H, W) maps; channels-last maps and
     # token sequences get class units only.
     spatial = [
@@ -96,13 +112,13 @@ def build(inputs: SectionInputs) -> None:
         for layer in features.layers
         if layer.spatial and layer.layout == CHW and layer.name not in (INPUT_LAYER, LOGITS_LAYER)
     ][-2:]
-    plans: list[tuple[str, str, list[int], list[str], list[list[int]], list[float]]] = []
+    plans: list[UnitPlan] = []
     for layer in spatial:
         per_channel = channel_means(features.arrays[layer.name], layer)
         picks = top_channels(per_channel, cfg.units, n_top)
         means = per_channel.mean(axis=0)
         plans.append(
-            (
+            UnitPlan(
                 f"Channels of {layer.name}",
                 layer.name,
                 [p.channel for p in picks],
@@ -118,7 +134,7 @@ def build(inputs: SectionInputs) -> None:
     # Ranked by log-odds, not probability: a confident model has many images at p = 1.0.
     rows = [[int(r) for r in np.argsort(-inputs.log_odds[:, c], kind="stable")[:n_top]] for c in classes]
     plans.append(
-        (
+        UnitPlan(
             "Classes",
             LOGITS_LAYER,
             classes,
@@ -127,10 +143,18 @@ def build(inputs: SectionInputs) -> None:
             [float(probs[:, c].mean()) for c in classes],
         )
     )
-    needed = sorted({features.files[r] for plan in plans for group in plan[4] for r in group})
+    needed = sorted({features.files[r] for plan in plans for group in plan.top_rows for r in group})
     pixels = load_pixels(inputs.dataset, needed, pre)
-    with inputs.clock.bar("feature visualisation", prior.steps * sum(1 for plan in plans if plan[2]), "step") as bar:
-        for heading, layer, units, names, top_rows, means in plans:
+    with inputs.clock.bar("feature visualisation", prior.steps * sum(1 for plan in plans if plan.units), "step") as bar:
+        for plan in plans:
+            heading, layer, units, names, top_rows, means = (
+                plan.heading,
+                plan.layer,
+                plan.units,
+                plan.names,
+                plan.top_rows,
+                plan.means,
+            )
             if not units:
                 continue
             bar.set_postfix_str(layer, refresh=False)
