@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reportgen import __version__
+from reportgen import __version__, interrupts
 from reportgen.config import AuditConfig, parse_floats, parse_gates, parse_size
 from reportgen.errors import GateFailed, UserError, one_line
 from reportgen.models.base import POOL_VALUES
@@ -653,7 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
                 warnings.simplefilter("ignore", category)
             warnings.showwarning = _show_warning
-        return _run(argv, debug)
+        with interrupts.sticky_interrupts():
+            return _run(argv, debug)
 
 
 def entry(argv: Sequence[str] | None = None) -> None:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
+from reportgen import interrupts
 from reportgen.progress import progress
 
 
@@ -25,8 +26,12 @@ class Clock:
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
+        """Time one phase; an interrupt that something swallowed stops the run at its
+        start or end (see ``reportgen.interrupts``)."""
+        interrupts.check()
         start = time.perf_counter()
         try:
             yield
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+        interrupts.check()

@@ -30,14 +30,18 @@ def build_figures(
     total, unit -> a tqdm-like bar) reports progress over the pictures."""
     sections = result.sections
     wanted: set[str] = set()
-    for section in sections.values():
-        wanted |= getattr(section, "thumb_keys", lambda: set())()
-    pictures = [(k, p) for section in sections.values() for k, p in sorted(getattr(section, "pictures", {}).items())]
+    for section in (sections.knn, sections.suspects, sections.galleries, sections.channels, sections.units):
+        if section is not None:
+            wanted |= section.thumb_keys()
+    pictures = sorted(sections.units.pictures.items()) if sections.units is not None else []
     overlays = [
-        (k, m) for section in sections.values() for k, m in sorted(getattr(section, "overlay_maps", dict)().items())
+        (k, m)
+        for section in (sections.galleries, sections.channels)
+        if section is not None
+        for k, m in sorted(section.maps.items())
     ]
-    tsne = sections.get("tsne")
-    explorer = sections.get("explorer")
+    tsne = sections.tsne
+    explorer = sections.explorer
     points = len(explorer.files) if explorer is not None else 0
     total = 3 + (2 if tsne is not None else 0) + len(wanted) + len(pictures) + len(overlays) + points
     progress = bar("figures", total, "pic") if bar is not None else nullcontext(_NoBar())
@@ -52,8 +56,8 @@ def build_figures(
             file = key.split(":", 2)[2]
             figs.thumbs[key] = overlay_thumbnail(root / file, cam, resize)
             tick.update()
-        shortcuts = sections.get("shortcuts")
-        for key, (picture, cam) in sorted(getattr(shortcuts, "blends", {}).items()):
+        blends = sections.shortcuts.blends if sections.shortcuts is not None else {}
+        for key, (picture, cam) in sorted(blends.items()):
             figs.thumbs[key] = blend_uri(picture, cam)
         if explorer is not None:
             paths = [root / f for f in explorer.files]
@@ -93,7 +97,7 @@ def _charts(result: AuditResult, tick: Any) -> Figures:
         series = {k: v for k, v in series.items() if any(x is not None for x in v)}
         figs.images["layer_curve"] = plots.layer_curve_figure([layer.name for layer in result.layers], series, "score")
     tick.update()
-    tsne = sections.get("tsne")
+    tsne = sections.tsne
     if tsne is not None:
         r = tsne.result
         embeddings = [r.embeddings.get(name) for name in r.layers]

@@ -17,6 +17,7 @@ from reportgen.analyses.metrics import (
 )
 from reportgen.clock import Clock
 from reportgen.config import AuditConfig, source_date_epoch, timestamp
+from reportgen.contents import Sections
 from reportgen.data import ImageDataset, Preprocess, Skipped, discover, resolve_preprocess
 from reportgen.errors import UserError
 from reportgen.extract import (
@@ -287,11 +288,24 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     inputs = SectionInputs(
         cfg, result, features, probs, odds, score_source, truth, pred, class_map, dataset, pre, handle, clock
     )
-    layers_section.build(inputs, reference)
-    galleries_section.build(inputs)
+    by_layer = layers_section.build(inputs, reference)
+    pictured = galleries_section.build(inputs)
+    units = None
     if cfg.units > 0:
         with clock("units"):
-            units_section.build(inputs)
+            units = units_section.build(inputs)
+    result.layers = by_layer.summaries
+    result.sections = Sections(
+        reference=by_layer.reference,
+        knn=by_layer.knn,
+        suspects=by_layer.suspects,
+        tsne=by_layer.tsne,
+        explorer=by_layer.explorer,
+        galleries=pictured.galleries,
+        shortcuts=pictured.shortcuts,
+        channels=pictured.channels,
+        units=units,
+    )
     with clock("figures"):
         figures = build_figures(result, dataset.root, cfg.reference, clock.bar)
     if epoch is None:

@@ -21,6 +21,7 @@ import jinja2
 import numpy as np
 
 from reportgen import figures as plots
+from reportgen import interrupts
 from reportgen.analyses.cam import CAM_NAMES
 from reportgen.data import contained
 from reportgen.explorer_page import explorer_payload
@@ -173,10 +174,10 @@ def render_html(result: AuditResult, figures: Figures) -> str:
     script = _asset("report.js") + "\n" + _asset("explorer.js")
     images = {name: data_uri(data, _mime(data)) for name, data in figures.images.items()}
     page_data = {"thumbs": figures.thumbs}
-    explorer = result.sections.get("explorer")
+    explorer = result.sections.explorer
     explorer_data = None
     if explorer is not None and figures.sprites is not None:
-        galleries = result.sections.get("galleries")
+        galleries = result.sections.galleries
         colours = [c["colour"] for c in class_swatches(explorer.names)]
         explorer_data = explorer_payload(
             explorer, figures.sprites, figures.thumbs, colours, galleries.method if galleries is not None else None
@@ -194,7 +195,7 @@ def render_html(result: AuditResult, figures: Figures) -> str:
         predictions=shown_predictions(result, HTML_PREDICTION_ROWS),
         predictions_inline=PREDICTIONS_INLINE,
         html_rows=HTML_PREDICTION_ROWS,
-        swatches=class_swatches(result.sections["tsne"].class_names) if "tsne" in result.sections else [],
+        swatches=class_swatches(result.sections.tsne.class_names) if result.sections.tsne is not None else [],
         show_full_confusion=result.metrics is not None and len(result.classes) <= FULL_CONFUSION_CLASSES,
     )
 
@@ -211,6 +212,7 @@ def write_report(result: AuditResult, figures: Figures, html_path: Path, json_pa
     payload = to_json(result, inline_predictions=inline)
     html = render_html(result, figures)
     csv_path = predictions_csv_path(json_path)
+    interrupts.check()  # an interrupt something swallowed: nothing is written or replaced
     if not inline:
         payload["predictions_file"] = {
             "name": csv_path.name,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from reportgen.analyses.knn import SearchReport
 from reportgen.analyses.metrics import ClassBalance, ClassificationMetrics
+from reportgen.contents import Sections
 from reportgen.data import Skipped
 from reportgen.util import round_floats
 
@@ -100,7 +101,7 @@ class AuditResult:
     timings: dict[str, float] | None
     throughput: dict[str, float] | None
     features_from_cache: bool | None = False  # None when SOURCE_DATE_EPOCH asks for reproducible output
-    sections: dict[str, Any] = field(default_factory=dict)  # kNN, t-SNE, suspects, galleries, ... by name
+    sections: Sections = field(default_factory=Sections)  # kNN, t-SNE, suspects, galleries, ...
 
     @property
     def accuracy(self) -> float | None:
@@ -238,8 +239,6 @@ def to_json(result: AuditResult, *, inline_predictions: bool = True) -> dict[str
         "timings": result.timings,
         "throughput": result.throughput,
     }
-    for name, section in result.sections.items():
-        # A section object names its own top-level JSON keys; plain data goes under its name.
-        items = getattr(section, "json_items", None)
-        out.update(items() if items else {name: section})
+    for section in result.sections.present():
+        out.update(section.json_items())
     return round_floats(out)

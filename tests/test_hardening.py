@@ -256,6 +256,32 @@ def test_interrupt_inside_an_extension_import_still_exits_130(tmp_path: Path) ->
     assert proc.stderr.strip() == "reportgen: interrupted; no report was written or replaced"
 
 
+def test_an_interrupt_a_library_swallows_still_stops_the_run(
+    tmp_path: Path, copy_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI caught an audit interrupted during extraction that went on to write its report
+    # (exit 0): something between the signal and the CLI caught the KeyboardInterrupt and
+    # carried on. Swallow one on purpose, mid-run: the run must still stop, exit 130 and
+    # write nothing.
+    from reportgen import cli, pipeline
+
+    real = pipeline.build_figures
+
+    def swallowing(*args: object, **kwargs: object) -> object:
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except BaseException:  # noqa: BLE001 - what the careless library does
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "build_figures", swallowing)
+    out = tmp_path / "out" / "report.html"
+    code = cli.main(["audit", str(SAMPLE / "model.onnx"), str(copy_sample), "-o", str(out), "-q", "--no-cache"])
+    assert code == 130
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI put Python's handler back
+
+
 # ------------------------------------------------------------------ reproducible
 
 

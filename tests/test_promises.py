@@ -1,5 +1,6 @@
-"""What the README promises about options and the JSON, checked on the sample: cosine
-neighbours, the seed, and numbers rounded to 6 significant digits."""
+"""What the README promises about options, formats and the JSON, checked on the sample:
+cosine neighbours, the seed, numbers rounded to 6 significant digits, ``--resize crop``
+overlays, NHWC ONNX inputs, and a features cache shared through ``--features``."""
 
 from __future__ import annotations
 
@@ -110,3 +111,91 @@ def test_crop_overlays_sit_on_the_pixels_the_model_saw(size: tuple[int, int]) ->
     slack = 2 + 3 * scale
     assert abs(cols[0] - left) <= slack and abs(cols[-1] - right) <= slack, (cols[0], cols[-1], left, right)
     assert abs(rows[0] - top) <= slack and abs(rows[-1] - bottom) <= slack, (rows[0], rows[-1], top, bottom)
+
+
+def _nhwc_twin(src: Path, dst: Path) -> Path:
+    """The ONNX model at ``src`` with an (N, H, W, C) input: a Transpose in front of it."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(src)
+    graph = model.graph
+    nchw = graph.input[0]
+    n, c, h, w = (d.dim_param or d.dim_value for d in nchw.type.tensor_type.shape.dim)
+    nhwc = helper.make_tensor_value_info("image_nhwc", nchw.type.tensor_type.elem_type, [n, h, w, c])
+    graph.node.insert(0, helper.make_node("Transpose", ["image_nhwc"], [nchw.name], perm=[0, 3, 1, 2]))
+    graph.input.remove(nchw)
+    graph.input.insert(0, nhwc)
+    onnx.checker.check_model(model)
+    onnx.save(model, dst)
+    return dst
+
+
+def _page_thumbs(html: Path) -> dict[str, str]:
+    page = html.read_text()
+    start = page.index('id="page-data">') + len('id="page-data">')
+    return json.loads(page[start : page.index("</script>", start)])["thumbs"]
+
+
+def _pixels(uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"), np.int16)
+
+
+def test_nhwc_onnx_input_reports_as_its_nchw_twin(tmp_path: Path) -> None:
+    """README: ONNX inputs may be NCHW or NHWC.  The sample model with a channels-last
+    input gives the same predictions, neighbours, galleries and Grad-CAM overlays."""
+    twin = _nhwc_twin(SAMPLE / "model.onnx", tmp_path / "nhwc.onnx")
+    options = ["-q", "--device", "cpu", "--channels", "0", "--shortcut-images", "0", "--no-tsne", "--gallery-size", "3"]
+    reports = {}
+    for name, model in (("nchw", SAMPLE / "model.onnx"), ("nhwc", twin)):
+        out = tmp_path / name / "report.html"
+        done = run_cli("audit", model, SAMPLE / "images", "-o", out, *options)
+        assert done.code == 0, done.err
+        reports[name] = (out, load_json(out))
+    (a_html, a), (b_html, b) = reports["nchw"], reports["nhwc"]
+    assert b["model"]["input_size"] == a["model"]["input_size"] == [64, 64] and b["model"]["channels"] == 3
+    assert [p["pred"] for p in b["predictions"]] == [p["pred"] for p in a["predictions"]]
+    np.testing.assert_allclose(
+        [p["score"] for p in b["predictions"]], [p["score"] for p in a["predictions"]], rtol=1e-4
+    )
+    assert b["knn"]["logits"] == a["knn"]["logits"] or all(
+        [n["file"] for n in qb["neighbours"]] == [n["file"] for n in qa["neighbours"]]
+        for qa, qb in zip(a["knn"]["logits"], b["knn"]["logits"], strict=True)
+    )
+    strip = lambda g: {c: {k: [t["file"] for t in v] for k, v in d.items()} for c, d in g.items()}  # noqa: E731
+    assert strip(b["galleries"]) == strip(a["galleries"])
+    assert b["cam"]["method"] == a["cam"]["method"] == "gradcam" and b["cam"]["blank_maps"] == a["cam"]["blank_maps"]
+    # The overlays: the same maps on the same pixels (PNG rounding aside).
+    cams_a = {k: v for k, v in _page_thumbs(a_html).items() if k.startswith("cam:")}
+    cams_b = {k: v for k, v in _page_thumbs(b_html).items() if k.startswith("cam:")}
+    assert len(cams_a) >= 6 * 3 and cams_b.keys() == cams_a.keys()
+    for key, uri in cams_a.items():
+        assert np.abs(_pixels(uri) - _pixels(cams_b[key])).max() <= 2, key
+
+
+def test_features_dir_is_shared_between_reports_and_no_cache_writes_none(tmp_path: Path) -> None:
+    """``--features DIR``: the cache lives where it is told, not beside the report; another
+    report that names it reads it instead of running the model and says the same numbers;
+    ``--no-cache`` neither reads nor writes one."""
+    cache = tmp_path / "shared" / "digits.features"
+    first, second, third = (tmp_path / name / "report.html" for name in ("a", "b", "c"))
+    done = run_cli("audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", first, *FAST, "--features", cache)
+    assert done.code == 0, done.err
+    assert cache.is_dir() and not first.with_suffix(".features").exists()
+    done = run_cli("audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", second, *FAST, "--features", cache)
+    assert done.code == 0, done.err
+    a, b = load_json(first), load_json(second)
+    assert a["features_from_cache"] is False and b["features_from_cache"] is True
+    assert "extract" not in b["timings"]
+    for key in ("predictions", "confusion_matrix", "per_class", "knn", "suspected_mislabels", "near_duplicates"):
+        assert b[key] == a[key], key
+    assert [layer["knn_accuracy"] for layer in b["layers"]] == [layer["knn_accuracy"] for layer in a["layers"]]
+    done = run_cli("audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", third, *FAST, "--no-cache")
+    assert done.code == 0, done.err
+    assert load_json(third)["features_from_cache"] is False
+    assert sorted(p.name for p in third.parent.iterdir()) == ["report.html", "report.json"]

@@ -14,13 +14,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "reportgen"
 # The stages, lowest first: a module may import its own rank or lower, never higher.
 RANKS: list[tuple[int, list[str]]] = [
     (0, ["reportgen", "reportgen.errors", "reportgen.util", "reportgen.progress", "reportgen.resources"]),
-    (0, ["reportgen.clock"]),
+    (0, ["reportgen.clock", "reportgen.interrupts"]),
     (1, ["reportgen.models"]),  # load: the model adapters (torch and onnxruntime live here)
     (2, ["reportgen.data", "reportgen.labels"]),  # load: images, preprocessing, class names
     (3, ["reportgen.extract"]),  # extract
     (4, ["reportgen.analyses"]),  # analyses: arrays in, dataclasses of numbers out
     (5, ["reportgen.config"]),  # the audit's options
-    (6, ["reportgen.report", "reportgen.thumbs", "reportgen.figures", "reportgen.overlay"]),
+    (6, ["reportgen.report", "reportgen.contents", "reportgen.thumbs", "reportgen.figures", "reportgen.overlay"]),
     (7, ["reportgen.sections", "reportgen.explorer_page", "reportgen.pictures", "reportgen.compare"]),
     (8, ["reportgen.pipeline", "reportgen.explain"]),  # orchestration: computes, writes nothing
     (9, ["reportgen.render"]),  # HTML and JSON from what the orchestration returns

@@ -1,11 +1,11 @@
 """Report sections: analysis results joined with file and class names.
 
-Each section is a dataclass the template reads and whose ``json_items`` gives its part of
-the JSON sidecar, so the HTML and the JSON cannot disagree.  One module per part of the
-report: ``layers`` (kNN tables, t-SNE, suspects), ``galleries`` (max/min-activating images
-with CAMs, channel view), ``units`` (feature visualisation).  Each has a ``build``
-function that reads a ``SectionInputs``, runs its analyses and stores its sections in
-``AuditResult.sections``.
+One module per part of the report: ``layers`` (kNN tables, t-SNE, suspects, explorer),
+``galleries`` (max/min-activating images with CAMs, shortcuts, channel view), ``units``
+(feature visualisation).  Each has a ``build`` function that reads a ``SectionInputs``,
+runs its analyses and returns its sections (the dataclasses of ``reportgen.contents``);
+the pipeline stores them in ``AuditResult.sections``.  Builders read the result, never
+write it.
 
 Images are referred to by keys: ``a:<file>`` (audited folder) and ``r:<file>``
 (``--reference``) for thumbnails, ``cam:``, ``ch:``, ``unit:``, ``gbp:`` for pictures; the
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from reportgen.config import AuditConfig
+from reportgen.contents import NeighbourEntry
 from reportgen.data import DecodeError, ImageDataset, Preprocess, load_one
 from reportgen.extract import Features
 from reportgen.labels import ClassMap
@@ -35,7 +36,7 @@ class SectionInputs:
     """What every section builder reads, once the model has run over the images."""
 
     cfg: AuditConfig
-    result: AuditResult  # the builders add their sections to ``result.sections``
+    result: AuditResult  # what the run knows so far (dataset, model); read only
     features: Features  # every audited layer, one row per decoded image
     probs: np.ndarray  # (N, K) output probabilities
     log_odds: np.ndarray  # (N, K) float64 log(p / (1 - p)) from the logits: ranks as p does, without ties at p = 1
@@ -63,15 +64,6 @@ class ImageSet:
 
     def key(self, row: int) -> str:
         return thumb_key(self.files[row], self.reference)
-
-
-@dataclass
-class NeighbourEntry:
-    file: str
-    thumb: str
-    distance: float
-    label: str | None
-    match: bool | None  # same label as the query (None when either is unlabeled)
 
 
 def label_name(vocab: list[str], value: int) -> str | None:

@@ -15,55 +15,11 @@ among the points, and the page says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 from reportgen.analyses.knn import LayerKnn, knn_search
 from reportgen.analyses.suspects import LabelScores
-
-
-@dataclass
-class ExplorerSection:
-    """One point per embedded image (index ``i`` is row ``rows[i]`` of the features)."""
-
-    layers: list[str]  # layers with a t-SNE map, in layer order
-    rows: np.ndarray  # (n,) feature rows of the points
-    files: list[str]  # (n,) file names, relative to the image folder
-    positions: np.ndarray  # (L, n, 2) float32 aligned t-SNE coordinates, the GIF's frames
-    neighbours: np.ndarray  # (L, n, k) int point indices, nearest first
-    labels: np.ndarray  # (n,) index into ``names``, -1 unlabeled
-    preds: np.ndarray  # (n,) index into ``names`` of the predicted class
-    pred_outputs: np.ndarray  # (n,) the same prediction as the model's output index (names its Grad-CAM)
-    confidence: np.ndarray  # (n,) probability of the predicted class
-    correct: np.ndarray  # (n,) int8: 1 right, 0 wrong, -1 unknown (no label, or a label that is no model class)
-    suspect: np.ndarray  # (n,) mislabel score in [0, 1], NaN where none (unlabeled)
-    names: list[str]  # class names: the folder's labels, then output classes not among them
-    mislabels: dict[int, str] = field(default_factory=dict)  # flagged point -> suggested label
-    duplicates: dict[int, list[str]] = field(default_factory=dict)  # point -> files it near-duplicates
-    metric: str = "euclidean"
-    sampled: bool = False
-    n_total: int = 0
-    neighbour_scope: str = "all audited images"
-    labeled: bool = True
-
-    @property
-    def k(self) -> int:
-        return int(self.neighbours.shape[2])
-
-    def json_items(self) -> dict[str, Any]:
-        return {
-            "explorer": {
-                "n_points": len(self.files),
-                "n_total": self.n_total,
-                "sampled": self.sampled,
-                "layers": self.layers,
-                "k": self.k,
-                "metric": self.metric,
-                "neighbours_among": self.neighbour_scope,
-            }
-        }
+from reportgen.contents import ExplorerSection
 
 
 def point_neighbours(

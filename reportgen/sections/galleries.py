@@ -2,148 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from reportgen.analyses.cam import compute_cam, resize_bilinear
 from reportgen.analyses.channels import top_channels
 from reportgen.analyses.galleries import class_galleries
+from reportgen.contents import (
+    ChannelEntry,
+    ChannelsSection,
+    ChannelTile,
+    ClassGallery,
+    GalleriesSection,
+    GalleryTile,
+    ShortcutsSection,
+)
 from reportgen.errors import UserError
 from reportgen.models import ModelAdapter, SplitModel, last_spatial_layer
 from reportgen.models.base import channel_means
 from reportgen.sections import SectionInputs, load_pixels, overlay_key, small_map, thumb_key
 from reportgen.sections import shortcuts as shortcuts_section
-from reportgen.sections.shortcuts import ShortcutsSection
-
-
-@dataclass
-class GalleryTile:
-    file: str
-    thumb: str
-    overlay: str | None  # overlay thumbnail key, None when no map could be computed or it is blank
-    score: float  # probability of the gallery's class
-    predicted: str
-    truth: str | None
-    correct: bool | None
-    blank: bool = False  # a map was computed and is zero everywhere (shown as such, not as an overlay)
-
-
-@dataclass
-class ClassGallery:
-    index: int
-    name: str
-    max: list[GalleryTile]
-    min: list[GalleryTile]
-    wrong: list[GalleryTile]
-
-
-@dataclass
-class GalleriesSection:
-    """Max/min-activating and confidently-wrong images per class, with CAM overlays."""
-
-    method: str | None  # CAM method, None when no map could be made
-    layer: str | None
-    classes: list[ClassGallery]
-    size: int
-    note: str = ""
-    maps: dict[str, np.ndarray] = field(default_factory=dict)  # overlay key -> (H, W) map
-    score_source: str = "logits"  # which score the maps explain (see ``pipeline.class_scores``)
-    blank: int = 0  # maps that came out zero everywhere
-
-    def explained(self) -> str:
-        """The report's sentence on what the maps explain and the galleries are ranked by."""
-        return explained_scores(self.score_source)
-
-    def thumb_keys(self) -> set[str]:
-        return {t.thumb for g in self.classes for t in (*g.max, *g.min, *g.wrong)}
-
-    def overlay_maps(self) -> dict[str, np.ndarray]:
-        return self.maps
-
-    def json_items(self) -> dict[str, Any]:
-        def tiles(items: list[GalleryTile]) -> list[dict[str, Any]]:
-            return [{"file": t.file, "score": t.score, "pred": t.predicted, "blank_map": t.blank} for t in items]
-
-        return {
-            "galleries": {
-                g.name: {"max": tiles(g.max), "min": tiles(g.min), "wrong": tiles(g.wrong)} for g in self.classes
-            },
-            "cam": {
-                "method": self.method,
-                "layer": self.layer,
-                "note": self.note or None,
-                "explains": self.score_source,
-                "blank_maps": self.blank,
-            },
-        }
-
-
-@dataclass
-class ChannelTile:
-    file: str
-    thumb: str
-    overlay: str | None
-    activation: float
-
-
-@dataclass
-class ChannelEntry:
-    channel: int
-    variance: float
-    tiles: list[ChannelTile]
-
-
-@dataclass
-class ChannelsSection:
-    layer: str
-    channels: list[ChannelEntry]
-    note: str = ""
-    maps: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def thumb_keys(self) -> set[str]:
-        return {t.thumb for c in self.channels for t in c.tiles}
-
-    def overlay_maps(self) -> dict[str, np.ndarray]:
-        return self.maps
-
-    def json_items(self) -> dict[str, Any]:
-        return {
-            "channels": {
-                "layer": self.layer,
-                "note": self.note or None,
-                "items": [
-                    {
-                        "channel": c.channel,
-                        "variance": c.variance,
-                        "top": [{"file": t.file, "activation": t.activation} for t in c.tiles],
-                    }
-                    for c in self.channels
-                ],
-            }
-        }
-
-
-def explained_scores(source: str) -> str:
-    """One sentence for the report: which score the maps explain, what ranks the galleries."""
-    if source == "logits before softmax":
-        return (
-            "The maps explain each class's logit, taken before the model's final softmax (a saturated "
-            "softmax has no gradient, so maps of the probability would be blank exactly where the model "
-            "is surest); galleries are ranked by the log-odds computed from the logits (the logit margin, for two "
-            "classes), so images at probability 1.0 are still ordered by how far ahead the class is."
-        )
-    if source == "logits":
-        return (
-            "The maps explain each class's logit (the model's output); galleries are ranked by the "
-            "log-odds computed from the logits, so images at probability 1.0 are still ordered."
-        )
-    return (
-        "The model outputs probabilities and its graph has no final softmax to cut before, so the maps "
-        "explain the probability itself: where the model is sure, its gradient vanishes and maps can "
-        "be blank, and images at probability 1.0 tie (ties keep file order)."
-    )
 
 
 def _draw_maps(
@@ -188,13 +67,24 @@ def _draw_maps(
             bar.update(len(chunk))
 
 
-def build(inputs: SectionInputs) -> None:
-    """Per-class galleries with CAM overlays, and the channel view of the CAM layer."""
+@dataclass
+class GallerySections:
+    """What :func:`build` makes (each ``None`` where the options or the model leave it out)."""
+
+    galleries: GalleriesSection | None = None
+    shortcuts: ShortcutsSection | None = None
+    channels: ChannelsSection | None = None
+
+
+def build(inputs: SectionInputs) -> GallerySections:
+    """Per-class galleries with CAM overlays, the shortcut test, and the channel view of
+    the CAM layer."""
     cfg, result, features, clock = inputs.cfg, inputs.result, inputs.features, inputs.clock
     probs, truth, pred, pre, dataset = inputs.probs, inputs.truth, inputs.pred, inputs.pre, inputs.dataset
 
+    out = GallerySections()
     if cfg.gallery_size <= 0 and cfg.channels <= 0 and cfg.shortcut_images <= 0:
-        return
+        return out
     with clock("load model"):
         adapter = inputs.handle.prepared(pre.size)
     layer = adapter.resolve(cfg.cam_layer) if cfg.cam_layer else last_spatial_layer(adapter.layers())
@@ -243,7 +133,7 @@ def build(inputs: SectionInputs) -> None:
                 maps.clear()
                 keys.clear()
                 blank.clear()
-        section = GalleriesSection(
+        out.galleries = GalleriesSection(
             cfg.cam if drawn else None,
             layer if drawn else None,
             [
@@ -262,25 +152,24 @@ def build(inputs: SectionInputs) -> None:
             inputs.score_source,
             len(blank),
         )
-        result.sections["galleries"] = section
 
     if cfg.shortcut_images > 0:
         if split is None:
-            result.sections["shortcuts"] = ShortcutsSection([], 0, 0, cfg.shortcut_images, None, note or "no maps")
+            out.shortcuts = ShortcutsSection([], 0, 0, cfg.shortcut_images, None, note or "no maps")
         else:
             try:
-                shortcuts_section.build(inputs, adapter, split)
+                out.shortcuts = shortcuts_section.build(inputs, adapter, split)
             except UserError as exc:
                 if cfg.cam_layer:
                     raise
-                result.sections["shortcuts"] = ShortcutsSection([], 0, 0, cfg.shortcut_images, None, f"no maps: {exc}")
+                out.shortcuts = ShortcutsSection([], 0, 0, cfg.shortcut_images, None, f"no maps: {exc}")
 
     if cfg.channels > 0 and split is not None:
         if layer not in features.arrays:
-            result.sections["channels"] = ChannelsSection(
+            out.channels = ChannelsSection(
                 layer, [], f"the layer {layer} is not among the audited layers; add it to --layers to see its channels"
             )
-            return
+            return out
         with clock("channels"):
             info = next(item for item in features.layers if item.name == layer)
             picks = top_channels(channel_means(features.arrays[layer], info), cfg.channels, cfg.channel_images)
@@ -308,4 +197,5 @@ def build(inputs: SectionInputs) -> None:
                         ch_maps[key] = small_map(resize_bilinear(m[None], pre.size)[0])
                     tiles.append(ChannelTile(features.files[r], thumb_key(features.files[r]), key, value))
                 entries.append(ChannelEntry(p.channel, p.variance, tiles))
-        result.sections["channels"] = ChannelsSection(layer, entries, "", ch_maps)
+        out.channels = ChannelsSection(layer, entries, "", ch_maps)
+    return out

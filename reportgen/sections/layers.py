@@ -3,15 +3,13 @@ suspected mislabels and near-duplicates, and the aligned t-SNE of every layer.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from reportgen.analyses.knn import LayerKnn, find_neighbours, layer_knn
 from reportgen.analyses.suspects import (
     DUPLICATE_RATIO,
-    MIN_SCORE,
     DuplicatePair,
     Mislabel,
     flagged_mislabels,
@@ -19,12 +17,23 @@ from reportgen.analyses.suspects import (
     merge_pairs,
     near_duplicates,
 )
-from reportgen.analyses.tsne import TsneResult, perplexity_for, tsne_layers
+from reportgen.analyses.tsne import tsne_layers
+from reportgen.contents import (
+    DuplicateEntry,
+    ExplorerSection,
+    KnnQuery,
+    KnnSection,
+    MislabelEntry,
+    ReferenceSection,
+    SuspectsSection,
+    TsneSection,
+)
 from reportgen.extract import Features
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
 from reportgen.models.base import channel_means
 from reportgen.models.cuda_knn import cuda_ready, knn_search_cuda
-from reportgen.sections import ImageSet, NeighbourEntry, SectionInputs, label_name, neighbour_strip
+from reportgen.report import LayerSummary
+from reportgen.sections import ImageSet, SectionInputs, label_name, neighbour_strip
 from reportgen.sections.explorer import build_explorer
 from reportgen.util import release
 
@@ -34,159 +43,28 @@ SHOWN_SUSPECTS = 200
 
 
 @dataclass
-class KnnQuery:
-    row: int
-    file: str
-    thumb: str
-    label: str | None
-    predicted: str
-    misclassified: bool
-    group: str  # class index for the selector, e.g. "c3"
-    neighbours: dict[str, list[NeighbourEntry]]  # layer -> nearest first
+class RowNames:
+    """How the report names the rows of the features: files, labels, predictions."""
+
+    audited: ImageSet
+    ref: ImageSet  # where neighbours come from: the audited set itself, or ``--reference``
+    vocab: list[str]  # label vocabulary: the folder's classes, then the reference's
+    predicted: list[str]  # per audited row, the predicted class's name
+    wrong: np.ndarray  # per audited row, misclassified (labels known and prediction differs)
+    groups: np.ndarray  # per audited row, its group in the query selector (label, or prediction)
 
 
 @dataclass
-class KnnSection:
-    """kNN tables: the chosen queries and their neighbours at every layer."""
+class LayerSections:
+    """What :func:`build` makes: the layer table's rows with their scores, and the sections
+    that read the neighbours (each ``None`` where the run did not make it)."""
 
-    k: int
-    metric: str
-    source: str  # "leave-one-out" or the reference folder
-    layers: list[str]
-    key_layers: list[str]  # shown by default: pixels, one middle layer, penultimate
-    queries: list[KnnQuery]
-    class_names: list[str]  # label vocabulary, for the selector
-
-    def thumb_keys(self) -> set[str]:
-        keys = {q.thumb for q in self.queries}
-        for q in self.queries:
-            for strip in q.neighbours.values():
-                keys.update(n.thumb for n in strip)
-        return keys
-
-    def json_items(self) -> dict[str, Any]:
-        return {
-            "knn": self.knn_json(),
-            "knn_settings": {"k": self.k, "metric": self.metric, "source": self.source, "queries": len(self.queries)},
-        }
-
-    def knn_json(self) -> dict[str, Any]:
-        return {
-            layer: [
-                {
-                    "query": q.file,
-                    "neighbours": [
-                        {"file": n.file, "distance": n.distance, "label": n.label} for n in q.neighbours[layer]
-                    ],
-                }
-                for q in self.queries
-            ]
-            for layer in self.layers
-        }
-
-
-@dataclass
-class MislabelEntry:
-    file: str
-    thumb: str
-    label: str
-    suggested: str
-    score: float
-    disagreement: float
-    p_label: float
-    predicted: str
-    neighbours: list[NeighbourEntry]  # at the deepest suspect layer
-
-
-@dataclass
-class DuplicateEntry:
-    a: str
-    b: str
-    thumb_a: str
-    thumb_b: str
-    distance: float
-    ratio: float
-    layer: str
-    b_in_reference: bool
-    label_a: str | None
-    label_b: str | None
-
-
-@dataclass
-class SuspectsSection:
-    mislabels: list[MislabelEntry]
-    duplicates: list[DuplicateEntry]
-    layers: list[str]  # the deep layers the mislabel score reads
-    duplicate_layers: list[str]
-    duplicate_ratio: float
-    min_score: float = MIN_SCORE  # the mislabel score a flag needs
-
-    def thumb_keys(self) -> set[str]:
-        keys = {m.thumb for m in self.mislabels} | {n.thumb for m in self.mislabels for n in m.neighbours}
-        return keys | {d.thumb_a for d in self.duplicates} | {d.thumb_b for d in self.duplicates}
-
-    def json_items(self) -> dict[str, Any]:
-        return {
-            "suspected_mislabels": self.mislabels_json(),
-            "near_duplicates": self.duplicates_json(),
-            "suspect_settings": {
-                "mislabel_layers": self.layers,
-                "duplicate_layers": self.duplicate_layers,
-                "duplicate_ratio": self.duplicate_ratio,
-                "mislabel_min_score": self.min_score,
-            },
-        }
-
-    def mislabels_json(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "file": m.file,
-                "label": m.label,
-                "suggested": m.suggested,
-                "score": m.score,
-                "neighbour_disagreement": m.disagreement,
-                "p_label": m.p_label,
-            }
-            for m in self.mislabels
-        ]
-
-    def duplicates_json(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "a": d.a,
-                "b": d.b,
-                "distance": d.distance,
-                "ratio": d.ratio,
-                "layer": d.layer,
-                "b_in_reference": d.b_in_reference,
-            }
-            for d in self.duplicates
-        ]
-
-
-@dataclass
-class TsneSection:
-    """t-SNE frames (for the figures) and what the JSON records about them."""
-
-    result: TsneResult
-    labels: np.ndarray  # colour index per embedded point
-    misclassified: np.ndarray  # bool per embedded point
-    class_names: list[str]
-
-    def json_items(self) -> dict[str, Any]:
-        r = self.result
-        return {
-            "tsne": {
-                "n_points": len(r.rows),
-                "n_total": r.n_total,
-                "sampled": r.sampled,
-                "perplexity": perplexity_for(len(r.rows)),
-                "layers": {
-                    layer: {"trustworthiness": r.trustworthiness.get(layer), "note": r.notes.get(layer)}
-                    for layer in r.layers
-                },
-            }
-        }
+    summaries: list[LayerSummary]
+    knn: KnnSection | None = None
+    suspects: SuspectsSection | None = None
+    tsne: TsneSection | None = None
+    explorer: ExplorerSection | None = None
+    reference: ReferenceSection | None = None
 
 
 def choose_queries(
@@ -218,19 +96,17 @@ def choose_queries(
 
 def build_knn_section(
     knn: dict[str, LayerKnn],
+    rows: list[int],
+    names: RowNames,
+    *,
     layers: list[str],
     key_layers: list[str],
-    rows: list[int],
-    audited: ImageSet,
-    ref: ImageSet,
-    vocab: list[str],
-    predicted: list[str],
-    wrong: np.ndarray,
-    groups: np.ndarray,
     k: int,
     metric: str,
     source: str,
 ) -> KnnSection:
+    """The kNN tables: each query row's neighbours at every layer, named."""
+    audited, ref, vocab = names.audited, names.ref, names.vocab
     queries = []
     for row in rows:
         own = int(audited.labels[row])
@@ -246,9 +122,9 @@ def build_knn_section(
                 audited.files[row],
                 audited.key(row),
                 label_name(vocab, own),
-                predicted[row],
-                bool(wrong[row]),
-                f"c{groups[row]}",
+                names.predicted[row],
+                bool(names.wrong[row]),
+                f"c{names.groups[row]}",
                 neighbours,
             )
         )
@@ -259,15 +135,16 @@ def build_suspects_section(
     mislabels: list[Mislabel],
     duplicates: list[DuplicatePair],
     knn: dict[str, LayerKnn],
+    names: RowNames,
+    *,
     deep_layers: list[str],
     dup_layers: list[str],
     dup_ratio: float,
-    audited: ImageSet,
-    ref: ImageSet,
-    vocab: list[str],
-    predicted: list[str],
     limit: int = SHOWN_SUSPECTS,
 ) -> SuspectsSection:
+    """The most suspicious mislabels (with their neighbours at the deepest layer) and
+    near-duplicate pairs, named, up to ``limit`` of each."""
+    audited, ref, vocab, predicted = names.audited, names.ref, names.vocab, names.predicted
     deepest = knn[deep_layers[-1]].neighbours if deep_layers else None
     entries = []
     for m in mislabels[:limit]:
@@ -315,7 +192,7 @@ def deep_layers(names: list[str]) -> tuple[list[str], str]:
     return deep, (deep[-1] if deep else names[-1])
 
 
-def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -> None:
+def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -> LayerSections:
     """kNN tables and per-layer kNN accuracy, suspects, and the t-SNE of every layer;
     ``reference`` is the ``--reference`` folder's features and class names."""
     cfg, result, features, clock = inputs.cfg, inputs.result, inputs.features, inputs.clock
@@ -323,7 +200,8 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
 
     names = [layer.name for layer in features.layers]
     if not names:
-        return
+        return LayerSections(list(result.layers))
+    out = LayerSections([])
     vocab = list(result.dataset.folder_classes)
     labels = features.labels.copy()
     audited = ImageSet(features.files, labels)
@@ -338,7 +216,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
         ref_labels = np.array([vocab.index(ref_classes[i]) for i in ref_features.labels], np.int64)
         ref_set = ImageSet(ref_features.files, ref_labels, reference=True)
         reference_arrays = ref_features.arrays
-        result.sections["reference"] = {"root": str(cfg.reference), "n_images": ref_features.n, "classes": ref_classes}
+        out.reference = ReferenceSection(str(cfg.reference), ref_features.n, ref_classes)
 
     # With a CUDA device every search is exact, on it; without, large ones use the index.
     accelerated = knn_search_cuda if cuda_ready(cfg.device) else None
@@ -360,16 +238,21 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
             )
             release(features.arrays[name])
             bar.update()
-    for summary in result.layers:
-        summary.knn_accuracy = knn[summary.name].accuracy
-        summary.knn_agreement = knn[summary.name].agreement
-        summary.note = knn[summary.name].note
-        summary.knn_search = knn[summary.name].search
+    summaries = {
+        s.name: replace(
+            s,
+            knn_accuracy=knn[s.name].accuracy,
+            knn_agreement=knn[s.name].agreement,
+            note=knn[s.name].note,
+            knn_search=knn[s.name].search,
+        )
+        for s in result.layers
+    }
     with clock("knn"):
         # The same vote on each grid layer's global mean, exact from its cells: the
         # accuracy the classic average would show, beside what the grid keeps.
         by_name = {layer.name: layer for layer in features.layers}
-        for summary in result.layers:
+        for summary in summaries.values():
             layer = by_name[summary.name]
             if layer.cells is None or knn[summary.name].accuracy is None:
                 continue
@@ -399,8 +282,9 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
     source = (
         "leave-one-out within the audited folder" if cfg.reference is None else f"the reference folder {cfg.reference}"
     )
-    result.sections["knn"] = build_knn_section(
-        knn, names, key_layers, rows, audited, ref_set, vocab, predicted, wrong, groups, cfg.k, cfg.metric, source
+    row_names = RowNames(audited, ref_set, vocab, predicted, wrong, groups)
+    out.knn = build_knn_section(
+        knn, rows, row_names, layers=names, key_layers=key_layers, k=cfg.k, metric=cfg.metric, source=source
     )
 
     deep, dup_layer = deep_layers(names)
@@ -431,10 +315,9 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 found.append(near_duplicates(own, dup_ratio, scale=scale, layer=name)[0])
                 found.append(near_duplicates(knn[name].neighbours, dup_ratio, cross=True, scale=scale, layer=name)[0])
         dups = merge_pairs(*found)
-    suspects = build_suspects_section(
-        mislabels, dups, knn, deep, dup_layers, dup_ratio, audited, ref_set, vocab, predicted
+    out.suspects = build_suspects_section(
+        mislabels, dups, knn, row_names, deep_layers=deep, dup_layers=dup_layers, dup_ratio=dup_ratio
     )
-    result.sections["suspects"] = suspects
 
     if cfg.tsne:
         with clock("tsne"), clock.bar("t-SNE", len(names), "layer") as bar:
@@ -442,12 +325,12 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
             tsne = tsne_layers(
                 features.arrays, names, colour, seed=cfg.seed, max_points=cfg.tsne_max_points, on_layer=bar.update
             )
-        for summary in result.layers:
+        for summary in summaries.values():
             summary.tsne_trustworthiness = tsne.trustworthiness.get(summary.name)
             notes = [summary.note, tsne.notes.get(summary.name, "")]
             summary.note = "; ".join(dict.fromkeys(n for n in notes if n))
         colour_names = vocab if result.dataset.labeled else class_map.classes
-        result.sections["tsne"] = TsneSection(tsne, colour[tsne.rows], wrong[tsne.rows], colour_names)
+        out.tsne = TsneSection(tsne, colour[tsne.rows], wrong[tsne.rows], colour_names)
         if cfg.explorer:
             partners: dict[int, list[str]] = {}
             for d in dups:
@@ -459,7 +342,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 if not d.cross:
                     partners.setdefault(d.b, []).append(audited.files[d.a])
             with clock("explorer"):
-                explorer = build_explorer(
+                out.explorer = build_explorer(
                     layers=names,
                     rows=tsne.rows,
                     embeddings=tsne.embeddings,
@@ -480,5 +363,5 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                     n_total=features.n,
                     labeled=bool(result.dataset.labeled),
                 )
-            if explorer is not None:
-                result.sections["explorer"] = explorer
+    out.summaries = list(summaries.values())
+    return out

@@ -3,14 +3,12 @@ spots that stand out by covering them (see ``reportgen.analyses.shortcuts``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from reportgen.analyses.cam import compute_cam
 from reportgen.analyses.shortcuts import (
-    GRID,
     MIN_MAPS,
     RANDOM_CELLS,
     ClassEvidence,
@@ -21,6 +19,7 @@ from reportgen.analyses.shortcuts import (
     occlusion_verdict,
     random_cells,
 )
+from reportgen.contents import Shortcut, ShortcutsSection
 from reportgen.data import Preprocess
 from reportgen.models import ModelAdapter, SplitModel
 from reportgen.sections import SectionInputs, load_pixels
@@ -28,64 +27,6 @@ from reportgen.sections import SectionInputs, load_pixels
 # Maps in all: every class gets ``--shortcut-images`` maps up to this budget, at least
 # MIN_MAPS each (a 1000-class model gets fewer per class rather than 24,000 maps).
 MAP_BUDGET = 2400
-
-
-@dataclass
-class Shortcut:
-    """A flagged class: its evidence sits in one spot, and covering the spot costs it."""
-
-    cls: str
-    where: str  # e.g. "top-left corner"
-    cell: tuple[int, int]  # (row, column) in the GRID x GRID grid
-    box: tuple[int, int, int, int]  # the cell in input pixels (x0, y0, x1, y1), exclusive ends
-    images: int  # of the class, whose maps and occlusions were measured
-    concentration: float  # mean share of the map mass in the cell
-    consistency: float  # share of the images whose map peaks in the cell
-    specificity: float  # concentration over the other classes' median share in the cell
-    border_share: float  # mean share of the map mass in the outer ring of cells
-    occlusion_drop: float  # mean drop of the class's probability with the cell covered in grey
-    random_drop: float  # the same with another cell covered (RANDOM_CELLS cells per image, seeded)
-    picture: str = ""  # picture key: the class's mean map over its images' mean
-
-
-@dataclass
-class ShortcutsSection:
-    flagged: list[Shortcut]
-    checked: int  # classes with enough maps to judge
-    candidates: int  # classes whose evidence stood out before the occlusion test
-    images_per_class: int
-    method: str | None
-    note: str = ""
-    blends: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> (mean image, mean map)
-    grid: int = GRID
-
-    def json_items(self) -> dict[str, Any]:
-        return {
-            "shortcuts": [
-                {
-                    "class": s.cls,
-                    "where": s.where,
-                    "cell": list(s.cell),
-                    "box": list(s.box),
-                    "images": s.images,
-                    "concentration": s.concentration,
-                    "consistency": s.consistency,
-                    "specificity": None if not np.isfinite(s.specificity) else s.specificity,
-                    "border_share": s.border_share,
-                    "occlusion_drop": s.occlusion_drop,
-                    "random_occlusion_drop": s.random_drop,
-                }
-                for s in self.flagged
-            ],
-            "shortcut_settings": {
-                "grid": GRID,
-                "classes_checked": self.checked,
-                "candidates": self.candidates,
-                "images_per_class": self.images_per_class,
-                "method": self.method,
-                "note": self.note or None,
-            },
-        }
 
 
 def grey_fill(pre: Preprocess) -> np.ndarray:
@@ -127,9 +68,9 @@ def pick_images(log_odds: np.ndarray, truth: np.ndarray, pred: np.ndarray, per_c
     return out
 
 
-def build(inputs: SectionInputs, adapter: ModelAdapter, split: SplitModel) -> None:
+def build(inputs: SectionInputs, adapter: ModelAdapter, split: SplitModel) -> ShortcutsSection:
     """Maps of the classes' own images, where their evidence sits, and the occlusion test
-    of the spots that stand out; stored as ``result.sections["shortcuts"]``."""
+    of the spots that stand out."""
     cfg, clock, features, pre = inputs.cfg, inputs.clock, inputs.features, inputs.pre
     classes = inputs.class_map.classes
     per_class = min(cfg.shortcut_images, max(MIN_MAPS, MAP_BUDGET // max(1, len(classes))))
@@ -181,7 +122,7 @@ def build(inputs: SectionInputs, adapter: ModelAdapter, split: SplitModel) -> No
             peak = mean_maps[e.cls].max()
             blends[key] = (mean_image, mean_maps[e.cls] / peak if peak > 0 else mean_maps[e.cls])
             flagged.append(shortcut)
-    inputs.result.sections["shortcuts"] = ShortcutsSection(
+    return ShortcutsSection(
         flagged,
         checked=sum(1 for e in evidence if e.n_maps >= MIN_MAPS),
         candidates=len(candidates),

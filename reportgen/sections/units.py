@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from reportgen.analyses.channels import top_channels
 from reportgen.analyses.visualize import Prior, guided_projection, synthesize, unit_evaluator
+from reportgen.contents import UnitsSection, UnitTile
 from reportgen.errors import UserError
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER
 from reportgen.models.base import channel_means
@@ -32,76 +32,16 @@ class UnitPlan:
     means: list[float]  # per unit, its mean activation (probability for classes) over the set
 
 
-@dataclass
-class UnitTile:
-    """A unit: its synthesised input, and its top real images with their projections."""
-
-    layer: str
-    index: int
-    name: str  # "channel 12" or the class name
-    value: float  # on its synthesised input: mean activation, or probability for a class
-    mean_value: float  # the same measure averaged over the audited images
-    picture: str  # picture key of the synthesised input
-    top: list[tuple[str, str, str | None]]  # (file, thumbnail key, projection picture key)
-    responded: bool = True  # False: no run beat its start (for a class: made the class win)
-    runs: int = 1  # seeded runs it took
-
-
-@dataclass
-class UnitsSection:
-    """Activation maximisation and guided backpropagation for chosen units."""
-
-    route: str
-    steps: int
-    seed: int
-    groups: list[tuple[str, list[UnitTile]]]  # (heading, units)
-    note: str = ""
-    pictures: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (H, W, C) in [0, 1]
-
-    def thumb_keys(self) -> set[str]:
-        return {thumb for _, tiles in self.groups for t in tiles for _, thumb, _ in t.top}
-
-    def json_items(self) -> dict[str, Any]:
-        return {
-            "units": {
-                "route": self.route or None,
-                "steps": self.steps,
-                "seed": self.seed,
-                "note": self.note or None,
-                "groups": [
-                    {
-                        "heading": heading,
-                        "units": [
-                            {
-                                "layer": t.layer,
-                                "index": t.index,
-                                "name": t.name,
-                                "synthesized_value": t.value,
-                                "mean_value": t.mean_value,
-                                "responded": t.responded,
-                                "runs": t.runs,
-                                "top": [f for f, _, _ in t.top],
-                            }
-                            for t in tiles
-                        ],
-                    }
-                    for heading, tiles in self.groups
-                ],
-            }
-        }
-
-
-def build(inputs: SectionInputs) -> None:
+def build(inputs: SectionInputs) -> UnitsSection:
     """Synthesised inputs for the most variable channels of the last two spatial layers
     and for the classes, each beside its top real images and their guided projections."""
-    cfg, result, features, probs, pre = inputs.cfg, inputs.result, inputs.features, inputs.probs, inputs.pre
+    cfg, features, probs, pre = inputs.cfg, inputs.features, inputs.probs, inputs.pre
 
     adapter = inputs.handle.prepared(pre.size)
     try:
         model = adapter.differentiable()
     except UserError as exc:
-        result.sections["units"] = UnitsSection("", cfg.unit_steps, cfg.seed, [], str(exc))
-        return
+        return UnitsSection("", cfg.unit_steps, cfg.seed, [], str(exc))
     prior = Prior(steps=cfg.unit_steps)
     section = UnitsSection(model.route, cfg.unit_steps, cfg.seed, [])
     n_top = UNIT_IMAGES
@@ -196,4 +136,4 @@ def build(inputs: SectionInputs) -> None:
                     )
                 )
             section.groups.append((heading, tiles))
-    result.sections["units"] = section
+    return section
