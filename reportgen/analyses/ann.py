@@ -14,7 +14,7 @@ a million images 8 hours per layer.  Above :data:`EXACT_WORK` this module answer
 1. the rows (unit rows for cosine) are projected on their leading :data:`INDEX_DIMS`
    principal components, computed from a seeded sample of :data:`PCA_SAMPLE` rows
    (rows with no more dimensions are indexed as they are);
-2. a FAISS inverted-file index (``IndexIVFFlat``: about 4 sqrt(N) k-means cells,
+2. a FAISS inverted-file index (``IndexIVFFlat``: 1.5 sqrt(N) k-means cells,
    seeded, trained on 39 rows per cell) finds :data:`RERANK` x k candidates per query
    (+1, the row itself) in that projection, probing the :data:`PROBES` cells nearest
    to the query;
@@ -29,7 +29,8 @@ The settings were chosen on the dataset-scale benchmark (``python -m benchmarks 
 scale`` and one layer of its cache): at a million images of 1,024 values, 8 probes and
 k + 1 candidates took 143 s on 2 cores at recall@10 0.962; 16 probes and 2k + 1
 candidates reached 0.999 at about 1.6 times the time (timed under a profiler); 128
-components with a sixteenth of the cells probed did not finish one layer in 15 minutes.
+components with a sixteenth of the cells probed did not finish one layer in 15 minutes
+(those with 4 sqrt(N) cells; :data:`CELLS_PER_ROOT` says why fewer now).
 
 Why FAISS: Meta's library, maintained, with wheels for every platform (hnswlib is
 published as source only; PyNNDescent compiles with numba on first use), an exact flat
@@ -45,7 +46,10 @@ import numpy as np
 
 from reportgen.util import ROW_BLOCK, release
 
-EXACT_WORK = 1e12  # query x reference x dims above which the index is used: ~30 s per layer exact
+# Query x reference x (dims + PAIR_COST) above which the index is used: about 12 s per
+# layer exact.  At 1e12 (30 s) a 50,000-image report spent 300 s in kNN, four times the
+# 100,000-image report that used the index throughout (benchmarks/RESULTS-scale.md).
+EXACT_WORK = 4e11
 # The exact search's work per (query, reference) pair besides the product (the partition
 # and threshold over every distance), in multiply-adds: whatever the dims, it is quadratic
 # in the images.  At 50,000 images the five small layers (10-64 values) took ~25 s each.
@@ -53,8 +57,16 @@ PAIR_COST = 256
 INDEX_DIMS = 64  # principal components the index searches in
 PCA_SAMPLE = 20_000  # rows the principal components are computed from
 RERANK = 1  # candidates per neighbour taken from the index before exact re-ranking (+1 for the row itself)
-PROBES = 8  # cells probed per query (of about 4 sqrt(N)): the measured recall says how it went
-RECALL_QUERIES = 500  # queries checked against the exact search (5,000 neighbours at k = 10)
+PROBES = 8  # cells probed per query: the measured recall says how it went
+# Cells per square root of the rows.  k-means costs ~cells^2 (its training rows grow with
+# the cells) and each probe scans rows / cells: at 200,000 images of 1,024 values, 1.5
+# took 14.4 s a layer at recall@10 0.981 where 4 took 16.5 s at 0.959 (the k-means alone
+# 8 s of it under a profiler); 1.5 with 4 probes fell to 0.93.
+CELLS_PER_ROOT = 1.5
+# Queries checked against the exact search: 3,000 neighbours at k = 10, a standard error
+# of about 0.004 on a recall near 0.95; each costs a row of the exact search (500 took
+# ~4 s a layer at 200,000 images of 1,024 values).
+RECALL_QUERIES = 300
 MIN_ROWS_PER_CELL = 39  # FAISS's k-means wants at least this many training rows per cell
 KMEANS_ITERATIONS = 10
 
@@ -121,12 +133,18 @@ def _rerank(
     n = len(cand)
     idx = np.empty((n, k), np.int64)
     dist = np.empty((n, k), np.float64)
-    step = max(1, (16 << 20) // (8 * cand.shape[1] * max(1, queries.shape[1])))
+    # Small blocks that stay in cache: 4 MB of differences took half the time of 16 MB.
+    step = max(1, (4 << 20) // (8 * cand.shape[1] * max(1, queries.shape[1])))
     for s in range(0, n, step):
         c = cand[s : s + step]
         valid = c >= 0  # FAISS pads with -1 when a query's probed cells hold too few rows
         safe = np.where(valid, c, 0)
-        diff = prepared_rows(reference[safe], metric) - prepared_rows(queries[s : s + step], metric)[:, None, :]
+        if metric == "cosine":
+            diff = prepared_rows(reference[safe], metric) - prepared_rows(queries[s : s + step], metric)[:, None, :]
+        else:
+            # The difference of two float32 values is exact in float64: computed there at
+            # once, without float64 copies of the gathered rows first.
+            diff = np.subtract(reference[safe], queries[s : s + step][:, None, :], dtype=np.float64)
         sq = np.einsum("bmd,bmd->bm", diff, diff)
         sq[~valid] = np.inf
         if own is not None:
@@ -172,7 +190,7 @@ def approximate_neighbours(
     qry_low = ref_low if leave_one_out else _project(queries, mean, axes, metric)
     space = f"all {dims} dimensions" if axes is None else f"the leading {dims} principal components"
 
-    cells = int(min(max(1, round(4 * math.sqrt(n_ref))), max(1, n_ref // MIN_ROWS_PER_CELL)))
+    cells = int(min(max(1, round(CELLS_PER_ROOT * math.sqrt(n_ref))), max(1, n_ref // MIN_ROWS_PER_CELL)))
     quantizer = faiss.IndexFlatL2(dims)
     index = faiss.IndexIVFFlat(quantizer, dims, cells, faiss.METRIC_L2)
     index.cp.seed = int(seed)
