@@ -57,6 +57,22 @@ def test_recall_against_an_exact_search(metric: str) -> None:
     assert (np.diff(nb.distances, axis=1) >= 0).all()
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_a_large_float16_layer_stays_float16_with_the_same_neighbours(
+    metric: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above ``IN_MEMORY_FLOAT32`` a float16 layer is searched from a float16 copy (half the
+    memory): the same values, so the same neighbours and the same float64 distances."""
+    x = _manifold(3000, 96).astype(np.float16)
+    wide, _ = find_neighbours(x, x, 10, metric=metric, leave_one_out=True, mode="approximate", seed=0)
+    monkeypatch.setattr(ann, "IN_MEMORY_FLOAT32", 1024)
+    assert ann.in_memory(x).dtype == np.float16 and ann.in_memory(x.astype(np.float32)).dtype == np.float32
+    kept, report = find_neighbours(x, x, 10, metric=metric, leave_one_out=True, mode="approximate", seed=0)
+    np.testing.assert_array_equal(kept.indices, wide.indices)
+    np.testing.assert_array_equal(kept.distances, wide.distances)
+    assert report.recall is not None and report.recall >= 0.9
+
+
 def test_same_seed_same_neighbours_and_a_reference_set() -> None:
     x = _manifold(5000, 64, seed=1)
     queries, reference = x[:1000], x[1000:]

@@ -8,9 +8,10 @@ x 513 (the kNN benchmark), but about 2 x 10^12 a minute over a whole report's la
 and five small ones), so 50,000 images at 1,024 dims take over a minute per layer, and
 a million images 8 hours per layer.  Above :data:`EXACT_WORK` this module answers instead:
 
-0. the layer is copied into memory as float32, a block at a time (a memory-mapped
-   float16 layer answers the random reads below an order of magnitude slower): 4 GB
-   at a million images of 1,024 values, the largest allocation of a large run;
+0. the layer is copied into memory, a block at a time (a memory-mapped float16 layer
+   answers the random reads below an order of magnitude slower): as float32 up to
+   2 GiB, beyond that as the float16 it is cached in (2 GB at a million images of 1,024
+   values, the largest allocation of a large run);
 1. the rows (unit rows for cosine) are projected on their leading :data:`INDEX_DIMS`
    principal components, computed from a seeded sample of :data:`PCA_SAMPLE` rows
    (rows with no more dimensions are indexed as they are);
@@ -67,6 +68,11 @@ CELLS_PER_ROOT = 1.5
 # of about 0.004 on a recall near 0.95; each costs a row of the exact search (500 took
 # ~4 s a layer at 200,000 images of 1,024 values).
 RECALL_QUERIES = 300
+# Largest float32 copy of a float16 layer the index route makes; above, it keeps float16.
+# At a million images of 1,024 values float32 is 4 GB, the largest allocation of a run,
+# and the 1,000,000-image report peaked at 7.6-8.1 GB; float16 halves it, for a slower
+# re-ranking and recall check (2.3x and 1.6x on 200,000 x 1,024, measured).
+IN_MEMORY_FLOAT32 = 2 << 30
 MIN_ROWS_PER_CELL = 39  # FAISS's k-means wants at least this many training rows per cell
 KMEANS_ITERATIONS = 10
 
@@ -142,7 +148,7 @@ def _rerank(
         if metric == "cosine":
             diff = prepared_rows(reference[safe], metric) - prepared_rows(queries[s : s + step], metric)[:, None, :]
         else:
-            # The difference of two float32 values is exact in float64: computed there at
+            # The difference of two float32 (or float16) values is exact in float64: computed there at
             # once, without float64 copies of the gathered rows first.
             diff = np.subtract(reference[safe], queries[s : s + step][:, None, :], dtype=np.float64)
         sq = np.einsum("bmd,bmd->bm", diff, diff)
@@ -156,10 +162,13 @@ def _rerank(
 
 
 def in_memory(x: np.ndarray) -> np.ndarray:
-    """The rows as one float32 array in memory (float16 and float32 values exactly),
-    converted a block at a time: the index route reads rows many times and at random,
-    which a memory-mapped float16 layer answers an order of magnitude slower."""
-    out = np.empty(x.shape, np.float32)
+    """The rows as one array in memory, copied a block at a time: the index route reads
+    rows many times and at random, which a memory-mapped float16 layer answers an order
+    of magnitude slower.  float32, unless the rows are float16 and a float32 copy would
+    pass :data:`IN_MEMORY_FLOAT32`: then float16 (the same values; every distance is
+    still computed in float64 from them)."""
+    keep16 = x.dtype == np.float16 and x.size * 4 > IN_MEMORY_FLOAT32
+    out = np.empty(x.shape, np.float16 if keep16 else np.float32)
     for s in range(0, len(x), ROW_BLOCK):
         out[s : s + ROW_BLOCK] = x[s : s + ROW_BLOCK]
         release(x)  # the copy replaces the mapped pages block by block, not on top of all of them
@@ -177,7 +186,7 @@ def approximate_neighbours(
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Indices (Q, k) and exact distances of the k nearest reference rows found through
     the index (see the module notes), and the index's settings in words.  ``queries``
-    and ``reference`` are float32 arrays in memory (:func:`in_memory`; the same array
+    and ``reference`` are arrays in memory (:func:`in_memory`; the same array
     with ``leave_one_out``: then a row is never its own neighbour); ``k`` must leave enough
     rows (the caller caps it)."""
     import faiss

@@ -275,7 +275,7 @@ def find_neighbours(
     large = ann.is_large(len(queries), len(reference), reference.shape[1] if reference.ndim == 2 else 1)
     if mode == "exact" or (mode == "auto" and not large) or k_cap == 0 or len(queries) == 0:
         return knn_search(queries, reference, k, metric=metric, query_rows=rows), SearchReport("exact")
-    # One float32 copy in memory serves the index, the re-ranking and the exact check.
+    # One copy in memory (see ann.in_memory) serves the index, the re-ranking and the exact check.
     source = reference
     reference = ann.in_memory(reference)
     queries = reference if leave_one_out else ann.in_memory(queries)
