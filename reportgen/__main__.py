@@ -1,3 +1,5 @@
 from reportgen.cli import entry
 
-entry()
+# Guarded: decoding worker processes import the main module again.
+if __name__ == "__main__":
+    entry()

@@ -255,6 +255,7 @@ def _config_from(args: argparse.Namespace) -> AuditConfig:
         features=args.features,
         use_cache=not args.no_cache,
         quiet=args.quiet,
+        decode_processes=True,
         k=args.k,
         metric=args.metric,
         knn_search=args.knn_search,

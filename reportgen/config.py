@@ -100,6 +100,10 @@ class AuditConfig:
     feature_precision: str = "auto"  # float16 when float32 features would pass extract.FLOAT16_ABOVE
     use_cache: bool = True
     quiet: bool = False
+    # Decode large sets in worker processes (data.PROCESS_DECODE_MIN).  The CLI turns it on;
+    # a script that calls the pipeline must then guard its main module, as every program
+    # that starts Python worker processes must (``if __name__ == "__main__":``).
+    decode_processes: bool = False
     # kNN and t-SNE
     k: int = 10
     metric: str = "euclidean"

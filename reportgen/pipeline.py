@@ -155,6 +155,7 @@ def _extract_to(
             batch_size=cfg.batch_size,
             precision=cfg.feature_precision,
             show_progress=not cfg.quiet,
+            decode_processes=cfg.decode_processes,
         )
     except BaseException:
         discard(folder)

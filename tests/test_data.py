@@ -161,15 +161,18 @@ def test_grayscale_model_input(tmp_path: Path) -> None:
     assert np.allclose(np.asarray(img), 76, atol=1)  # ITU-R 601 luma of pure red
 
 
-def test_iter_batches_keeps_order_and_reports_failures(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_iter_batches_keeps_order_and_reports_failures(tmp_path: Path, processes: bool, prefetch: int) -> None:
     for i in range(7):
         make_image(tmp_path / "cls" / f"{i:02d}.png", color=(i * 30, 0, 0))
     (tmp_path / "cls" / "03.png").write_bytes(b"")
     ds = discover(tmp_path)
     pre = Preprocess((8, 8), mean=(0, 0, 0), std=(1, 1, 1))
-    batches = list(iter_batches(ds, pre, batch_size=3, workers=2))
+    batches = list(iter_batches(ds, pre, batch_size=3, workers=2, prefetch=prefetch, processes=processes))
     decoded = [i for b in batches for i in b.indices]
     assert decoded == [0, 1, 2, 4, 5, 6]
     assert [f for b in batches for f, _ in b.failures] == [3]
+    assert [b.sha256 for b in batches] == [[open_image(ds.path(ds.records[i]))[1] for i in b.indices] for b in batches]
     red = np.concatenate([b.pixels for b in batches])[:, 0, 0, 0]
     assert np.allclose(red * 255, [0, 30, 60, 120, 150, 180], atol=0.5)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,23 @@ def test_pickle_is_refused_without_the_flag(tmp_path: Path, small_folder: Path) 
 # ------------------------------------------------------------------ atomic writes
 
 
+def _default_interrupts() -> None:
+    # A shell's background job starts with SIGINT ignored, and the CLI rightly keeps
+    # ignoring it there (a Ctrl-C at the terminal is not meant for it); these tests are
+    # about a run that can be interrupted, wherever the test runner itself was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def python_interrupts() -> Iterator[None]:
+    """Python's own SIGINT handler in this process for the test (see _default_interrupts)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_interrupted_run_leaves_the_previous_report(tmp_path: Path, copy_sample: Path) -> None:
     out = tmp_path / "out" / "report.html"
     first = run_cli("audit", SAMPLE / "model.onnx", copy_sample, "-o", out, "-q", "--no-cache")
@@ -203,6 +221,7 @@ def test_interrupted_run_leaves_the_previous_report(tmp_path: Path, copy_sample:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=_default_interrupts,
     )
     # Interrupt once the run is under way (its progress bar shows), not at a fixed time: a
     # signal that lands while a loaded machine is still importing torch's C extensions
@@ -257,7 +276,7 @@ def test_interrupt_inside_an_extension_import_still_exits_130(tmp_path: Path) ->
 
 
 def test_an_interrupt_a_library_swallows_still_stops_the_run(
-    tmp_path: Path, copy_sample: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, copy_sample: Path, monkeypatch: pytest.MonkeyPatch, python_interrupts: None
 ) -> None:
     # CI caught an audit interrupted during extraction that went on to write its report
     # (exit 0): something between the signal and the CLI caught the KeyboardInterrupt and

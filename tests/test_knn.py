@@ -43,6 +43,35 @@ def test_reference_search_and_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert np.array_equal(ours.indices, ref_i) and np.allclose(ours.distances, ref_d, atol=1e-5)
 
 
+def test_features_far_from_the_origin_stay_exact_without_the_float64_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ReLU features and pixels sit far from the origin, where the float32 ranking key's
+    # rounding is large against the gaps between neighbours: the search ranks from the
+    # rows' mean, so it still finds the exact neighbours from a few candidates a row.
+    rng = np.random.default_rng(5)
+    x = (300.0 + rng.random((600, 40))).astype(np.float32)
+    import reportgen.analyses.knn as knn_module
+
+    widths: list[int] = []
+    real_flatnonzero = np.flatnonzero
+
+    def counting(a: np.ndarray) -> np.ndarray:
+        found = real_flatnonzero(a)
+        if a.ndim == 2 and a.shape[1] == len(x):  # the candidate mask of a block
+            widths.append(int(np.bincount(found // len(x), minlength=a.shape[0]).max()))
+        return found
+
+    monkeypatch.setattr(knn_module.np, "flatnonzero", counting)
+    ours = knn_search(x, x, 10, query_rows=np.arange(len(x)))
+    monkeypatch.undo()
+    diff = x[:, None, :].astype(np.float64) - x[None, :, :].astype(np.float64)
+    d = np.sqrt((diff**2).sum(axis=2))
+    np.fill_diagonal(d, np.inf)
+    expected = np.lexsort((np.broadcast_to(np.arange(len(x)), d.shape), d), axis=1)[:, :10]
+    assert np.array_equal(ours.indices, expected)
+    np.testing.assert_allclose(ours.distances, np.take_along_axis(d, expected, axis=1), rtol=1e-12)
+    assert widths and max(widths) <= 8 * 10 + 64  # never the whole-block float64 route
+
+
 def test_duplicates_ties_and_tiny_sets() -> None:
     x = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [5.0, 5.0]], np.float32)
     nb = knn_search(x, x, 10, query_rows=np.arange(4))

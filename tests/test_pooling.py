@@ -14,7 +14,7 @@ from onnx_models import tiny_cnn
 from PIL import Image
 
 from reportgen.models import load_model
-from reportgen.models.base import LayerInfo, cell_weights, channel_means, pool_cells
+from reportgen.models.base import LayerInfo, cell_weights, channel_means, downsample_pixels, pool_cells
 from reportgen.models.torch_adapter import _pool
 
 
@@ -64,6 +64,25 @@ def test_weights_and_channel_means_against_loops() -> None:
     layer = LayerInfo("t", (3, 7, 5), layout="chw", cells=(3, 2))
     assert layer.dim == 18 and layer.channels == 3
     np.testing.assert_allclose(channel_means(got.reshape(4, -1), layer), maps.mean(axis=(2, 3)), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 32, 32), (2, 3, 224, 160), (2, 1, 20, 20), (2, 3, 30, 47), (2, 3, 8, 8)])
+def test_pixel_layer_is_the_mean_of_each_cell(shape: tuple[int, int, int, int]) -> None:
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    n, c, h, w = shape
+    gh, gw = min(16, h), min(16, w)
+    rows, cols = np.linspace(0, h, gh + 1).astype(int), np.linspace(0, w, gw + 1).astype(int)
+    expected = np.empty((n, c, gh, gw))
+    for i in range(gh):
+        for j in range(gw):
+            expected[:, :, i, j] = (
+                x[:, :, rows[i] : rows[i + 1], cols[j] : cols[j + 1]].astype(np.float64).mean(axis=(2, 3))
+            )
+    got = downsample_pixels(x)
+    assert got.dtype == np.float32 and got.shape == (n, c * gh * gw)
+    np.testing.assert_allclose(got, expected.reshape(n, -1), rtol=1e-6)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(downsample_pixels(nhwc, channels_last=True), got)
 
 
 @pytest.mark.parametrize("layout", ["chw", "hwc", "tokens"])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLE, load_json, read_cache, run_cli
 
-from reportgen import cli, render
+from reportgen import cli, data, extract, render
 from reportgen.compare import load_audit
 from reportgen.extract import FeatureStore, feature_dtype, load_cache
 
@@ -65,6 +65,32 @@ def test_float16_features_keep_the_results(sample_audits: dict[str, Path], tmp_p
     assert a.keys() == b.keys()
     for name in a:
         assert abs(a[name] - b[name]) <= 1.0 / n + 1e-9, name
+
+
+def test_decoding_worker_processes_store_the_same_features(
+    sample_audits: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI decodes large sets in worker processes: what they decode (pixels, hashes,
+    order, skipped files) must be what the threads decoded for the sample's audit."""
+    used: list[bool] = []
+    real = data._decode_pool
+
+    def watched(workers: int, processes: bool) -> object:
+        used.append(processes)
+        return real(workers, processes)
+
+    monkeypatch.setattr(extract, "PROCESS_DECODE_MIN", 0)
+    monkeypatch.setattr(data, "_decode_pool", watched)
+    out, cache = tmp_path / "report.html", tmp_path / "features"
+    args = ["audit", str(SAMPLE / "model.onnx"), str(SAMPLE / "images"), "-o", str(out), "--features", str(cache)]
+    assert cli.main([*args, *FAST]) == 0
+    assert used == [True]
+    mine, threads = read_cache(cache), read_cache(sample_audits["onnx"].with_name("report.features"))
+    assert mine.files == threads.files and mine.sha256 == threads.sha256 and mine.skipped == threads.skipped
+    np.testing.assert_array_equal(mine.outputs, threads.outputs)
+    assert list(mine.arrays) == list(threads.arrays)
+    for name, values in threads.arrays.items():
+        np.testing.assert_array_equal(mine.arrays[name], values, err_msg=name)
 
 
 def test_a_single_file_cache_from_an_older_version_is_named_and_replaced(tmp_path: Path) -> None:

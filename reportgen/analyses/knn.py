@@ -79,17 +79,24 @@ def knn_search(
 
     # The rows stay as given (float16/float32, perhaps memory-mapped): what needs float64
     # is prepared a block or a gather at a time, never as a whole float64 copy.
-    # [q, 1] . [-2r, |r|^2] = |r|^2 - 2 q.r: the ranking key, from one float32 product.
-    q_sq, q_aug = _augmented(queries, prep, 1.0, None)
-    r_sq, r_aug = _augmented(reference, prep, -2.0, "norms")
-    full64: list[np.ndarray] = []
+    # [q, 1] . [-2r, |r|^2] = |r|^2 - 2 q.r: the ranking key, from one float32 product, of
+    # rows less the reference's mean.  Distances don't move with the origin, but the key's
+    # rounding grows with the norms: features far from the origin (ReLU outputs, pixels)
+    # left so many rows within the bound below that whole blocks went the float64 way.
+    plain = metric != "cosine"  # prepared rows are the rows themselves: float32 shortcuts apply
+    centre = _mean_row(reference, prep, plain)
+    q_sq, q_aug = _augmented(queries, prep, centre, 1.0, None, plain)
+    r_sq, r_aug = _augmented(reference, prep, centre, -2.0, "norms", plain)
+    full64: list[tuple[np.ndarray, np.ndarray]] = []
     full_lock = threading.Lock()
 
-    def prepared_reference() -> np.ndarray:
-        """The whole prepared reference in float64: only for massive ties, so made once, on demand."""
+    def prepared_reference() -> tuple[np.ndarray, np.ndarray]:
+        """The whole prepared, centred reference in float64 and its squared norms: only for
+        massive ties, so made once, on demand."""
         with full_lock:
             if not full64:
-                full64.append(prep(reference))
+                rows = prep(reference) - centre
+                full64.append((rows, np.einsum("ij,ij->i", rows, rows)))
         return full64[0]
 
     # A bound on the float32 rounding of that key (a dot product of dim + 1 terms).
@@ -132,8 +139,10 @@ def knn_search(
         if width > 8 * k + 64:
             # Massive ties (e.g. identical features): exact keys for the whole block.
             cand = np.broadcast_to(np.arange(n_ref), (b, n_ref))
-            dots = prep(queries[start:stop]) @ prepared_reference().T
-            sq = np.maximum(q_sq[start:stop, None] + r_sq[None, :] - 2.0 * dots, 0.0)
+            ref64, ref_sq = prepared_reference()
+            q64 = prep(queries[start:stop]) - centre
+            dots = q64 @ ref64.T
+            sq = np.maximum(np.einsum("ij,ij->i", q64, q64)[:, None] + ref_sq[None, :] - 2.0 * dots, 0.0)
         else:
             # Pad rows to the widest candidate list; padding gets an infinite distance.
             cand = np.zeros((b, width), np.int64)
@@ -163,19 +172,49 @@ def knn_search(
     return Neighbours(out_idx, dist)
 
 
+def _mean_row(rows: np.ndarray, prep: Callable[[np.ndarray], np.ndarray], plain: bool) -> np.ndarray:
+    """Mean of the prepared rows, a block at a time, rounded to float32: the origin of the
+    ranking product (any origin gives the same distances; float32, so that rows can be
+    moved to it in float32, see :func:`_augmented`)."""
+    total = np.zeros(rows.shape[1], np.float64)
+    for s in range(0, len(rows), ROW_BLOCK):
+        block = rows[s : s + ROW_BLOCK]
+        total += block.sum(axis=0, dtype=np.float64) if plain else prep(block).sum(axis=0)
+    return (total / max(1, len(rows))).astype(np.float32).astype(np.float64)
+
+
 def _augmented(
-    rows: np.ndarray, prep: Callable[[np.ndarray], np.ndarray], scale: float, last: str | None
+    rows: np.ndarray,
+    prep: Callable[[np.ndarray], np.ndarray],
+    centre: np.ndarray,
+    scale: float,
+    last: str | None,
+    plain: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """float64 squared norms of the prepared rows, and the float32 rows [scale x, c] of the
-    ranking product (c = 1 for queries, the squared norm for reference rows), a block at a
-    time."""
+    """float64 squared norms of the prepared rows less ``centre``, and the float32 rows
+    [scale x, c] of the ranking product (x: a row less ``centre``; c = 1 for queries, the
+    squared norm for reference rows), a block at a time.
+
+    With ``plain`` rows (float32 or narrower, not normalised) the difference is taken in
+    float32: the centre is a float32 value, so this is the float64 difference rounded
+    once, as the product's rows are anyway, at a third of the time of going through a
+    float64 copy (this preparation, not the product, was two thirds of a 300-query search
+    of 200,000 rows)."""
     n, dim = rows.shape
     sq = np.empty(n, np.float64)
     aug = np.empty((n, dim + 1), np.float32)
+    fast = plain and np.dtype(rows.dtype).itemsize <= 4 and np.dtype(rows.dtype).kind == "f"
+    centre32 = centre.astype(np.float32)
     for s in range(0, n, ROW_BLOCK):
-        x = prep(rows[s : s + ROW_BLOCK])
-        sq[s : s + ROW_BLOCK] = np.einsum("ij,ij->i", x, x)
-        aug[s : s + ROW_BLOCK, :-1] = scale * x
+        out = aug[s : s + ROW_BLOCK, :-1]
+        if fast:
+            np.subtract(rows[s : s + ROW_BLOCK], centre32, out=out, dtype=np.float32)
+            sq[s : s + ROW_BLOCK] = np.einsum("ij,ij->i", out, out, dtype=np.float64)
+            out *= np.float32(scale)  # 1 or -2: exact
+        else:
+            x = prep(rows[s : s + ROW_BLOCK]) - centre
+            sq[s : s + ROW_BLOCK] = np.einsum("ij,ij->i", x, x)
+            np.multiply(x, scale, out=out, casting="same_kind")
     aug[:, -1] = sq if last == "norms" else 1.0
     return sq, aug
 
