@@ -2,10 +2,15 @@
 
 Python turns SIGINT into a ``KeyboardInterrupt`` wherever the main thread happens to be.
 When that is inside code that catches ``BaseException`` and carries on, or inside a C
-extension that clears the pending error (CI caught an audit that went on to write its
-report after an interrupt during extraction), the interrupt is gone.  While
-:func:`sticky_interrupts` is active, the interrupt is also remembered, and :func:`check`
-(at every phase boundary and before any output is written) raises it again.
+extension that clears the pending error, the interrupt is gone and the run would go on
+to write its report.  While :func:`sticky_interrupts` is active, the interrupt is also
+remembered, and :func:`check` (at every phase boundary and before any output is written)
+raises it again.
+
+(A run started with SIGINT ignored -- a shell's background job, as a CI script run with
+``&`` is -- keeps ignoring it: Python installs no handler there, and neither does this
+module.  That, not a swallowed interrupt, was what once made the interrupt test fail
+under such a CI run; the tests now start their runs with the default disposition.)
 """
 
 from __future__ import annotations
