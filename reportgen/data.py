@@ -604,9 +604,13 @@ def _decode_pool(workers: int, processes: bool) -> Executor:
     if not processes:
         return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     # forkserver, not fork: the caller's runtime threads (onnxruntime, torch) may hold
-    # locks at the moment of a fork; the server is a fresh interpreter with this module loaded.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    # locks at the moment of a fork; the server is a fresh interpreter with this module
+    # loaded.  Windows has no forkserver: spawn, the same fresh interpreter per worker.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+    else:
+        context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_ignore_interrupt)
 
 
