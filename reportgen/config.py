@@ -201,5 +201,7 @@ class AuditConfig:
             elif isinstance(value, tuple):
                 value = list(value)
             out[key] = value
+        # How the run went about it, not what it computed: the same report either way.
         out.pop("quiet", None)
+        out.pop("decode_processes", None)
         return out
