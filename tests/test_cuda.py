@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE, run_cli
+from conftest import SAMPLE, read_cache, run_cli
 
 from reportgen.extract import load_cache
 
@@ -84,3 +84,33 @@ def test_cuda_cam_maps_match_cpu(method: str) -> None:
             assert np.ptp(b[i]) < 1e-3
             continue
         assert np.corrcoef(a[i], b[i])[0, 1] > 0.99, i
+
+
+def test_cuda_decoding_worker_processes_match_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the CLI decodes large sets in worker processes two batches ahead of the
+    forward pass; the features must be those of decoding on threads, on the same device."""
+    from reportgen import cli, data, extract
+
+    used: list[bool] = []
+    real = data._decode_pool
+
+    def watched(workers: int, processes: bool) -> object:
+        used.append(processes)
+        return real(workers, processes)
+
+    runs = {}
+    for name, smallest in (("threads", 10**9), ("processes", 0)):
+        monkeypatch.setattr(extract, "PROCESS_DECODE_MIN", smallest)
+        monkeypatch.setattr(data, "_decode_pool", watched)
+        out, cache = tmp_path / name / "report.html", tmp_path / name / "features"
+        args = ["audit", str(SAMPLE / "model.ts"), str(SAMPLE / "images"), "-o", str(out), "-q"]
+        assert cli.main([*args, "--no-tsne", "--device", "cuda", "--batch-size", "8", "--features", str(cache)]) == 0
+        runs[name] = read_cache(cache)
+    assert used == [False, True]
+    a, b = runs["threads"], runs["processes"]
+    assert a.files == b.files and a.sha256 == b.sha256 and a.skipped == b.skipped
+    np.testing.assert_allclose(b.outputs, a.outputs, rtol=1e-4, atol=1e-5)
+    for layer in a.layers:
+        x = np.asarray(a.arrays[layer.name], np.float64)
+        y = np.asarray(b.arrays[layer.name], np.float64)
+        assert float(np.abs(x - y).max()) <= 1e-4 * (float(np.abs(x).max()) or 1.0), layer.name
