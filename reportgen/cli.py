@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reportgen import __version__, interrupts
+from reportgen import __version__, interrupts, outputs
 from reportgen.config import AuditConfig, parse_floats, parse_gates, parse_size
-from reportgen.errors import GateFailed, UserError, one_line
+from reportgen.data import MAX_IMAGE_BYTES
+from reportgen.errors import GateFailed, UserError, one_line, printable
 from reportgen.models.base import POOL_VALUES
 
 EXIT_USER_ERROR = 2
@@ -115,6 +118,13 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--follow-links",
         action="store_true",
         help="follow symbolic links that lead out of the image folders (default: list them under Skipped)",
+    )
+    g.add_argument(
+        "--max-image-mb",
+        type=int,
+        default=MAX_IMAGE_BYTES >> 20,
+        metavar="N",
+        help=f"image files larger than N MB are skipped unread, listed under Skipped (default: {MAX_IMAGE_BYTES >> 20})",
     )
     g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
     g.add_argument(
@@ -239,6 +249,7 @@ def _config_from(args: argparse.Namespace) -> AuditConfig:
         images=args.images,
         output=args.output,
         follow_links=args.follow_links,
+        max_image_mb=args.max_image_mb,
         size=args.size,
         mean=args.mean,
         std=args.std,
@@ -325,15 +336,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
+    from reportgen.data import input_size
     from reportgen.models import default_layers, last_spatial_layer, load_model
     from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, pool_cells
 
     adapter = load_model(args.model, device=args.device, arch=args.arch, trust_pickle=args.trust_pickle)
     info = adapter.info
-    size = args.size or info.input_size_hint or info.embedded.input_size
-    if size is None:
-        raise UserError("the model does not fix its input size; pass --size")
-    adapter.prepare(tuple(size))
+    size = input_size(info, args.size)
+    adapter.prepare(size)
     layers = adapter.layers()
     chosen = set(default_layers(layers, adapter.num_outputs))
     cam = last_spatial_layer(layers)
@@ -401,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=_cmd_layers)
 
-    from reportgen.compare import COMPARE_GATES
+    from reportgen.compare import COMPARE_GATES, MAX_IMAGES
 
     p = sub.add_parser(
         "compare",
@@ -439,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the image folder the pictures of the flips are read from (default: the new audit's folder)",
     )
     p.add_argument("--no-cam", action="store_true", help="no Grad-CAM maps of the flips")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=MAX_IMAGES,
+        metavar="N",
+        help=f"refuse an audit JSON (or its predictions CSV) of more than N images (default: {MAX_IMAGES:,})",
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--trust-pickle", action="store_true", help="allow reloading pickled models for the maps")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -488,13 +505,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from reportgen.progress import note
     from reportgen.render import write_compare
 
-    old, new = load_audit(args.old), load_audit(args.new)
+    if args.max_images < 1:
+        raise UserError("--max-images must be at least 1")
+    old, new = load_audit(args.old, max_images=args.max_images), load_audit(args.new, max_images=args.max_images)
     if args.images is not None and not args.images.is_dir():
         raise UserError(f"--images {args.images}: not a folder")
     for option, model in (("--old-model", args.old_model), ("--new-model", args.new_model)):
         if model is not None and not model.is_file():
             raise UserError(f"{option} {model}: model file not found")
     result = compare(old, new, seed=args.seed, images=args.images)
+    json_path = args.output.with_suffix(".json")
+    _check_compare_outputs(args, json_path, result)
     if not args.no_cam:
         try:
             add_cam_overlays(
@@ -507,14 +528,39 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             )
         except UserError as exc:
             result.cam_note = f"no activation maps: {exc}"
+    for said in (result.cam_note, result.pictures_note):
+        if said and not args.no_cam:
+            # Also in the page; said here because it usually means a wrong file was given.
+            print(f"reportgen: note: {printable(said)}", file=sys.stderr)
     gates, failures = evaluate_gates(result, args.fail_on)
     payload = compare_json(result, gates)
-    json_path = args.output.with_suffix(".json")
     write_compare(result, payload, args.output, json_path)
     note(f"wrote {args.output} and {json_path}", not args.quiet)
     if failures:
         raise GateFailed("; ".join(failures))
     return 0
+
+
+def _check_compare_outputs(args: argparse.Namespace, json_path: Path, result: Any) -> None:
+    """diff.html and diff.json: apart from everything compare reads, and free or its own."""
+    from reportgen.report import report_outputs
+
+    if json_path.resolve() == args.output.resolve():
+        raise UserError(f"-o {args.output}: the JSON would be the report itself; give the report an .html name")
+    inputs: list[tuple[Path, str]] = []
+    for side, audit in (("old", result.old), ("new", result.new)):
+        inputs.append((audit.json_path, f"the {side} audit's JSON"))
+        if audit.csv_path is not None:
+            inputs.append((audit.csv_path, f"the {side} audit's predictions file"))
+    for option, model in (("--old-model", args.old_model), ("--new-model", args.new_model)):
+        if model is not None:
+            inputs.append((model, f"the {option} file"))
+    folders = [(result.image_root, "the image folder")] if result.image_root.is_dir() else []
+    folders += [(a.cache, "an audit's features cache") for a in (result.old, result.new) if a.cache is not None]
+    _, json_target, html_target = report_outputs(args.output, json_path)
+    outputs.check_apart([(json_path, json_target[2]), (args.output, html_target[2])], inputs, folders)
+    for path, proof, what in (json_target, html_target):
+        outputs.check_replaceable(path, proof, what)
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
@@ -527,7 +573,6 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from reportgen.models import load_model
     from reportgen.models.base import LOGITS_LAYER
     from reportgen.pictures import picture_png
-    from reportgen.util import atomic_write_bytes
 
     if (args.channel is None) == (args.target is None):
         raise UserError("give either --layer NAME --channel K, or --target CLASS")
@@ -577,7 +622,9 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         seed=args.seed,
         evaluate=unit_evaluator(adapter, layer),
     )
-    atomic_write_bytes(args.output, picture_png(synth.images[0], side=None))
+    outputs.write_file(
+        args.output, outputs.tag_png(picture_png(synth.images[0], side=None)), outputs.is_reportgen_png, "-o"
+    )
     runs = int(synth.runs[0])
     print(
         f"reportgen: {label}: {synth.values[0]:.4g} on the synthesised input ({args.steps} steps, seed {args.seed}"
@@ -626,7 +673,7 @@ def _cmd_cam(args: argparse.Namespace) -> int:
 def _show_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
-    print(f"reportgen: warning: {one_line(Warning(message))} ({category.__name__})", file=sys.stderr)
+    print(f"reportgen: warning: {printable(one_line(Warning(message)))} ({category.__name__})", file=sys.stderr)
 
 
 def _show_warning_in_full(
@@ -643,6 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv = ["--debug", *(a for a in argv if a != "--debug")]
+    outputs.forget_written()
     with warnings.catch_warnings():
         if debug:
             warnings.simplefilter("default")
@@ -668,7 +716,15 @@ def entry(argv: Sequence[str] | None = None) -> None:
     Nothing is left to finalise on that path (scratch files go in ``finally`` blocks), so
     it flushes and leaves with the documented status at once.
     """
-    code = main(argv)
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:  # in the instant between main's own handler and here
+        print(f"reportgen: {interrupted_message()}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    if threading.current_thread() is threading.main_thread():
+        # The run is over and its outcome said: a late Ctrl-C must not become a
+        # traceback from the interpreter's shutdown.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if code == EXIT_INTERRUPTED:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -685,13 +741,13 @@ def _run(argv: list[str], debug: bool) -> int:
             return EXIT_USER_ERROR
         return int(args.func(args))
     except UserError as exc:
-        print(f"reportgen: error: {exc}", file=sys.stderr)
+        print(f"reportgen: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except GateFailed as exc:
-        print(f"reportgen: gate failed: {exc}", file=sys.stderr)
+        print(f"reportgen: gate failed: {printable(str(exc))}", file=sys.stderr)
         return EXIT_GATE_FAILED
     except KeyboardInterrupt:
-        print("reportgen: interrupted; no report was written or replaced", file=sys.stderr)
+        print(f"reportgen: {interrupted_message()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Output piped into a closed reader (e.g. `| head`): not an error worth a message.
@@ -705,8 +761,17 @@ def _run(argv: list[str], debug: bool) -> int:
         if debug:
             raise
         print(
-            f"reportgen: internal error: {type(exc).__name__}: {one_line(exc, 300)} "
+            f"reportgen: internal error: {type(exc).__name__}: {printable(one_line(exc, 300))} "
             "(run with --debug for the traceback)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def interrupted_message() -> str:
+    """What an interrupted run leaves, truly: nothing, or the files it finished writing
+    (a report and its JSON are replaced together or not at all)."""
+    done = outputs.written()
+    if not done:
+        return "interrupted; no report was written or replaced"
+    return f"interrupted after writing {', '.join(printable(str(p)) for p in done)}"

@@ -20,98 +20,292 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
+import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from reportgen import __version__
 from reportgen.analyses.metrics import classification_metrics
 from reportgen.analyses.similarity import PairedAccuracy, knn_overlap, linear_cka, paired_bootstrap
-from reportgen.config import source_date_epoch, timestamp
-from reportgen.data import contained, is_plain_relative
-from reportgen.errors import UserError
+from reportgen.config import MAX_SIDE, source_date_epoch, timestamp
+from reportgen.data import MAX_IMAGE_BYTES, UNTOLD_SIDE, Preprocess, contained, is_plain_relative
+from reportgen.errors import UserError, one_line, printable
 from reportgen.extract import CachedRun, default_cache_path, load_cache
+from reportgen.outputs import PREDICTION_COLUMNS
 from reportgen.report import JSON_SCHEMA_VERSION
-from reportgen.util import round_floats
+from reportgen.util import file_sha256, round_floats
 
 COMPARE_GATES = ("accuracy_drop", "class_recall_drop", "macro_f1_drop", "regressions")
 SHOWN_FLIPS = 60
 
 
+# The most predictions an audit JSON (or its CSV) may hold unless --max-images says
+# more: a million-image audit fits with room; a crafted file cannot make compare spend
+# minutes and gigabytes on rows it will refuse anyway.
+MAX_IMAGES = 2_000_000
+JSON_BYTES_PER_IMAGE = 512  # an audit JSON may be this large per allowed image (a real one: ~200)
+_CSV_FIELD = 4096  # characters in one CSV field (a path, a class name, a hash)
+
+
 @dataclass
 class Audit:
-    """One audit as read back from disk."""
+    """One audit as read back from disk (its JSON checked, see :func:`load_audit`)."""
 
     json_path: Path
     data: dict[str, Any]
-    cache: Path | None  # its features cache, when it exists and matches the JSON
+    cache: Path | None  # its features cache, when one exists that holds this audit's images
+    cached: CachedRun | None = None  # that cache, opened (arrays memory-mapped)
+    csv_path: Path | None = None  # the predictions CSV it was read from, above 200,000 images
 
     @property
     def label(self) -> str:
         return f"{self.data['model']['path']} ({self.data['model']['format']})"
 
 
-def load_audit(path: Path) -> Audit:
-    """Read an audit's JSON sidecar (given, or beside the given HTML) and check it."""
+def load_audit(path: Path, *, max_images: int = MAX_IMAGES) -> Audit:
+    """Read an audit's JSON sidecar (given, or beside the given HTML) and check every part
+    ``compare`` reads: an audit JSON is untrusted input (see the README), so a malformed
+    one is refused in one line, and no size it states may cost more than ``max_images``
+    allows."""
     json_path = path.with_suffix(".json") if path.suffix.lower() in (".html", ".htm") else path
+    limit = JSON_BYTES_PER_IMAGE * max_images
     try:
+        st = os.stat(json_path)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{json_path} is not a regular file")
+        if st.st_size > limit:
+            raise UserError(
+                f"{json_path} is {st.st_size / (1 << 20):,.0f} MB, more than an audit of {max_images:,} images "
+                "needs (--max-images raises the cap)"
+            )
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"audit not found: {json_path}") from None
+    except RecursionError:
+        raise UserError(f"cannot read {json_path} as a reportgen JSON sidecar: nested too deeply") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {json_path} as a reportgen JSON sidecar: {exc}") from None
+        raise UserError(f"cannot read {json_path} as a reportgen JSON sidecar: {one_line(exc, 160)}") from None
     if not isinstance(data, dict) or "predictions" not in data or "schema_version" not in data:
         raise UserError(f"{json_path} is not a reportgen audit (no schema_version / predictions)")
     version = data["schema_version"]
-    if not isinstance(version, int) or version > JSON_SCHEMA_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > JSON_SCHEMA_VERSION:
         raise UserError(
-            f"{json_path} was written by reportgen {data.get('tool_version', '?')} with JSON schema {version}; "
-            f"this reportgen ({__version__}) reads schema {JSON_SCHEMA_VERSION} and older: upgrade reportgen"
+            f"{json_path} was written by reportgen {printable(str(data.get('tool_version', '?')))} with JSON schema "
+            f"{printable(str(version))}; this reportgen ({__version__}) reads schema {JSON_SCHEMA_VERSION} and older: "
+            "upgrade reportgen"
         )
+    csv_path = None
     if data["predictions"] is None:
-        data["predictions"] = _predictions_from_csv(data, json_path)
-    _check_file_entries(data, json_path)
-    options = data.get("options") or {}
-    cache = Path(options["features"]) if options.get("features") else default_cache_path(json_path)
-    if not options.get("use_cache", True) or not cache.is_dir():
-        cache = None
-    return Audit(json_path, data, cache)
+        data["predictions"], csv_path = _predictions_from_csv(data, json_path, max_images)
+    _check_audit(data, json_path, max_images)
+    cached = _own_cache(data, json_path)
+    return Audit(json_path, data, cached.features.folder if cached else None, cached, csv_path)
 
 
-def _predictions_from_csv(data: dict[str, Any], json_path: Path) -> list[dict[str, Any]]:
-    """A large audit's per-image predictions, from the gzipped CSV its JSON names."""
+class _Shape:
+    """Checks of one audit JSON's structure, each failure one line that says where."""
+
+    def __init__(self, json_path: Path):
+        self.json_path = json_path
+
+    def fail(self, where: str, what: str) -> NoReturn:
+        raise UserError(f"{self.json_path}: {where} {what}; this is not an audit JSON reportgen wrote")
+
+    def obj(self, value: Any, where: str, *, optional: bool = False) -> dict[str, Any]:
+        if value is None and optional:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(where, "is not an object")
+        return value
+
+    def text(self, value: Any, where: str, *, optional: bool = False) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            self.fail(where, "is not a string")
+        return value
+
+    def number(self, value: Any, where: str, *, optional: bool = False) -> float | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(where, "is not a finite number")
+        return float(value)
+
+    def items(self, value: Any, where: str, limit: int) -> list[Any]:
+        if not isinstance(value, list):
+            self.fail(where, "is not a list")
+        if len(value) > limit:
+            raise UserError(
+                f"{self.json_path}: {where} has {len(value):,} entries, more than {limit:,} "
+                "(--max-images raises the cap)"
+            )
+        return value
+
+
+def _check_audit(data: dict[str, Any], json_path: Path, max_images: int) -> None:
+    """Refuse an audit JSON whose parts ``compare`` reads have the wrong types, whose
+    predictions name classes the audit does not list, whose files repeat, or whose image
+    entries could name files outside its image folder (every entry must be a relative
+    POSIX path with no ``..``, as ``audit`` writes them)."""
+    shape = _Shape(json_path)
+    model = shape.obj(data.get("model"), "model")
+    for key in ("path", "format", "sha256"):
+        shape.text(model.get(key), f"model.{key}")
+    dataset = shape.obj(data.get("dataset"), "dataset")
+    shape.text(dataset.get("root"), "dataset.root")
+    shape.text(dataset.get("root_resolved"), "dataset.root_resolved", optional=True)
+    shape.number(dataset.get("n_images"), "dataset.n_images")
+    for key in ("tool_version", "generated_at"):
+        shape.text(data.get(key), key, optional=True)
+        data.setdefault(key, None)
+    shape.number(data.get("accuracy"), "accuracy", optional=True)
+    classes = shape.items(data.get("classes"), "classes", max_images)
+    for i, name in enumerate(classes):
+        shape.text(name, f"classes[{i}]")
+    if len(set(classes)) != len(classes):
+        shape.fail("classes", "repeats a name")
+    known = set(classes)
+    seen: set[str] = set()
+    for i, entry in enumerate(shape.items(data["predictions"], "predictions", max_images)):
+        where = f"predictions[{i}]"
+        entry = shape.obj(entry, where)
+        file = entry.get("file")
+        if not is_plain_relative(file):
+            raise UserError(
+                f"{json_path}: the image entry {printable(repr(file))} is not a relative path inside the image folder; "
+                "refusing this audit JSON"
+            )
+        if file in seen:
+            shape.fail(where, f"repeats the file {printable(repr(file))}")
+        seen.add(file)
+        shape.text(entry.get("label"), f"{where}.label", optional=True)
+        if entry.get("pred") not in known:
+            shape.fail(f"{where}.pred", "is not one of the audit's classes")
+        shape.number(entry.get("score"), f"{where}.score")
+        shape.text(entry.get("sha256"), f"{where}.sha256", optional=True)
+    for i, entry in enumerate(shape.items(data.get("skipped") or [], "skipped", max_images)):
+        entry = shape.obj(entry, f"skipped[{i}]")
+        if not is_plain_relative(entry.get("file")):
+            raise UserError(
+                f"{json_path}: the image entry {printable(repr(entry.get('file')))} is not a relative path inside "
+                "the image folder; refusing this audit JSON"
+            )
+    data["skipped"] = data.get("skipped") or []
+    options = shape.obj(data.get("options"), "options", optional=True)
+    shape.text(options.get("arch"), "options.arch", optional=True)
+    shape.text(options.get("features"), "options.features", optional=True)
+    cam = shape.obj(data.get("cam"), "cam", optional=True)
+    shape.text(cam.get("layer"), "cam.layer", optional=True)
+    shape.obj(data.get("preprocessing"), "preprocessing")
+
+
+def preprocessing_of(audit: Audit) -> Preprocess:
+    """The preprocessing an audit recorded, checked (it decides how pictures are decoded
+    again for the flips' maps: an untrusted size could ask for any amount of memory)."""
+    p = audit.data["preprocessing"]
+    try:
+        pre = Preprocess.from_fingerprint(p)
+        sides_ok = len(pre.size) == 2 and all(isinstance(v, int) and 0 < v <= MAX_SIDE for v in pre.size)
+        values_ok = len(pre.mean) == len(pre.std) == pre.channels and all(v > 0 for v in pre.std)
+        if not (sides_ok and values_ok and pre.channels in (1, 3) and pre.resize in ("stretch", "crop")):
+            raise ValueError(p)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"{audit.json_path}: its preprocessing ({printable(one_line(ValueError(p), 120))}) is not one reportgen "
+            f"writes (sides up to {MAX_SIDE})"
+        ) from None
+    return pre
+
+
+def _predictions_from_csv(data: dict[str, Any], json_path: Path, max_images: int) -> tuple[list[dict[str, Any]], Path]:
+    """A large audit's per-image predictions, from the gzipped CSV its JSON names (read
+    as a stream, and at most ``max_images`` rows of fields of sane length)."""
     entry = data.get("predictions_file")
     name = entry.get("name") if isinstance(entry, dict) else None
     if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
         raise UserError(f"{json_path} has no predictions and names no predictions file beside it")
     path = json_path.with_name(name)
+    if not path.is_file():
+        raise UserError(f"cannot read {path}, the predictions of {json_path}: not a regular file")
+    rows: list[dict[str, Any]] = []
     try:
         with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cannot read {path}, the predictions of {json_path}: {exc}") from None
-    try:
-        return [{**row, "label": row["label"] or None, "score": float(row["score"])} for row in rows]
-    except (KeyError, ValueError) as exc:
-        raise UserError(f"{path} is not a reportgen predictions file ({exc})") from None
+            reader = csv.reader(_capped_lines(fh, path, _CSV_FIELD * 8, JSON_BYTES_PER_IMAGE * max_images))
+            names: dict[str, str] = {}  # one string per class name, not one per row
+            header = next(reader, None)
+            if header != list(PREDICTION_COLUMNS):
+                raise UserError(
+                    f"{path} is not a reportgen predictions file (its header is not {','.join(PREDICTION_COLUMNS)})"
+                )
+            for row in reader:
+                if len(rows) >= max_images:
+                    raise UserError(f"{path} holds more than {max_images:,} predictions (--max-images raises the cap)")
+                if len(row) != len(PREDICTION_COLUMNS):
+                    raise UserError(f"{path}: row {len(rows) + 2} has {len(row)} fields, not {len(PREDICTION_COLUMNS)}")
+                file, label, pred, score, digest = row
+                label = names.setdefault(label, label) or None
+                rows.append(
+                    {
+                        "file": file,
+                        "label": label,
+                        "pred": names.setdefault(pred, pred),
+                        "score": float(score),
+                        "sha256": digest,
+                    }
+                )
+    except UserError:
+        raise
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise UserError(f"cannot read {path}, the predictions of {json_path}: {one_line(exc, 160)}") from None
+    return rows, path
 
 
-def _check_file_entries(data: dict[str, Any], json_path: Path) -> None:
-    """Refuse an audit whose image entries could name files outside its image folder.
-
-    An audit JSON is attached to reviews and compared by CI: it is untrusted input, and
-    its entries choose which files ``compare`` decodes and embeds.  Every entry must be a
-    relative POSIX path with no ``..`` (what ``audit`` writes)."""
-    entries = [*(data.get("predictions") or []), *(data.get("skipped") or [])]
-    for entry in entries:
-        file = entry.get("file") if isinstance(entry, dict) else None
-        if not is_plain_relative(file):
+def _capped_lines(fh: Any, path: Path, limit: int, total: int) -> Iterator[str]:
+    """The lines of ``fh``, refusing one longer than ``limit`` characters (a CSV row of
+    an audit is a path, two names, a score and a hash) or more than ``total`` in all."""
+    seen = 0
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit:
+            raise ValueError(f"a line longer than {limit} characters")
+        seen += len(line)
+        if seen > total:
             raise UserError(
-                f"{json_path}: the image entry {file!r} is not a relative path inside the image folder; "
-                "refusing this audit JSON"
+                f"{path} is larger than the predictions of {total // JSON_BYTES_PER_IMAGE:,} images need "
+                "(--max-images raises the cap)"
             )
+        yield line
+
+
+def _own_cache(data: dict[str, Any], json_path: Path) -> CachedRun | None:
+    """The features cache of this audit: the one its options name, or the one beside its
+    JSON, whichever holds features of this model for exactly this audit's images (an
+    options entry in an untrusted JSON must not point compare at another audit's cache)."""
+    options = data.get("options") or {}
+    if options.get("use_cache") is False:
+        return None
+    candidates = [Path(options["features"])] if options.get("features") else []
+    candidates.append(default_cache_path(json_path))
+    files = {p["file"] for p in data["predictions"]}
+    for path in candidates:
+        if not path.is_dir():
+            continue
+        cached = load_cache(path, None)
+        if not isinstance(cached, CachedRun):
+            continue
+        key = cached.meta.get("key") or {}
+        if key.get("model_sha256") == data["model"]["sha256"] and set(cached.features.files) == files:
+            return cached
+    return None
 
 
 def _check_same_folder(old: Audit, new: Audit) -> list[str]:
@@ -201,6 +395,8 @@ class CompareResult:
     modified: list[str]
     image_root: Path  # where the pictures of the flips are read: --images, else the new audit's folder
     warnings: list[str] = field(default_factory=list)
+    pictures: dict[str, Path] = field(default_factory=dict)  # shown flips' files that may be read (see picture_paths)
+    pictures_note: str = ""  # why some or all of the flips have no picture
     cam_note: str = ""
     blank_maps: int = 0  # flips' maps that came out zero everywhere, left out of the page
     overlays: dict[str, np.ndarray] = field(default_factory=dict)  # key -> map, for the figures
@@ -220,10 +416,9 @@ def _metrics_pair(truth: np.ndarray, old_pred: np.ndarray, new_pred: np.ndarray,
 
 def _features(audit: Audit) -> tuple[list[str], list[str], dict[str, np.ndarray]] | None:
     """(files, layer names, arrays) from the audit's cache, or None."""
-    cached = load_cache(audit.cache, None) if audit.cache is not None else None
-    if not isinstance(cached, CachedRun):
+    if audit.cached is None:
         return None
-    f = cached.features
+    f = audit.cached.features
     return f.files, [layer.name for layer in f.layers], f.arrays
 
 
@@ -303,7 +498,7 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
         and new_by_file[f].get("sha256")
         and old_by_file[f]["sha256"] != new_by_file[f]["sha256"]
     )
-    return CompareResult(
+    result = CompareResult(
         tool_version=__version__,
         generated_at=timestamp(source_date_epoch()),
         old=old,
@@ -329,6 +524,57 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
         image_root=images if images is not None else _audited_root(new),
         warnings=warnings,
     )
+    result.pictures, result.pictures_note = picture_paths(result, verify=images is None)
+    return result
+
+
+def picture_paths(result: CompareResult, *, verify: bool) -> tuple[dict[str, Path], str]:
+    """The shown flips' files that may be read, and why others may not.
+
+    A file is read only from ``result.image_root``, by a relative path that stays inside
+    it (links resolved), and only when it is a regular file of at most
+    ``data.MAX_IMAGE_BYTES``.  Without ``--images`` the folder is the one the new audit's
+    JSON names -- untrusted -- so each file must also have the SHA-256 that audit (or the
+    old one) recorded for it: the JSON can make compare show only the images it audited,
+    never some other file of the machine."""
+    root = result.image_root
+    flips = result.shown_flips()
+    if not flips:
+        return {}, ""
+    if not root.is_dir():
+        return {}, f"the image folder {root} is not here: no pictures of the flips (--images names where it is)"
+    recorded: dict[str, set[str]] = {}
+    for audit in (result.old, result.new):
+        for p in audit.data["predictions"]:
+            if p.get("sha256"):
+                recorded.setdefault(p["file"], set()).add(p["sha256"])
+    out: dict[str, Path] = {}
+    refused = 0
+    for flip in flips:
+        path = contained(root, flip.file)
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_IMAGE_BYTES:
+            refused += 1
+            continue
+        if verify:
+            try:
+                digest = file_sha256(path)
+            except OSError:
+                continue
+            if digest not in recorded.get(flip.file, ()):
+                refused += 1
+                continue
+        out[flip.file] = path
+    note = ""
+    if refused:
+        why = "differ from what the audits recorded" if verify else "are no regular image files within the size cap"
+        note = f"{refused} of the flips' files under {root} {why}: shown as grey squares"
+    return out, note
 
 
 def _similarity(old: Audit, new: Audit, common: list[str]) -> tuple[list[LayerSimilarity], str]:
@@ -372,8 +618,15 @@ def add_cam_overlays(
     audit ran (same SHA-256); otherwise the maps are left out with a note.
     """
     from reportgen.progress import progress
-    from reportgen.util import file_sha256
 
+    for side, audit, model in (("old", result.old, models[0]), ("new", result.new, models[1])):
+        # Checked even when nothing flipped: a wrong file given is worth saying at once.
+        if model is not None and file_sha256(model) != audit.data["model"]["sha256"]:
+            result.cam_note = (
+                f"--{side}-model {model.name} is not the model the {side} audit ran (its SHA-256 differs): "
+                "no activation maps"
+            )
+            return
     flips = result.shown_flips()
     if not flips:
         return
@@ -383,14 +636,6 @@ def add_cam_overlays(
             "(compare never loads a model named only in an audit JSON)"
         )
         return
-    for side, audit, model in (("old", result.old, models[0]), ("new", result.new, models[1])):
-        assert model is not None
-        if file_sha256(model) != audit.data["model"]["sha256"]:
-            result.cam_note = (
-                f"--{side}-model {model.name} is not the model the {side} audit ran (its SHA-256 differs): "
-                "no activation maps"
-            )
-            return
     with progress(total=2 * len(flips), desc="gradcam", unit="map", enabled=show_progress) as bar:
         for side, audit, model in (("old", result.old, models[0]), ("new", result.new, models[1])):
             assert model is not None
@@ -412,10 +657,16 @@ def _side_overlays(
     """One model's maps of the flips, for its own predictions (see ``add_cam_overlays``);
     false, with a note, when the model has no tensor to explain."""
     from reportgen.analyses.cam import compute_cam
-    from reportgen.data import DecodeError, Preprocess, load_one
+    from reportgen.data import DecodeError, load_one
     from reportgen.models import last_spatial_layer, load_model
 
-    pre = Preprocess.from_fingerprint(audit.data["preprocessing"])
+    pre = preprocessing_of(audit)
+    if max(pre.size) > UNTOLD_SIDE:
+        result.cam_note = (
+            f"the {side} audit's input size {pre.size[0]}x{pre.size[1]} is larger than compare decodes pictures at "
+            f"({UNTOLD_SIDE} a side): no activation maps"
+        )
+        return False
     adapter = load_model(
         model,
         device=device,
@@ -432,14 +683,17 @@ def _side_overlays(
     todo = []
     for flip in flips:
         pred = flip.old_pred if side == "old" else flip.new_pred
-        path = contained(result.image_root, flip.file)
-        if pred in classes and path is not None:
+        if pred in classes and flip.file in result.pictures:
+            todo.append((flip, classes.index(pred)))
+    for start in range(0, len(todo), batch_size):
+        chunk = []  # decoded a batch at a time: memory holds one batch of pictures
+        for flip, target in todo[start : start + batch_size]:
             try:
-                todo.append((flip, classes.index(pred), load_one(path, pre)[0]))
+                chunk.append((flip, target, load_one(result.pictures[flip.file], pre)[0]))
             except DecodeError:
                 continue
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
+        if not chunk:
+            continue
         cams = compute_cam(
             "gradcam", split, np.stack([x for _, _, x in chunk]), np.array([t for _, t, _ in chunk]), pre.size
         )

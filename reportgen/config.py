@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from reportgen.analyses.cam import CAM_METHODS
+from reportgen.data import MAX_IMAGE_BYTES
 from reportgen.errors import UserError
 from reportgen.models.base import POOL_VALUES
 
 KNN_METRICS = ("euclidean", "cosine")
 KNN_SEARCH = ("auto", "exact", "approximate")
 PRECISIONS = ("auto", "float32", "float16")  # of the stored layer features (extract.feature_dtype)
+MAX_SIDE = 8192  # the largest input side --size accepts
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -26,8 +28,8 @@ def parse_size(text: str) -> tuple[int, int]:
         raise UserError(f"--size expects N or HxW (e.g. 224 or 224x192), got {text!r}") from None
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or not all(0 < v <= 8192 for v in values):
-        raise UserError(f"--size expects N or HxW with sides from 1 to 8192, got {text!r}")
+    if len(values) != 2 or not all(0 < v <= MAX_SIDE for v in values):
+        raise UserError(f"--size expects N or HxW with sides from 1 to {MAX_SIDE}, got {text!r}")
     return values[0], values[1]
 
 
@@ -84,6 +86,7 @@ class AuditConfig:
     images: Path
     output: Path = Path("report.html")
     follow_links: bool = False  # follow symbolic links out of the image folders
+    max_image_mb: int = MAX_IMAGE_BYTES >> 20  # larger image files are skipped, unread
     size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -130,6 +133,8 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UserError("--batch-size must be at least 1")
+        if self.max_image_mb < 1:
+            raise UserError("--max-image-mb must be at least 1")
         if self.k < 1:
             raise UserError("-k must be at least 1")
         if self.pool_values < 0:
@@ -168,6 +173,10 @@ class AuditConfig:
             )
         if self.use_cache and self.cache_path.resolve() in (html, json):
             raise UserError(f"--features {self.cache_path} would overwrite the report or its JSON; choose another path")
+
+    @property
+    def max_image_bytes(self) -> int:
+        return self.max_image_mb << 20
 
     @property
     def json_path(self) -> Path:

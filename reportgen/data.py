@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import multiprocessing
 import os
 import signal
@@ -26,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -78,6 +77,25 @@ IMAGE_EXTENSIONS = frozenset(
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Image files larger than this are skipped unless ``--max-image-mb`` raises it: the file
+# is hashed and decoded from disk (never read whole into memory), but hashing a 64 GB
+# sparse file that claims to be a PNG would still take a minute for nothing.
+MAX_IMAGE_BYTES = 512 << 20
+
+
+# The largest input side a model file (its input shape or its metadata hint) or an audit
+# JSON may ask for without --size: a batch of 8192 x 8192 inputs is 25 GB, asked for by a
+# few bytes of an untrusted file.
+UNTOLD_SIDE = 2048
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    """The Skipped reason of a file over the cap."""
+    return (
+        f"file too large: {size / (1 << 20):,.0f} MB, over the {max_bytes / (1 << 20):,.0f} MB "
+        "reportgen reads per image (--max-image-mb raises it)"
+    )
+
 
 @dataclass(frozen=True)
 class Skipped:
@@ -107,6 +125,7 @@ class ImageDataset:
     records: list[ImageRecord]
     skipped: list[Skipped] = field(default_factory=list)
     links_not_followed: int = 0  # links out of the folder, listed in ``skipped``
+    max_bytes: int = MAX_IMAGE_BYTES  # files larger than this are skipped (``--max-image-mb``)
 
     def path(self, record: ImageRecord | str) -> Path:
         rel = record.file if isinstance(record, ImageRecord) else record
@@ -184,7 +203,7 @@ def _walk_files(top: Path, links: _Links) -> Iterator[Path | Skipped]:
     stack = [top]
     while stack:
         folder = stack.pop()
-        refused = links.refused(folder)
+        refused = links.refused(folder) or _loop(folder, links.root)
         if refused is not None:
             yield refused
             continue
@@ -213,7 +232,20 @@ def _walk_files(top: Path, links: _Links) -> Iterator[Path | Skipped]:
         stack.extend(reversed(subdirs))
 
 
-def _record(root: Path, path: Path, folder_class: int) -> ImageRecord | Skipped:
+def _loop(folder: Path, root: Path) -> Skipped | None:
+    """A Skipped entry when ``folder`` is a link to a folder that holds the link itself
+    (``up -> ..``): following it would audit its ancestors' images again, under this
+    class, and never end but for the walk's memory of folders seen."""
+    if not os.path.islink(folder):
+        return None
+    target = os.path.realpath(folder)
+    if not _inside(target, os.path.realpath(folder.parent)):
+        return None
+    rel = folder.relative_to(root).as_posix()
+    return Skipped(rel, f"symbolic link to a folder that contains it (to {target}); not followed")
+
+
+def _record(root: Path, path: Path, folder_class: int, max_bytes: int) -> ImageRecord | Skipped:
     rel = path.relative_to(root).as_posix()
     try:
         st = os.stat(path)
@@ -225,10 +257,14 @@ def _record(root: Path, path: Path, folder_class: int) -> ImageRecord | Skipped:
         return Skipped(rel, f"cannot read file: {exc.strerror or exc}")
     if not stat.S_ISREG(st.st_mode):
         return Skipped(rel, "not a regular file")
+    if st.st_size > max_bytes:
+        return Skipped(rel, too_large(st.st_size, max_bytes))
     return ImageRecord(rel, folder_class, st.st_size, st.st_mtime_ns)
 
 
-def discover(root: str | os.PathLike[str], *, follow_links: bool = False) -> ImageDataset:
+def discover(
+    root: str | os.PathLike[str], *, follow_links: bool = False, max_bytes: int = MAX_IMAGE_BYTES
+) -> ImageDataset:
     """Find the images under ``root`` and their classes.
 
     Parameters
@@ -238,6 +274,8 @@ def discover(root: str | os.PathLike[str], *, follow_links: bool = False) -> Ima
     follow_links
         Follow symbolic links that lead out of ``root``; by default they are listed
         under Skipped (links that stay inside are always followed).
+    max_bytes
+        Files larger than this are listed under Skipped, unread.
 
     Raises
     ------
@@ -261,7 +299,7 @@ def discover(root: str | os.PathLike[str], *, follow_links: bool = False) -> Ima
     links = _Links(root, follow_links)
 
     def add(path: Path, folder_class: int) -> None:
-        item = links.refused(path) or _record(root, path, folder_class)
+        item = links.refused(path) or _record(root, path, folder_class, max_bytes)
         (records if isinstance(item, ImageRecord) else skipped).append(item)  # type: ignore[arg-type]
 
     if labeled:
@@ -287,7 +325,7 @@ def discover(root: str | os.PathLike[str], *, follow_links: bool = False) -> Ima
         )
     if not records and not skipped:
         raise UserError(f"no image files found under {root}")
-    return ImageDataset(root, labeled, classes, records, skipped, links.refusals)
+    return ImageDataset(root, labeled, classes, records, skipped, links.refusals, max_bytes)
 
 
 def _safe_is_dir(entry: os.DirEntry[str]) -> bool:
@@ -399,11 +437,15 @@ def _reason(exc: BaseException) -> str:
     return f"corrupt image data: {text or type(exc).__name__}"
 
 
-def open_image(path: Path, channels: int = 3, draft: tuple[int, int] | None = None) -> tuple[Image.Image, str]:
+def open_image(
+    path: Path, channels: int = 3, draft: tuple[int, int] | None = None, max_bytes: int = MAX_IMAGE_BYTES
+) -> tuple[Image.Image, str]:
     """Read, hash and decode one image file.
 
     Returns the image in RGB (or L) with EXIF orientation applied, and the SHA-256 of the
-    file's bytes.  ``draft`` lets JPEG decode at a reduced scale no smaller than it.
+    file's bytes.  ``draft`` lets JPEG decode at a reduced scale no smaller than it.  Only
+    a regular file of at most ``max_bytes`` is read (a device, a FIFO or a huge file is
+    refused before a byte is read); it is hashed in blocks and decoded from the file.
 
     Raises
     ------
@@ -411,16 +453,34 @@ def open_image(path: Path, channels: int = 3, draft: tuple[int, int] | None = No
         With a readable reason, for any file that cannot be used.
     """
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise DecodeError("file disappeared before it could be read") from None
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
-    if not data:
-        raise DecodeError("empty file (0 bytes)")
-    digest = hashlib.sha256(data).hexdigest()
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise DecodeError("not a regular file")
+        if st.st_size > max_bytes:
+            raise DecodeError(too_large(st.st_size, max_bytes))
+        if st.st_size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        try:
+            digest = hashlib.sha256()
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+            fh.seek(0)
+        except OSError as exc:
+            raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+        img = _decode(fh, channels, draft)
+    return img, digest.hexdigest()
+
+
+def _decode(fh: IO[bytes], channels: int, draft: tuple[int, int] | None) -> Image.Image:
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(fh)
         pixels = img.width * img.height
         limit = Image.MAX_IMAGE_PIXELS
         if limit and pixels > limit:
@@ -443,7 +503,7 @@ def open_image(path: Path, channels: int = 3, draft: tuple[int, int] | None = No
         raise DecodeError(_reason(exc)) from None
     if img.width < 1 or img.height < 1:
         raise DecodeError("image has no pixels")
-    return img, digest
+    return img
 
 
 # ``--resize crop`` keeps this share of the shorter side: ImageNet's evaluation crop
@@ -513,13 +573,13 @@ class Batch:
     failures: list[tuple[int, str]]  # (position in records, reason)
 
 
-def load_one(path: Path, pre: Preprocess) -> tuple[np.ndarray, str]:
+def load_one(path: Path, pre: Preprocess, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[np.ndarray, str]:
     """Decode, resize and normalise one image."""
-    img, digest = open_image(path, pre.channels, draft=pre.size)
+    img, digest = open_image(path, pre.channels, draft=pre.size, max_bytes=max_bytes)
     return to_tensor(resize_for_model(img, pre), pre), digest
 
 
-def _load_batch(root: Path, files: list[tuple[int, str]], pre: Preprocess) -> Batch:
+def _load_batch(root: Path, files: list[tuple[int, str]], pre: Preprocess, max_bytes: int) -> Batch:
     """Decode ``files`` ((position in records, relative path) pairs); a worker's share."""
     shape = (*pre.size, pre.channels) if pre.channels_last else (pre.channels, *pre.size)
     pixels = np.empty((len(files), *shape), np.float32)
@@ -528,7 +588,7 @@ def _load_batch(root: Path, files: list[tuple[int, str]], pre: Preprocess) -> Ba
     failures: list[tuple[int, str]] = []
     for i, file in files:
         try:
-            img, digest = open_image(root / file, pre.channels, draft=pre.size)
+            img, digest = open_image(root / file, pre.channels, draft=pre.size, max_bytes=max_bytes)
             to_tensor(resize_for_model(img, pre), pre, out=pixels[len(ok)])
         except DecodeError as exc:
             failures.append((i, str(exc)))
@@ -574,7 +634,7 @@ def iter_batches(
             next_chunk += 1
             step = max(1, -(-len(chunk) // workers))
             parts = [[(i, records[i].file) for i in chunk[j : j + step]] for j in range(0, len(chunk), step)]
-            pending.append([pool.submit(_load_batch, dataset.root, part, pre) for part in parts])
+            pending.append([pool.submit(_load_batch, dataset.root, part, pre, dataset.max_bytes) for part in parts])
 
         while next_chunk < len(chunks) and len(pending) < max(1, prefetch):
             submit()
@@ -625,6 +685,21 @@ def _merge(parts: list[Batch], pre: Preprocess) -> Batch:
     )
 
 
+def input_size(info: ModelInfo, asked: tuple[int, int] | None) -> tuple[int, int]:
+    """The input size: ``--size`` (``asked``), else the model's fixed size or hint; one
+    the model file asks for beyond :data:`UNTOLD_SIDE` must be confirmed with ``--size``."""
+    size = asked or info.input_size_hint or info.embedded.input_size
+    if size is None:
+        raise UserError("the model does not fix its input size; pass --size (e.g. --size 224)")
+    if not asked and max(size) > UNTOLD_SIDE:
+        h, w = size
+        raise UserError(
+            f"the model file asks for {h}x{w} inputs, more than reportgen takes from a file without being told "
+            f"(sides up to {UNTOLD_SIDE}); pass --size {h}x{w} to confirm"
+        )
+    return (int(size[0]), int(size[1]))
+
+
 def resolve_preprocess(
     info: ModelInfo,
     *,
@@ -636,9 +711,7 @@ def resolve_preprocess(
     """Input size, mean and std: the command line's (the arguments) first, then the
     model's, then defaults."""
     asked = size
-    size = asked or info.input_size_hint or info.embedded.input_size
-    if size is None:
-        raise UserError("the model does not fix its input size; pass --size (e.g. --size 224)")
+    size = input_size(info, asked)
     if info.static_size and info.input_size_hint and asked and tuple(asked) != tuple(info.input_size_hint):
         h, w = info.input_size_hint
         raise UserError(f"the model only accepts {h}x{w} inputs, but --size asks for {asked[0]}x{asked[1]}")

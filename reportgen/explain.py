@@ -14,8 +14,8 @@ from reportgen.data import DecodeError, load_one, open_image, resolve_preprocess
 from reportgen.errors import UserError
 from reportgen.labels import read_labels_file
 from reportgen.models import ModelAdapter, last_spatial_layer, load_model
+from reportgen.outputs import is_map_npy, is_reportgen_png, tag_png, write_file
 from reportgen.overlay import overlay
-from reportgen.util import atomic_write, atomic_write_bytes
 
 
 @dataclass
@@ -81,15 +81,16 @@ def explain_image(
 def write_explanation(exp: Explanation, image: Path, out: Path, resize: str) -> None:
     """``.npy``: the map (H x W float32); ``.png``: the overlay on the image as shown."""
     suffix = out.suffix.lower()
+    buf = io.BytesIO()
     if suffix == ".npy":
-        atomic_write(out, lambda fh: np.save(fh, exp.map.astype(np.float32)))
+        np.save(buf, exp.map.astype(np.float32))
+        write_file(out, buf.getvalue(), is_map_npy, "-o")
     elif suffix == ".png":
         try:
             img, _ = open_image(image)
         except DecodeError as exc:
             raise UserError(f"cannot use {image}: {exc}") from None
-        buf = io.BytesIO()
         overlay(img, exp.map, resize).save(buf, format="PNG")
-        atomic_write_bytes(out, buf.getvalue())
+        write_file(out, tag_png(buf.getvalue()), is_reportgen_png, "-o")
     else:
         raise UserError(f"-o must end in .npy (the map) or .png (the overlay), got {out.name!r}")

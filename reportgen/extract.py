@@ -34,19 +34,22 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from reportgen import __version__
+from reportgen import __version__, interrupts
 from reportgen.data import PROCESS_DECODE_MIN, ImageDataset, Preprocess, Skipped, iter_batches
 from reportgen.errors import UserError, one_line
 from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, downsample_pixels
+from reportgen.outputs import check_replaceable
 from reportgen.progress import progress
 from reportgen.util import ROW_BLOCK
 
@@ -283,6 +286,7 @@ class CachedRun:
 def scratch_folder(beside: Path) -> Path:
     """An empty directory next to ``beside`` (same file system, so finishing a cache is
     a rename) for one extraction to write into."""
+    folder = None
     try:
         beside.parent.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent))
@@ -290,8 +294,11 @@ def scratch_folder(beside: Path) -> Path:
         os.umask(mask)
         os.chmod(folder, 0o777 & ~mask)
         return folder
-    except OSError as exc:
-        raise UserError(f"cannot write the features next to {beside}: {exc.strerror or exc}") from None
+    except BaseException as exc:
+        discard(folder)  # an interrupt between making and handing it over leaves nothing
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write the features next to {beside}: {exc.strerror or exc}") from None
+        raise
 
 
 def discard(folder: Path | None) -> None:
@@ -301,10 +308,14 @@ def discard(folder: Path | None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[str, Any]) -> None:
+def save_cache(
+    path: Path, features: Features, key: dict[str, Any], extra: dict[str, Any], *, what: str = "--features"
+) -> None:
     """Finish ``features.folder`` (written by :func:`extract`) as the cache at ``path``:
     the small arrays and ``meta.json`` are added, then the directory takes the path's
-    name (an older cache there, a directory or a format 3 file, is replaced)."""
+    name.  An older cache there (a directory or a format 3 file) is replaced; anything
+    else is refused (``what`` names the path in the message, see
+    ``outputs.check_replaceable``)."""
     folder = features.folder
     if folder is None:
         raise ValueError("features without a folder cannot be cached")
@@ -341,17 +352,52 @@ def save_cache(path: Path, features: Features, key: dict[str, Any], extra: dict[
     for file in folder.iterdir():
         with open(file, "rb") as fh:
             os.fsync(fh.fileno())
-    old = None
-    if path.is_dir() or path.is_file():
-        old = path.with_name(f".{path.name}.{os.getpid()}.old")
-        os.replace(path, old)
-    os.replace(folder, path)
-    features.folder = path
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    check_replaceable(path, is_features_cache, what, folder=True)
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    had_old = False
+    try:
+        with interrupts.deferred():  # the old cache is set aside and the new one named in one step
+            if os.path.lexists(path):
+                os.replace(path, old)
+                had_old = True
+            os.replace(folder, path)
+            features.folder = path
+    finally:
+        if had_old:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+
+
+# A cache directory holds these names only (the last two suffixes: a layer being widened
+# or shortened during extraction).
+_CACHE_NAMES = re.compile(
+    r"(meta\.json|files\.npy|sha256\.npy|labels\.npy|outputs\.npy|logits\.npy|layer_\d+\.npy(\.wide|\.short)?)"
+)
+_META_BYTES = 256 << 20  # a meta.json larger than this is no cache of ours (1M skipped files are ~100 MB)
+
+
+def is_features_cache(path: Path) -> bool:
+    """Whether ``path`` is a features cache reportgen wrote, so a run may replace it: a
+    directory of the cache's own file names whose ``meta.json`` carries a format number
+    and the tool's version (any format), or a single-file cache of format 3 and before."""
+    try:
+        if path.is_dir():
+            names = os.listdir(path)
+            if "meta.json" not in names or not all(_CACHE_NAMES.fullmatch(n) for n in names):
+                return False
+            if (path / "meta.json").stat().st_size > _META_BYTES:
+                return False
+            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        elif path.is_file() and zipfile.is_zipfile(path):
+            with np.load(path, allow_pickle=False) as npz:
+                meta = json.loads(str(npz["meta"]))
         else:
-            old.unlink()
+            return False
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, zipfile.BadZipFile):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("format"), int) and isinstance(meta.get("tool_version"), str)
 
 
 @dataclass

@@ -7,8 +7,10 @@ same numbers give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
 import matplotlib
 
@@ -23,6 +25,24 @@ from PIL import Image
 DPI = 100
 INK = "#1f2937"
 MUTED = "#6b7280"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def literal_text(draw: Callable[P, R]) -> Callable[P, R]:
+    """Draw with every string taken literally: class, layer and file names come from
+    disk, a model or a JSON, and matplotlib would parse ``$...$`` in them as mathtext
+    (and fail on ``$\\foo$``).  Tick labels are made when the figure is saved, so the
+    setting covers the whole drawing, not only the calls that add text."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def class_colors(k: int) -> np.ndarray:
@@ -94,6 +114,7 @@ def _class_matrix(
     return to_png(fig)
 
 
+@literal_text
 def confusion_figure(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     """Row-normalised confusion matrix (share of each true class), annotated when small."""
     share = _row_shares(confusion)
@@ -109,6 +130,7 @@ def confusion_figure(confusion: np.ndarray, classes: Sequence[str]) -> bytes:
     )
 
 
+@literal_text
 def balance_figure(classes: Sequence[str], true_counts: Sequence[int] | None, predicted: Sequence[int]) -> bytes:
     """Images per class in the folder beside images predicted as each class."""
     k = len(classes)
@@ -129,6 +151,7 @@ def balance_figure(classes: Sequence[str], true_counts: Sequence[int] | None, pr
     return to_png(fig)
 
 
+@literal_text
 def layer_curve_figure(names: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str) -> bytes:
     """One value per layer, in layer order, for each named series."""
     n = len(names)
@@ -183,6 +206,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+@literal_text
 def tsne_frame(
     points: np.ndarray | None,
     colours: np.ndarray,
@@ -232,6 +256,7 @@ def _limit(frames: list[np.ndarray | None]) -> float:
     return float(values.max()) * 1.04 or 1.0
 
 
+@literal_text
 def tsne_animation(
     layers: list[str],
     embeddings: list[np.ndarray | None],
@@ -276,6 +301,7 @@ def tsne_animation(
     return buf.getvalue(), keys
 
 
+@literal_text
 def tsne_grid(
     layers: list[str],
     embeddings: list[np.ndarray | None],
@@ -312,6 +338,7 @@ def tsne_grid(
     return to_png(fig)
 
 
+@literal_text
 def confusion_difference_figure(old: np.ndarray, new: np.ndarray, classes: Sequence[str]) -> bytes:
     """New minus old confusion, as shares of each true class (blue: more, red: fewer),
     annotated with the change in image counts when the matrix is small."""

@@ -69,8 +69,21 @@ def resolve_classes(
         if len(labels) != num_outputs:
             raise UserError(f"--labels names {len(labels)} classes but the model has {num_outputs} outputs")
         return _by_name(labels, "--labels", folder_classes)
+    notes = []
+    if embedded is not None and len(set(embedded)) != len(embedded):
+        twice = next(name for i, name in enumerate(embedded) if name in embedded[:i])
+        # One name for two outputs would make images of both count as one class.
+        notes.append(f"the model's metadata names the class {twice!r} more than once, so its class names are not used")
+        embedded = None
     if embedded is not None and len(embedded) == num_outputs:
         return _by_name(embedded, "model metadata", folder_classes)
+    fallback = _unnamed(folder_classes, num_outputs)
+    fallback.warnings[:0] = notes
+    return fallback
+
+
+def _unnamed(folder_classes: list[str], num_outputs: int) -> ClassMap:
+    """Output names without a labels file or usable metadata: the folders', or indices."""
     if not folder_classes:
         return ClassMap([str(i) for i in range(num_outputs)], "output index", [])
     if len(folder_classes) == num_outputs:

@@ -15,6 +15,7 @@ from reportgen.analyses.metrics import (
     log_odds_from_probabilities,
     to_probabilities,
 )
+from reportgen.analyses.screen import nonfinite_rows, unusable_reason
 from reportgen.clock import Clock
 from reportgen.config import AuditConfig, source_date_epoch, timestamp
 from reportgen.contents import Sections
@@ -27,6 +28,7 @@ from reportgen.extract import (
     cache_key,
     discard,
     extract,
+    is_features_cache,
     load_cache,
     save_cache,
     scratch_folder,
@@ -34,46 +36,74 @@ from reportgen.extract import (
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, ModelHandle, resolve_layers
 from reportgen.models.base import pooling
+from reportgen.outputs import check_apart, check_replaceable
 from reportgen.pictures import build_figures
 from reportgen.progress import note
-from reportgen.report import AuditResult, DatasetSummary, Figures, LayerSummary, ModelSummary, Prediction
+from reportgen.report import (
+    AuditResult,
+    DatasetSummary,
+    Figures,
+    LayerSummary,
+    ModelSummary,
+    Prediction,
+    report_outputs,
+)
 from reportgen.sections import SectionInputs
 from reportgen.sections import galleries as galleries_section
 from reportgen.sections import layers as layers_section
 from reportgen.sections import units as units_section
-from reportgen.util import ROW_BLOCK, file_sha256, release
+from reportgen.util import file_sha256
 
 
-def _check_output_location(cfg: AuditConfig) -> None:
-    root = cfg.images.resolve()
-    for path in (cfg.output, cfg.json_path, cfg.cache_path):
-        target = path.resolve()
-        if target == root or root in target.parents:
-            raise UserError(
-                f"{path} is inside the image folder; reportgen writes nothing there, choose another -o / --features"
-            )
+def check_outputs(cfg: AuditConfig) -> None:
+    """Before any work: every path the audit will write is apart from its inputs and
+    free or provably reportgen's (see ``outputs``), so a refusal costs nothing."""
+    report = report_outputs(cfg.output, cfg.json_path)
+    caches = [(cfg.cache_path, "--features")] if cfg.use_cache else []
+    if cfg.use_cache and cfg.reference is not None:
+        caches.append((reference_cache_path(cfg), "the reference features cache"))
+    check_apart(
+        [(path, what) for path, _, what in report] + caches,
+        files=[(cfg.model, "the model file")] + ([(cfg.labels, "the --labels file")] if cfg.labels else []),
+        folders=[(cfg.images, "the image folder")]
+        + ([(cfg.reference, "the --reference folder")] if cfg.reference else []),
+    )
+    for path, proof, what in report:
+        check_replaceable(path, proof, what)
+    for path, what in caches:
+        check_replaceable(path, is_features_cache, what, folder=True)
+
+
+def reference_cache_path(cfg: AuditConfig) -> Path:
+    """Where the ``--reference`` folder's features are cached: beside the audit's cache."""
+    return cfg.cache_path.with_name(cfg.cache_path.name + ".reference")
 
 
 def drop_nonfinite(features: Features) -> tuple[Features, list[Skipped]]:
-    """Images for which the model produced NaN or inf leave the analyses, with a reason."""
-    bad = ~np.isfinite(features.outputs).all(axis=1)
-    where = np.where(bad, "the output", "")
-    for layer in features.layers:
-        array = features.arrays[layer.name]
-        layer_bad = np.concatenate(
-            [~np.isfinite(array[s : s + ROW_BLOCK]).all(axis=1) for s in range(0, len(array), ROW_BLOCK)]
-            or [np.zeros(0, bool)]
-        )
-        release(array)
-        where = np.where(layer_bad & ~bad, f"layer {layer.name}", where)
-        bad |= layer_bad
+    """Images whose output holds NaN or infinity have no prediction: they leave the
+    audit, each with a reason (a layer with such values is screened apart, see
+    :func:`unusable_layers`)."""
+    bad = nonfinite_rows(features.outputs)
     if not bad.any():
         return features, []
     skipped = [
-        Skipped(features.files[i], f"the model produced NaN or infinite values (in {where[i]})")
+        Skipped(features.files[i], "the model produced NaN or infinite values (in the output)")
         for i in np.flatnonzero(bad)
     ]
     return features.subset(~bad), skipped
+
+
+def unusable_layers(*feature_sets: Features) -> dict[str, str]:
+    """Layers whose values no distance can use (see ``analyses.screen``), with the reason,
+    over the audited features and, when given, the reference's."""
+    out: dict[str, str] = {}
+    for features in feature_sets:
+        for layer in features.layers:
+            if layer.name not in out:
+                reason = unusable_reason(features.arrays[layer.name])
+                if reason:
+                    out[layer.name] = reason
+    return out
 
 
 def dataset_sha256(files: list[str], digests: list[str]) -> str:
@@ -128,25 +158,30 @@ def _extract_or_load(
         pre = resolve_preprocess(adapter.info, size=cfg.size, mean=cfg.mean, std=cfg.std, resize=cfg.resize)
         adapter = handle.prepared(pre.size)
         layers = resolve_layers(cfg.layers, adapter, pre.channels, pre.size, cfg.pool_values)
-    with clock("extract"):
-        features = _extract_to(cfg.cache_path, cfg, dataset, adapter, layers, pre)
     meta = _model_meta(adapter, pre)
-    _keep_or_discard(cfg.cache_path, features, key, meta, cfg)
+    with clock("extract"):
+        features = _extract_to(cfg.cache_path, "--features", cfg, dataset, adapter, layers, pre, key, meta)
     return features, meta, pre
 
 
 def _extract_to(
     cache: Path,
+    what: str,
     cfg: AuditConfig,
     dataset: ImageDataset,
     adapter: ModelAdapter,
     layers: list[LayerInfo],
     pre: Preprocess,
+    key: dict,
+    meta: dict,
 ) -> Features:
-    """Extract into a scratch directory beside ``cache`` (removed if extraction fails)."""
+    """Extract into a scratch directory beside ``cache``, which then becomes the cache
+    (``what`` names it in messages); without a cache, or with no image left, the scratch
+    directory goes at once (the arrays stay mapped for this run).  Whatever stops it,
+    no scratch directory is left behind."""
     folder = scratch_folder(cache)
     try:
-        return extract(
+        features = extract(
             dataset,
             adapter,
             layers,
@@ -157,19 +192,15 @@ def _extract_to(
             show_progress=not cfg.quiet,
             decode_processes=cfg.decode_processes,
         )
+        if cfg.use_cache and features.n:
+            save_cache(cache, features, key, {"model": meta}, what=what)
+        else:
+            discard(folder)
+            features.folder = None
+        return features
     except BaseException:
         discard(folder)
         raise
-
-
-def _keep_or_discard(cache: Path, features: Features, key: dict, meta: dict, cfg: AuditConfig) -> None:
-    """The extraction becomes the cache at ``cache``; without a cache (or with no image
-    left), its scratch directory goes (the arrays stay mapped for this run)."""
-    if cfg.use_cache and features.n:
-        save_cache(cache, features, key, {"model": meta})
-    else:
-        discard(features.folder)
-        features.folder = None
 
 
 def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
@@ -179,8 +210,8 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     if not cfg.model.is_file():
         raise UserError(f"model file not found: {cfg.model}")
     with clock("discover"):
-        dataset = discover(cfg.images, follow_links=cfg.follow_links)
-    _check_output_location(cfg)
+        dataset = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
+    check_outputs(cfg)
     with clock("hash model"):
         model_sha = file_sha256(cfg.model)
     handle = ModelHandle(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
@@ -286,8 +317,9 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         with clock("reference"):
             reference = reference_features(cfg, handle, pre, features.layers, model_sha)
     odds, score_source = class_scores(features, probs, output_kind)
+    unusable = unusable_layers(features, *([reference[0]] if reference is not None else []))
     inputs = SectionInputs(
-        cfg, result, features, probs, odds, score_source, truth, pred, class_map, dataset, pre, handle, clock
+        cfg, result, features, probs, odds, score_source, truth, pred, class_map, dataset, pre, handle, clock, unusable
     )
     by_layer = layers_section.build(inputs, reference)
     pictured = galleries_section.build(inputs)
@@ -296,6 +328,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         with clock("units"):
             units = units_section.build(inputs)
     result.layers = by_layer.summaries
+    result.warnings.extend(by_layer.warnings)
     result.sections = Sections(
         reference=by_layer.reference,
         knn=by_layer.knn,
@@ -335,16 +368,17 @@ def reference_features(
 ) -> tuple[Features, list[str]]:
     """Features of the ``--reference`` folder, with the same model, layers and cache rules."""
     assert cfg.reference is not None
-    ref = discover(cfg.reference, follow_links=cfg.follow_links)
+    ref = discover(cfg.reference, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
     if not ref.labeled:
         raise UserError(f"--reference {cfg.reference} must be a labeled folder (one sub-folder per class)")
     options = {**cfg.extraction_options(), "layers": [layer.name for layer in layers], "role": "reference"}
     key = cache_key(model_sha, options, ref)
-    path = cfg.cache_path.with_name(cfg.cache_path.name + ".reference")
+    path = reference_cache_path(cfg)
     cached = _usable_cache(path, key, cfg, [])
     if cached is not None:
         return drop_nonfinite(cached.features)[0], ref.folder_classes
     adapter = handle.prepared(pre.size)
-    features = _extract_to(path, cfg, ref, adapter, layers, pre)
-    _keep_or_discard(path, features, key, _model_meta(adapter, pre), cfg)
+    features = _extract_to(
+        path, "the reference features cache", cfg, ref, adapter, layers, pre, key, _model_meta(adapter, pre)
+    )
     return drop_nonfinite(features)[0], ref.folder_classes

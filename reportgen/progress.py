@@ -7,6 +7,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from reportgen.errors import printable
+
 
 def progress(*, total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> tqdm:
     """A tqdm bar on stderr; a disabled one still accepts ``update``/``close``."""
@@ -25,4 +27,4 @@ def progress(*, total: int | None, desc: str, unit: str = "it", enabled: bool = 
 def note(message: str, enabled: bool = True, **_: Any) -> None:
     """A one-line status message on stderr."""
     if enabled:
-        tqdm.write(f"reportgen: {message}", file=sys.stderr)
+        tqdm.write(f"reportgen: {printable(message)}", file=sys.stderr)

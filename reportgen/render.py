@@ -23,22 +23,22 @@ import numpy as np
 from reportgen import figures as plots
 from reportgen import interrupts
 from reportgen.analyses.cam import CAM_NAMES
-from reportgen.data import contained
 from reportgen.explorer_page import explorer_payload
+from reportgen.outputs import PREDICTION_COLUMNS, write_together
 from reportgen.overlay import overlay_thumbnail
 from reportgen.report import (
     HTML_PREDICTION_ROWS,
-    PREDICTION_COLUMNS,
     PREDICTIONS_INLINE,
     AuditResult,
     Figures,
     prediction_rows,
+    report_outputs,
     shown_predictions,
     to_json,
 )
 from reportgen.resources import templates_dir
-from reportgen.thumbs import jpeg_uri, placeholder, thumbnails
-from reportgen.util import atomic_write_bytes, data_uri, round_floats
+from reportgen.thumbs import jpeg_uri, placeholder, thumbnail_uri
+from reportgen.util import data_uri, round_floats
 
 
 def _mime(data: bytes) -> str:
@@ -200,19 +200,18 @@ def render_html(result: AuditResult, figures: Figures) -> str:
     )
 
 
-def predictions_csv_path(json_path: Path) -> Path:
-    """Where the per-image predictions go when there are too many for the JSON."""
-    return json_path.with_name(json_path.stem + ".predictions.csv.gz")
-
-
 def write_report(result: AuditResult, figures: Figures, html_path: Path, json_path: Path) -> None:
-    """Write the predictions CSV (a large set only), the JSON sidecar, then the HTML,
-    each atomically."""
+    """Write the report, its JSON sidecar and (above :data:`PREDICTIONS_INLINE` images)
+    the predictions CSV as one step (``outputs.write_together``); a CSV left by an earlier,
+    larger run goes, so its rows cannot pass for this run's."""
     inline = len(result.predictions) <= PREDICTIONS_INLINE
     payload = to_json(result, inline_predictions=inline)
     html = render_html(result, figures)
-    csv_path = predictions_csv_path(json_path)
     interrupts.check()  # an interrupt something swallowed: nothing is written or replaced
+    (csv_path, csv_proof, csv_what), (_, json_proof, json_what), (_, html_proof, html_what) = report_outputs(
+        html_path, json_path
+    )
+    files = []
     if not inline:
         payload["predictions_file"] = {
             "name": csv_path.name,
@@ -220,10 +219,10 @@ def write_report(result: AuditResult, figures: Figures, html_path: Path, json_pa
             "rows": len(result.predictions),
             "columns": list(PREDICTION_COLUMNS),
         }
-        atomic_write_bytes(csv_path, predictions_csv(prediction_rows(result)))
-    elif csv_path.is_file():
-        csv_path.unlink()  # a larger earlier run's rows must not pass for this run's
-    _write_pair(payload, html, html_path, json_path)
+        files.append((csv_path, predictions_csv(prediction_rows(result)), csv_proof, csv_what))
+    files.append((json_path, _json_bytes(payload), json_proof, json_what))
+    files.append((html_path, html.encode("utf-8"), html_proof, html_what))
+    write_together(files, remove=[(csv_path, csv_proof, csv_what)] if inline else [])
 
 
 def predictions_csv(rows: list[dict[str, Any]]) -> bytes:
@@ -237,12 +236,8 @@ def predictions_csv(rows: list[dict[str, Any]]) -> bytes:
     return gzip.compress(text.getvalue().encode("utf-8"), compresslevel=6, mtime=0)
 
 
-def _write_pair(payload: dict[str, Any], html: str, html_path: Path, json_path: Path) -> None:
-    """The JSON sidecar, then the HTML, each atomically; both are rendered before either
-    is written, so a failure leaves the previous pair as it was."""
-    text = json.dumps(payload, indent=1, ensure_ascii=False, allow_nan=False)
-    atomic_write_bytes(json_path, (text + "\n").encode("utf-8"))
-    atomic_write_bytes(html_path, html.encode("utf-8"))
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    return (json.dumps(payload, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 # ------------------------------------------------------------------ compare
@@ -271,20 +266,18 @@ def render_compare(result: Any, payload: dict[str, Any]) -> str:  # result: comp
         figs["similarity"] = data_uri(png, "image/png")
     from reportgen.compare import SHOWN_FLIPS
 
-    root = result.image_root
     shown = result.shown_flips()
-    # The file names come from the audits' JSON: only files inside the image folder,
-    # links resolved, are decoded (the others get the grey "cannot decode" square).
-    inside = {f.thumb for f in shown if contained(root, f.file) is not None}
-    thumbs = thumbnails(inside, root, None)
-    thumbs.update({f.thumb: jpeg_uri(placeholder()) for f in shown if f.thumb not in inside})
+    # The file names come from the audits' JSON: only the files compare.picture_paths
+    # allowed are decoded (the others get the grey "cannot decode" square).
+    thumbs = {f.thumb: thumbnail_uri(result.pictures[f.file]) for f in shown if f.file in result.pictures}
+    thumbs.update({f.thumb: jpeg_uri(placeholder()) for f in shown if f.file not in result.pictures})
     resize_old = str(result.old.data["preprocessing"].get("resize", "stretch"))
     resize_new = str(result.new.data["preprocessing"].get("resize", "stretch"))
     for key, cam in result.overlays.items():
         side, _, file = key.partition(":")
         thumbs[key] = overlay_thumbnail(
-            root / file, cam, resize_old if side == "old" else resize_new
-        )  # inside: checked before its map was made
+            result.pictures[file], cam, resize_old if side == "old" else resize_new
+        )  # allowed: checked before its map was made
     env = environment()
     script = _asset("report.js")
     return env.get_template("compare.html.j2").render(
@@ -300,5 +293,12 @@ def render_compare(result: Any, payload: dict[str, Any]) -> str:  # result: comp
 
 
 def write_compare(result: Any, payload: dict[str, Any], html_path: Path, json_path: Path) -> None:
-    """Write diff.json, then diff.html, each atomically."""
-    _write_pair(payload, render_compare(result, payload), html_path, json_path)
+    """Write diff.json and diff.html as one step (``outputs.write_together``)."""
+    _, (_, json_proof, json_what), (_, html_proof, html_what) = report_outputs(html_path, json_path)
+    html = render_compare(result, payload)
+    write_together(
+        [
+            (json_path, _json_bytes(payload), json_proof, json_what),
+            (html_path, html.encode("utf-8"), html_proof, html_what),
+        ]
+    )

@@ -8,12 +8,14 @@ documented JSON sidecar.  Pictures (plots, thumbnails) are kept apart in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reportgen.analyses.knn import SearchReport
 from reportgen.analyses.metrics import ClassBalance, ClassificationMetrics
 from reportgen.contents import Sections
 from reportgen.data import Skipped
+from reportgen.outputs import Proof, is_predictions_csv, is_report_html, is_report_json
 from reportgen.util import round_floats
 
 if TYPE_CHECKING:
@@ -144,12 +146,27 @@ def _metrics_json(result: AuditResult) -> dict[str, Any]:
 
 
 PREDICTIONS_INLINE = 200_000  # per-image predictions beyond this go to a gzipped CSV beside the JSON
-PREDICTION_COLUMNS = ("file", "label", "pred", "score", "sha256")  # the entries' keys, the CSV's columns
 HTML_PREDICTION_ROWS = 2_000  # rows the HTML's predictions table holds; every row is in the JSON or CSV
 
 
+def predictions_csv_path(json_path: Path) -> Path:
+    """Where the per-image predictions go when there are too many for the JSON."""
+    return json_path.with_name(json_path.stem + ".predictions.csv.gz")
+
+
+def report_outputs(html_path: Path, json_path: Path) -> list[tuple[Path, Proof, str]]:
+    """The files a report is written as, each with the proof that an existing one is
+    reportgen's and its role for messages: the predictions CSV, the JSON, the HTML."""
+    csv_path = predictions_csv_path(json_path)
+    return [
+        (csv_path, is_predictions_csv, "the predictions file"),
+        (json_path, is_report_json, "the JSON sidecar"),
+        (html_path, is_report_html, "-o"),
+    ]
+
+
 def prediction_rows(result: AuditResult) -> list[dict[str, Any]]:
-    """One entry per audited image, the keys of :data:`PREDICTION_COLUMNS`."""
+    """One entry per audited image, the keys of ``outputs.PREDICTION_COLUMNS``."""
     classes = result.classes
     return [
         {"file": p.file, "label": p.label, "pred": classes[p.pred], "score": p.score, "sha256": p.sha256}

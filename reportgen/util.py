@@ -25,21 +25,40 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     A crash or Ctrl-C leaves either the old file or the new one, never half of one.
     """
     path = Path(path)
+    tmp = temporary_beside(path, write)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
+
+
+def temporary_beside(path: Path, content: bytes | Callable[[IO[bytes]], Any]) -> str:
+    """A hidden temporary file next to ``path`` (same file system: a rename finishes it)
+    holding ``content`` (bytes, or a function that writes to the open file), flushed to
+    disk and given the mode ``path`` would get.  Nothing is left behind on failure; a
+    failure to write (a full disk) is a one-line error that names ``path``."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(content, bytes):
+                fh.write(content)
+            else:
+                content(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _mode_for(path))
+        return tmp
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}; nothing there was replaced") from None
         raise
 
 

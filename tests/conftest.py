@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,3 +126,21 @@ def read_cache(path: Path):
     cached = load_cache(path, None)
     assert isinstance(cached, CachedRun), cached
     return cached.features
+
+
+def default_interrupts() -> None:
+    """``preexec_fn`` for a run that Ctrl-C must reach.  A shell's background job starts
+    with SIGINT ignored, and the CLI rightly keeps ignoring it there (a Ctrl-C at the
+    terminal is not meant for it); these runs are about being interruptible, wherever
+    the test runner itself was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def python_interrupts() -> Iterator[None]:
+    """Python's own SIGINT handler in this process for the test (see default_interrupts)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

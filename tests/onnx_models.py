@@ -184,3 +184,34 @@ def size_sensitive_fpn(path: Path) -> Path:
     model.ir_version = 6
     onnx.save(model, str(path))
     return path
+
+
+def endless_loop_cnn(path: Path) -> Path:
+    """:func:`tiny_cnn` whose logits pass through a ``Loop`` that never ends (no trip
+    count, its condition always true): a model that hangs whoever runs it."""
+    tiny_cnn(path)
+    model = onnx.load(str(path))
+    graph = model.graph
+    out = graph.output[0].name
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["carried_in"], ["carried_out"]),
+        ],
+        "forever",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, None),
+        ],
+    )
+    graph.initializer.append(numpy_helper.from_array(np.array(True), "always"))
+    for node in graph.node:
+        node.output[:] = [f"{o}/pre_loop" if o == out else o for o in node.output]
+    graph.node.append(helper.make_node("Loop", ["", "always", f"{out}/pre_loop"], [out], body=body))
+    onnx.save(model, str(path))
+    return path

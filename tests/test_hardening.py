@@ -10,13 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import SAMPLE, assert_no_traceback, load_json, read_cache, run_cli
+from conftest import SAMPLE, assert_no_traceback, default_interrupts, load_json, read_cache, run_cli
 from corpus import EVIL_CLASS, build_corpus
 from onnx_models import tiny_cnn
 from PIL import Image
@@ -185,23 +184,6 @@ def test_pickle_is_refused_without_the_flag(tmp_path: Path, small_folder: Path) 
 # ------------------------------------------------------------------ atomic writes
 
 
-def _default_interrupts() -> None:
-    # A shell's background job starts with SIGINT ignored, and the CLI rightly keeps
-    # ignoring it there (a Ctrl-C at the terminal is not meant for it); these tests are
-    # about a run that can be interrupted, wherever the test runner itself was started.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-@pytest.fixture
-def python_interrupts() -> Iterator[None]:
-    """Python's own SIGINT handler in this process for the test (see _default_interrupts)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def test_interrupted_run_leaves_the_previous_report(tmp_path: Path, copy_sample: Path) -> None:
     out = tmp_path / "out" / "report.html"
     first = run_cli("audit", SAMPLE / "model.onnx", copy_sample, "-o", out, "-q", "--no-cache")
@@ -221,7 +203,7 @@ def test_interrupted_run_leaves_the_previous_report(tmp_path: Path, copy_sample:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=_default_interrupts,
+        preexec_fn=default_interrupts,
     )
     # Interrupt once the run is under way (its progress bar shows), not at a fixed time: a
     # signal that lands while a loaded machine is still importing torch's C extensions

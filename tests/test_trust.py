@@ -6,6 +6,7 @@ twin's taps.  (Crafted audit JSONs given to ``compare`` are in ``test_compare.py
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import warnings
 from pathlib import Path
@@ -154,20 +155,22 @@ def test_the_recorded_perplexity_is_the_one_used(private_audit: Path) -> None:
 
 
 def test_a_broken_cache_is_named_and_noted(private_audit: Path, tmp_path: Path) -> None:
-    cache = tmp_path / "broken.npz"
-    cache.write_bytes(b"PK\x03\x04 not really a zip file")
+    """A cache reportgen wrote whose layer file was damaged: named, noted, extracted again
+    and replaced (it is provably reportgen's: its meta.json says so)."""
+    base = private_audit.parent.parent
+    cache = tmp_path / "copy.features"
+    shutil.copytree(private_audit.with_name("report.features"), cache)
+    layer = cache / "layer_1.npy"
+    layer.write_bytes(layer.read_bytes()[:100])
     out = tmp_path / "r.html"
-    result = run_cli(
-        "audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", out, "--features", cache, "--no-tsne", "--gallery-size", "0", "--channels", "0",
-    )  # fmt: skip
+    args = ["audit", base / "m.onnx", base / "images", "-o", out, "--features", cache, *FAST[1:], "--no-tsne"]
+    result = run_cli(*args)
     assert result.code == 0, result.err
     assert f"not reusing the features cache {cache}: unreadable" in result.err
     assert any("could not be used" in w and "unreadable" in w for w in load_json(out)["warnings"])
     # The cache written by that run is used by the next, and nothing is said about it.
-    again = run_cli(
-        "audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", out, "--features", cache, *FAST, "--no-tsne"
-    )
-    assert again.code == 0 and "not reusing" not in again.err
+    again = run_cli(*args)
+    assert again.code == 0 and "not reusing" not in again.err and "reusing the features cache" in again.err
     assert not any("could not be used" in w for w in load_json(out)["warnings"])
 
 

@@ -194,13 +194,15 @@ def approximate_neighbours(
     *,
     metric: str = "euclidean",
     leave_one_out: bool = False,
+    own: np.ndarray | None = None,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Indices (Q, k) and exact distances of the k nearest reference rows found through
     the index (see the module notes), and the index's settings in words.  ``queries``
     and ``reference`` are arrays in memory (:func:`in_memory`; the same array
-    with ``leave_one_out``: then a row is never its own neighbour); ``k`` must leave enough
-    rows (the caller caps it)."""
+    with ``leave_one_out``: then a row is never its own neighbour); ``own`` gives each
+    query's own row in a distinct reference (-1: none), never its neighbour either; ``k``
+    must leave enough rows (the caller caps it)."""
     import faiss
 
     n_q, n_ref = len(queries), len(reference)
@@ -220,10 +222,11 @@ def approximate_neighbours(
     index.train(np.ascontiguousarray(ref_low[train_rows]))
     index.add(np.ascontiguousarray(ref_low))
     index.nprobe = int(min(cells, PROBES))
-    want = min(n_ref, RERANK * k + (1 if leave_one_out else 0))
+    if leave_one_out:
+        own = np.arange(n_q)
+    want = min(n_ref, RERANK * k + (1 if own is not None else 0))
     _, cand = index.search(np.ascontiguousarray(qry_low), want)
     del ref_low, qry_low, index
-    own = np.arange(n_q) if leave_one_out else None
     idx, dist = _rerank(queries, reference, cand.astype(np.int64), k, own, metric)
     if metric == "cosine":
         dist = dist * dist / 2.0  # |a - b|^2 / 2 = 1 - cos for unit rows

@@ -223,6 +223,33 @@ def compute_cam(
     """
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}")
+    n = len(pixels)
+    if 0 < n < split.min_batch:
+        # A graph that fails on fewer images: copies of the first fill the batch, and
+        # the results are cut back (each image's map depends on that image alone).
+        fill = split.min_batch - n
+        padded = compute_cam(
+            method,
+            split,
+            np.concatenate([pixels, np.repeat(pixels[:1], fill, axis=0)]),
+            None
+            if targets is None
+            else np.concatenate([np.asarray(targets), np.repeat(np.asarray(targets)[:1], fill)]),
+            size,
+            run_model=run_model,
+            batch_size=batch_size,
+            channels_last=channels_last,
+            keep_activations=keep_activations,
+        )
+        return CamResult(
+            padded.method,
+            padded.layer,
+            padded.maps[:n],
+            padded.weights[:n],
+            padded.targets[:n],
+            padded.scores[:n],
+            None if padded.activations is None else padded.activations[:n],
+        )
     if method == "gradcam" and split.differentiable:
         if targets is None:
             activations, rest = split.body(pixels)

@@ -298,6 +298,7 @@ def find_neighbours(
     *,
     metric: str = "euclidean",
     leave_one_out: bool = False,
+    own_rows: np.ndarray | None = None,
     mode: str = "auto",
     seed: int = 0,
     accelerated: AcceleratedSearch | None = None,
@@ -305,9 +306,13 @@ def find_neighbours(
     """The k nearest reference rows of every query: exact, or (``mode`` approximate, or
     auto and more work than ``ann.EXACT_WORK``) through the index, with its recall@k
     measured against the exact search for a seeded sample of queries.  With an
-    ``accelerated`` exact search (a GPU), ``auto`` is always exact, through it."""
-    rows = np.arange(len(queries)) if leave_one_out else None
-    k_cap = max(0, min(k, len(reference) - (1 if leave_one_out else 0)))
+    ``accelerated`` exact search (a GPU), ``auto`` is always exact, through it.
+
+    A query is never its own neighbour: with ``leave_one_out`` the queries are the
+    reference's rows; ``own_rows`` gives, for a distinct reference that holds some of the
+    queries' images, each query's row there (-1 where it holds none)."""
+    rows = np.arange(len(queries)) if leave_one_out else own_rows
+    k_cap = max(0, min(k, len(reference) - (1 if rows is not None else 0)))
     if accelerated is not None and mode != "approximate" and k_cap and len(queries):
         idx, dist = accelerated(queries, reference, k, metric=metric, query_rows=rows)
         return Neighbours(idx, dist), SearchReport("exact", detail="on the GPU")
@@ -320,11 +325,11 @@ def find_neighbours(
     queries = reference if leave_one_out else ann.in_memory(queries)
     release(source)  # its pages: the copy in memory serves from here on
     idx, dist, detail = ann.approximate_neighbours(
-        queries, reference, k_cap, metric=metric, leave_one_out=leave_one_out, seed=seed
+        queries, reference, k_cap, metric=metric, leave_one_out=leave_one_out, own=own_rows, seed=seed
     )
     rng = np.random.default_rng([seed, 1])  # not the index's stream: checking must not steer it
     checked = np.sort(rng.choice(len(queries), size=min(len(queries), ann.RECALL_QUERIES), replace=False))
-    own = checked if leave_one_out else None
+    own = None if rows is None else rows[checked]
     if accelerated is not None:
         exact_idx, _ = accelerated(queries[checked], reference, k_cap, metric=metric, query_rows=own)
     else:
@@ -353,6 +358,7 @@ def layer_knn(
     metric: str = "euclidean",
     reference: np.ndarray | None = None,
     reference_labels: np.ndarray | None = None,
+    own_rows: np.ndarray | None = None,
     layer: str = "",
     search: str = "auto",
     seed: int = 0,
@@ -362,7 +368,8 @@ def layer_knn(
 
     ``labels`` (and ``reference_labels``) are ints, -1 for unlabeled rows; accuracy and
     agreement are over the labeled rows, or None when there are none.  ``search``: see
-    :func:`find_neighbours` (its report is kept on the result), as is ``accelerated``.
+    :func:`find_neighbours` (its report is kept on the result), as are ``accelerated``
+    and ``own_rows`` (a reference that holds some of the audited images themselves).
     """
     if reference is None:
         nb, how = find_neighbours(
@@ -371,7 +378,7 @@ def layer_knn(
         ref_labels = labels
     else:
         nb, how = find_neighbours(
-            features, reference, k, metric=metric, mode=search, seed=seed, accelerated=accelerated
+            features, reference, k, metric=metric, own_rows=own_rows, mode=search, seed=seed, accelerated=accelerated
         )
         ref_labels = reference_labels if reference_labels is not None else np.full(len(reference), -1)
     accuracy = agreement = None

@@ -275,11 +275,19 @@ def run_in_batches_of(
     fn: Callable[[list[np.ndarray]], list[np.ndarray]],
     arrays: list[np.ndarray],
     batch: int | None,
+    min_batch: int = 1,
 ) -> list[np.ndarray]:
     """Call ``fn`` on row-aligned ``arrays``; for a model hard-wired to batch size ``batch``,
-    in chunks of exactly that size, the last one zero-padded and the padding cut off."""
+    in chunks of exactly that size, the last one zero-padded and the padding cut off.  A
+    model that runs only batches of at least ``min_batch`` gets fewer rows padded with
+    copies of the first (images are independent: the copies change no other row)."""
     n = arrays[0].shape[0]
-    if not batch or n == batch:
+    if not batch:
+        if n >= min_batch or n == 0:
+            return fn(arrays)
+        padded = [np.concatenate([a, np.repeat(a[:1], min_batch - n, axis=0)]) for a in arrays]
+        return [out[:n] for out in fn(padded)]
+    if n == batch:
         return fn(arrays)
     pieces: list[list[np.ndarray]] = []
     for start in range(0, n, batch):
@@ -464,6 +472,7 @@ class ModelAdapter(ABC):
     #: report's warnings), e.g. a graph declared with a free batch size that runs only at
     #: one.  Set by :meth:`prepare`.
     notes: tuple[str, ...] = ()
+    min_batch: int = 1  # fewest images a forward pass may hold; fewer are padded with copies
 
     @abstractmethod
     def prepare(self, size: tuple[int, int]) -> None:
@@ -540,6 +549,7 @@ class SplitModel(ABC):
 
     layer: str
     differentiable: bool  # True when :meth:`gradcam_inputs` is available (autograd)
+    min_batch: int = 1  # fewest images a call may hold (see ``run_in_batches_of``)
 
     @abstractmethod
     def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -576,6 +586,7 @@ class LayoutSplit(SplitModel):
         self.info = info
         self.layer = inner.layer
         self.differentiable = inner.differentiable
+        self.min_batch = inner.min_batch
 
     def _to_maps(self, a: np.ndarray) -> np.ndarray:
         if self.info.layout == HWC:

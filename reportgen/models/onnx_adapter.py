@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import ast
 import copy
+import os
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+
+# The report promises no network traffic, and so does the tool: ONNX Runtime's Linux and
+# macOS builds (1.29 and later) send usage events to Microsoft -- a DNS lookup of its
+# telemetry host was seen during audits -- unless this is set before the runtime starts;
+# disable_telemetry_events() below only covers what follows it.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -40,6 +48,12 @@ from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep
 
 if TYPE_CHECKING:
     from reportgen.models.onnx_torch import OnnxTwinDifferentiable
+
+# Its logger writes coloured multi-line warnings and errors to stderr; every error also
+# comes back as an exception, which reaches the user as one line, so only fatal ones are
+# logged.
+ort.disable_telemetry_events()
+ort.set_default_logger_severity(4)
 
 METADATA_KEY = "reportgen"
 _DTYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
@@ -119,6 +133,40 @@ def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
     return OnnxAdapter(info, model, inp.name, np.dtype(_DTYPES[elem]), providers)
 
 
+def run_session(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run`` that Ctrl-C always stops.
+
+    ONNX Runtime runs a graph without looking at Python's signals, so a model that never
+    ends (a ``Loop`` whose condition stays true) would hold the main thread forever.  In
+    the main thread the run goes to a helper thread while this one waits, where an
+    interrupt lands; the runtime is then told to stop (``RunOptions.terminate``), and the
+    interrupt goes on up.  A run that does not stop even then is left to the process's
+    exit (the command line ends with ``os._exit`` on an interrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        return session.run(names, feeds)
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = session.run(names, feeds, options)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="onnxruntime-run", daemon=True)
+    worker.start()
+    try:
+        worker.join()
+    except KeyboardInterrupt:
+        options.terminate = True
+        worker.join(2.0)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def ort_message(exc: BaseException) -> str:
     """ONNX Runtime's complaint on one line, without its status prefix, source location
     and C++ signature (which would push the useful end past the cut)."""
@@ -173,7 +221,7 @@ class OnnxAdapter(ModelAdapter):
 
     def session(self, model: onnx.ModelProto, *, optimize: bool = True) -> ort.InferenceSession:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
@@ -224,7 +272,7 @@ class OnnxAdapter(ModelAdapter):
             )
             example = np.random.default_rng(0).standard_normal(shape).astype(self.dtype)
             try:
-                values = dict(zip(names, session.run(names, {self.input_name: example}), strict=True))
+                values = dict(zip(names, run_session(session, names, {self.input_name: example}), strict=True))
             except Exception as exc:  # noqa: BLE001
                 failures[batch] = ort_message(exc)
                 continue
@@ -412,7 +460,7 @@ class OnnxAdapter(ModelAdapter):
     def _run(self, session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         keys = list(feeds)
         return run_in_batches_of(
-            lambda arrays: session.run(names, dict(zip(keys, arrays, strict=True))),
+            lambda arrays: run_session(session, names, dict(zip(keys, arrays, strict=True))),
             [feeds[k] for k in keys],
             self.batch,
         )

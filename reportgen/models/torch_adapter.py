@@ -44,6 +44,7 @@ from reportgen.models.base import (
     run_in_batches_of,
 )
 from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep
+from reportgen.models.torch_archive import load_exported_program
 from reportgen.models.torch_grad import GuidedRelu, unit_gradients
 from reportgen.models.torchscript import MODULE_KEY
 
@@ -121,12 +122,9 @@ def load_torch_model(
             return torchscript.convert(load_scripted, torch.zeros(2, ch, *size))
 
     elif kind == "torch.export":
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = torch.export.load(str(path))
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot load torch.export program {path.name}: {one_line(exc)}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = load_exported_program(path, trust_pickle=trust_pickle)
         fmt = "torch.export"
         shape = _placeholder_shape(program)
         if shape is not None and len(shape) == 4:
@@ -564,6 +562,7 @@ class TorchAdapter(ModelAdapter):
                 break  # runs at the first batch size only: keep what that probe saw
             probes.append(shapes)
             out = result if out is None else out
+        self.min_batch = 1 if self.info.fixed_batch else self._smallest_batch(size)
         shapes = {n: shape for n, shape in probes[0].items() if all(p.get(n) == shape for p in probes[1:])}
         scores = _as_scores(_first_tensor(out))
         self._num_outputs = int(scores.shape[1])
@@ -586,6 +585,22 @@ class TorchAdapter(ModelAdapter):
             placeholder.name,
             False,
         )
+
+    def _smallest_batch(self, size: tuple[int, int]) -> int:
+        """1, or 2 when a graph that runs batches of 2 and 3 fails on a single image (a
+        TorchScript conversion can keep a guard that its batch of 2 made true, as
+        torchvision's Swin traced does): single images then run beside a copy."""
+        assert self._exec is not None
+        example = torch.randn(1, self.info.channels, *size, generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.inference_mode():
+                self._exec.run(self._exec.nodes, {}, [example.to(self.device)])
+        except Exception:  # noqa: BLE001 - any failure: the graph needs company
+            self.notes = (
+                "the converted graph fails on a batch of one image, so a single image is run beside a copy of itself",
+            )
+            return 2
+        return 1
 
     # -- queries
 
@@ -627,7 +642,7 @@ class TorchAdapter(ModelAdapter):
                 scores = _as_scores(_first_tensor(out)).float()
             return [scores.cpu().numpy()] + [captured[name].cpu().numpy() for name in layers]
 
-        outs = run_in_batches_of(run, [pixels], self.info.fixed_batch)
+        outs = run_in_batches_of(run, [pixels], self.info.fixed_batch, self.min_batch)
         return outs[0], dict(zip(layers, outs[1:], strict=True))
 
     def split(self, layer: str) -> SplitModel:
@@ -705,6 +720,7 @@ class TorchSplit(SplitModel):
         self.adapter = adapter
         self.layer = target.name
         self.target = target
+        self.min_batch = adapter.min_batch
         ex = adapter._exec
         nodes = ex.nodes
         cut = ex.index[target]
@@ -833,7 +849,13 @@ class TorchDifferentiable(Differentiable):
             return _as_scores(captured["a"]) if layer == LOGITS_LAYER else captured["a"]
 
         return unit_gradients(
-            forward, pixels, units, reduce=reduce, device=adapter.device, batch=adapter.info.fixed_batch
+            forward,
+            pixels,
+            units,
+            reduce=reduce,
+            device=adapter.device,
+            batch=adapter.info.fixed_batch,
+            min_batch=adapter.min_batch,
         )
 
 

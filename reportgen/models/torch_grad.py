@@ -59,11 +59,12 @@ def unit_gradients(
     reduce: str,
     device: torch.device,
     batch: int | None,
+    min_batch: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(values (N,), d value / d pixels) of unit ``units[i]`` of each image, where
     ``forward(x)`` runs the graph from the input to the layer's activation (with guided
     ReLUs when the route was asked for them); in batches of ``batch`` (None: all at once
-    where the model takes any batch)."""
+    where the model takes any batch; at least ``min_batch`` rows, see ``run_in_batches_of``)."""
 
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(arrays[0])).to(device).requires_grad_(True)
@@ -73,5 +74,5 @@ def unit_gradients(
             (grad,) = torch.autograd.grad(values.sum(), x)
         return [values.detach().float().cpu().numpy(), grad.float().cpu().numpy()]
 
-    values, grads = run_in_batches_of(run, [pixels.astype(np.float32), np.asarray(units, np.int64)], batch)
+    values, grads = run_in_batches_of(run, [pixels.astype(np.float32), np.asarray(units, np.int64)], batch, min_batch)
     return values, grads

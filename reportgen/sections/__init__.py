@@ -14,7 +14,7 @@ render stage turns every key into one embedded image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,6 +48,7 @@ class SectionInputs:
     pre: Preprocess
     handle: ModelHandle  # loads the model only when a section needs it
     clock: Clock
+    unusable: dict[str, str] = field(default_factory=dict)  # layers no distance can use, and why
 
 
 def thumb_key(file: str, reference: bool = False) -> str:

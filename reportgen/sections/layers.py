@@ -3,7 +3,9 @@ suspected mislabels and near-duplicates, and the aligned t-SNE of every layer.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -60,6 +62,7 @@ class LayerSections:
     that read the neighbours (each ``None`` where the run did not make it)."""
 
     summaries: list[LayerSummary]
+    warnings: list[str] = field(default_factory=list)  # for the report's warnings
     knn: KnnSection | None = None
     suspects: SuspectsSection | None = None
     tsne: TsneSection | None = None
@@ -184,6 +187,14 @@ def build_suspects_section(
     return SuspectsSection(entries, dups, deep_layers, dup_layers, dup_ratio)
 
 
+def shared_images(root: Path, files: list[str], ref_root: Path, ref_files: list[str]) -> np.ndarray:
+    """For each audited file, the row of the same file (links resolved) in the reference,
+    -1 where the reference does not hold it: an image is never its own neighbour or its
+    own duplicate, even when ``--reference`` names the audited folder itself."""
+    rows = {os.path.realpath(ref_root / f): i for i, f in enumerate(ref_files)}
+    return np.array([rows.get(os.path.realpath(root / f), -1) for f in files], np.int64)
+
+
 def deep_layers(names: list[str]) -> tuple[list[str], str]:
     """The layers the suspects read: the last two feature layers (not the pixels, not the
     logits) for mislabels, the last of them for near-duplicates; the logits as fallback."""
@@ -198,9 +209,9 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
     cfg, result, features, clock = inputs.cfg, inputs.result, inputs.features, inputs.clock
     probs, truth, pred, class_map = inputs.probs, inputs.truth, inputs.pred, inputs.class_map
 
-    names = [layer.name for layer in features.layers]
+    names = [layer.name for layer in features.layers if layer.name not in inputs.unusable]
     if not names:
-        return LayerSections(list(result.layers))
+        return LayerSections([replace(s, note=inputs.unusable.get(s.name, s.note)) for s in result.layers])
     out = LayerSections([])
     vocab = list(result.dataset.folder_classes)
     labels = features.labels.copy()
@@ -208,6 +219,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
     ref_set = audited
     reference_arrays = None
     ref_labels = labels
+    own_rows: np.ndarray | None = None
     if reference is not None:
         ref_features, ref_classes = reference
         for c in ref_classes:
@@ -217,6 +229,17 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
         ref_set = ImageSet(ref_features.files, ref_labels, reference=True)
         reference_arrays = ref_features.arrays
         out.reference = ReferenceSection(str(cfg.reference), ref_features.n, ref_classes)
+        assert cfg.reference is not None
+        own_rows = shared_images(cfg.images, features.files, cfg.reference, ref_features.files)
+        shared = int((own_rows >= 0).sum())
+        if shared:
+            out.warnings.append(
+                f"--reference {cfg.reference} holds {shared} of the audited images themselves (the same files"
+                f"{', it is the audited folder' if shared == features.n == ref_features.n else ''}); each is left out "
+                "of its own neighbours and near-duplicates, so kNN accuracy and leakage are measured on the rest"
+            )
+        else:
+            own_rows = None
 
     # With a CUDA device every search is exact, on it; without, large ones use the index.
     accelerated = knn_search_cuda if cuda_ready(cfg.device) else None
@@ -231,6 +254,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 metric=cfg.metric,
                 reference=None if reference_arrays is None else reference_arrays[name],
                 reference_labels=ref_labels,
+                own_rows=own_rows,
                 layer=name,
                 search=cfg.knn_search,
                 seed=cfg.seed,
@@ -246,6 +270,8 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
             note=knn[s.name].note,
             knn_search=knn[s.name].search,
         )
+        if s.name in knn
+        else replace(s, note=inputs.unusable[s.name])
         for s in result.layers
     }
     with clock("knn"):
@@ -254,7 +280,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
         by_name = {layer.name: layer for layer in features.layers}
         for summary in summaries.values():
             layer = by_name[summary.name]
-            if layer.cells is None or knn[summary.name].accuracy is None:
+            if layer.cells is None or summary.name not in knn or knn[summary.name].accuracy is None:
                 continue
             summary.knn_accuracy_global_mean = layer_knn(
                 channel_means(features.arrays[layer.name], layer),
@@ -263,6 +289,7 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 metric=cfg.metric,
                 reference=None if reference_arrays is None else channel_means(reference_arrays[layer.name], layer),
                 reference_labels=ref_labels,
+                own_rows=own_rows,
                 layer=layer.name,
                 search=cfg.knn_search,
                 seed=cfg.seed,
@@ -313,7 +340,11 @@ def build(inputs: SectionInputs, reference: tuple[Features, list[str]] | None) -
                 )
                 scale = float(np.median(own.distances[:, 0])) if own.indices.shape[1] else 0.0
                 found.append(near_duplicates(own, dup_ratio, scale=scale, layer=name)[0])
-                found.append(near_duplicates(knn[name].neighbours, dup_ratio, cross=True, scale=scale, layer=name)[0])
+                cross, _ = near_duplicates(knn[name].neighbours, dup_ratio, cross=True, scale=scale, layer=name)
+                # A reference image that is itself audited makes a pair within the folder
+                # (found above), not a leak between the two.
+                audited_too = set() if own_rows is None else set(own_rows[own_rows >= 0].tolist())
+                found.append([d for d in cross if d.b not in audited_too])
         dups = merge_pairs(*found)
     out.suspects = build_suspects_section(
         mislabels, dups, knn, row_names, deep_layers=deep, dup_layers=dup_layers, dup_ratio=dup_ratio
