@@ -14,21 +14,33 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from reportgen import __version__, interrupts, outputs
-from reportgen.config import AuditConfig, parse_floats, parse_gates, parse_size
-from reportgen.data import MAX_IMAGE_BYTES
+from reportgen.config import AuditConfig
 from reportgen.errors import GateFailed, UserError, one_line, printable
-from reportgen.models.base import POOL_VALUES
+from reportgen.options import (
+    ARCH,
+    AUDIT_GROUPS,
+    BATCH_SIZE,
+    CAM,
+    DEVICE,
+    LABELS,
+    MODEL_OPTIONS,
+    QUIET,
+    SEED,
+    SIZE,
+    TRUST_PICKLE,
+    Option,
+    parse_gates,
+)
 
 EXIT_USER_ERROR = 2
 EXIT_GATE_FAILED = 3
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
-
-AUDIT_GATES = ("accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,42 +50,10 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and preprocessing")
-    g.add_argument(
-        "--size", type=parse_size, metavar="N|HxW", help="input side (default: read from the model where it is fixed)"
-    )
-    g.add_argument(
-        "--mean",
-        type=lambda s: parse_floats(s, "--mean"),
-        metavar="R,G,B",
-        help="normalisation mean (default: ImageNet 0.485,0.456,0.406, or the model's own)",
-    )
-    g.add_argument(
-        "--std",
-        type=lambda s: parse_floats(s, "--std"),
-        metavar="R,G,B",
-        help="normalisation std (default: ImageNet 0.229,0.224,0.225, or the model's own)",
-    )
-    g.add_argument(
-        "--resize",
-        choices=("stretch", "crop"),
-        default="stretch",
-        help="stretch: whole image to the input size (default); crop: shorter side to size/0.875, centre crop",
-    )
-    g.add_argument("--arch", metavar="NAME", help="torchvision architecture of a state_dict file (e.g. resnet18)")
-    g.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow loading a pickled nn.Module (runs code from the file; only for files you trust)",
-    )
-    g.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where to run the model (default: auto, CUDA when present)",
-    )
-    g.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default: 32)")
+def _add(parser: argparse.ArgumentParser, options: list[Option], title: str | None = None) -> None:
+    target = parser.add_argument_group(title) if title else parser
+    for option in options:
+        option.add_to(target)
 
 
 def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -96,195 +76,16 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="HTML",
         help="report path; the JSON goes beside it with the same stem (default: report.html)",
     )
-    _add_model_options(p)
-    g = p.add_argument_group("what to audit")
-    g.add_argument(
-        "--layers",
-        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        metavar="A,B,...",
-        help="layers to audit, by module path or tensor name (default: input, end of each stage or block, "
-        "penultimate, logits; see `reportgen layers`)",
-    )
-    g.add_argument(
-        "--pool-values",
-        type=int,
-        default=POOL_VALUES,
-        metavar="N",
-        help=f"values each spatial layer keeps per image for kNN and t-SNE: the means of the largest grid "
-        f"(up to 8x8) with channels x cells <= N; 0 keeps only the global mean (default: {POOL_VALUES})",
-    )
-    g.add_argument("--labels", type=Path, metavar="FILE", help="class names in output order, one per line")
-    g.add_argument(
-        "--follow-links",
-        action="store_true",
-        help="follow symbolic links that lead out of the image folders (default: list them under Skipped)",
-    )
-    g.add_argument(
-        "--max-image-mb",
-        type=int,
-        default=MAX_IMAGE_BYTES >> 20,
-        metavar="N",
-        help=f"image files larger than N MB are skipped unread, listed under Skipped (default: {MAX_IMAGE_BYTES >> 20})",
-    )
-    g.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
-    g.add_argument(
-        "--features",
-        type=Path,
-        metavar="DIR",
-        help="features cache, a directory of .npy files (default: <report>.features beside the report)",
-    )
-    g.add_argument("--no-cache", action="store_true", help="neither read nor write the features cache")
-    g.add_argument(
-        "--feature-precision",
-        choices=("auto", "float32", "float16"),
-        default="auto",
-        help="how the layer features are stored: float16 halves disk and memory at a relative rounding of "
-        "at most 0.05%% per value; auto (default) uses it once float32 features would pass 2 GiB "
-        "(about 100,000 images at 5,000 values each)",
-    )
-    g = p.add_argument_group("nearest neighbours and t-SNE")
-    g.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
-    g.add_argument(
-        "--metric",
-        choices=("euclidean", "cosine"),
-        default="euclidean",
-        help="feature-space distance (default: euclidean)",
-    )
-    g.add_argument(
-        "--knn-search",
-        choices=("auto", "exact", "approximate"),
-        default="auto",
-        help="auto (default): exact neighbours unless images x images x dims of a layer exceeds 1e12, "
-        "counting 256 per pair for the selection (about 28,000 images at 1024 dims), then an approximate index whose recall the report states; "
-        "exact: always exact; approximate: always the index",
-    )
-    g.add_argument(
-        "--reference",
-        type=Path,
-        metavar="DIR",
-        help="labeled folder the neighbours come from (e.g. the training set); default: the audited folder, leaving the query out",
-    )
-    g.add_argument(
-        "--queries-per-class",
-        type=int,
-        default=3,
-        metavar="N",
-        help="kNN queries per class (default: 3), plus misclassified images",
-    )
-    g.add_argument("--max-queries", type=int, default=60, metavar="N", help="cap on kNN queries shown (default: 60)")
-    g.add_argument(
-        "--tsne-max-points",
-        type=int,
-        default=10000,
-        metavar="N",
-        help="above this many images t-SNE embeds a stratified sample (default: 10000)",
-    )
-    g.add_argument(
-        "--no-tsne", action="store_true", help="skip the t-SNE section (and the explorer, which draws on it)"
-    )
-    g.add_argument(
-        "--no-explorer",
-        action="store_true",
-        help="leave out the interactive explorer (its thumbnails and neighbour lists are the largest part "
-        "of a big report)",
-    )
-    g = p.add_argument_group("Grad-CAM and galleries")
-    g.add_argument(
-        "--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="CAM method (default: gradcam)"
-    )
-    g.add_argument(
-        "--cam-layer",
-        metavar="NAME",
-        help="module or tensor the CAM explains (default: per family: a CNN's last stage, a ViT's last attention input)",
-    )
-    g.add_argument(
-        "--gallery-size",
-        type=int,
-        default=6,
-        metavar="N",
-        help="images per gallery (default: 6; 0 turns galleries off)",
-    )
-    g.add_argument(
-        "--channels", type=int, default=8, metavar="N", help="channels in the channel view (default: 8; 0 turns it off)"
-    )
-    g.add_argument(
-        "--shortcut-images",
-        type=int,
-        default=24,
-        metavar="N",
-        help="images per class whose maps are read to find possible shortcuts (default: 24; 0 turns it off)",
-    )
-    g = p.add_argument_group("feature visualisation")
-    g.add_argument(
-        "--units",
-        type=int,
-        default=0,
-        metavar="N",
-        help="synthesise what N channels of each of the last two spatial layers, and every class (up to 20), "
-        "respond to (default: 0, off; it costs optimisation steps per unit)",
-    )
-    g.add_argument(
-        "--unit-steps",
-        type=int,
-        default=200,
-        metavar="N",
-        help="optimisation steps per synthesised image (default: 200)",
-    )
-    g = p.add_argument_group("gates and output")
-    g.add_argument(
-        "--fail-under",
-        type=lambda s: parse_gates(s, "--fail-under", AUDIT_GATES),
-        default={},
-        metavar="NAME=V,...",
-        help=f"exit with status 3 after writing the report when a metric is below V ({', '.join(AUDIT_GATES)})",
-    )
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    for title, options in AUDIT_GROUPS:
+        _add(p, options, title)
     p.set_defaults(func=_cmd_audit)
     return p
 
 
 def _config_from(args: argparse.Namespace) -> AuditConfig:
-    return AuditConfig(
-        model=args.model,
-        images=args.images,
-        output=args.output,
-        follow_links=args.follow_links,
-        max_image_mb=args.max_image_mb,
-        size=args.size,
-        mean=args.mean,
-        std=args.std,
-        resize=args.resize,
-        layers=args.layers,
-        pool_values=args.pool_values,
-        feature_precision=args.feature_precision,
-        labels=args.labels,
-        arch=args.arch,
-        trust_pickle=args.trust_pickle,
-        device=args.device,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        features=args.features,
-        use_cache=not args.no_cache,
-        quiet=args.quiet,
-        decode_processes=True,
-        k=args.k,
-        metric=args.metric,
-        knn_search=args.knn_search,
-        reference=args.reference,
-        queries_per_class=args.queries_per_class,
-        max_queries=args.max_queries,
-        tsne_max_points=args.tsne_max_points,
-        tsne=not args.no_tsne,
-        explorer=not args.no_explorer,
-        cam=args.cam,
-        cam_layer=args.cam_layer,
-        gallery_size=args.gallery_size,
-        channels=args.channels,
-        shortcut_images=args.shortcut_images,
-        units=args.units,
-        unit_steps=args.unit_steps,
-        fail_under=args.fail_under,
-    )
+    """The audit's configuration: every option's destination is an ``AuditConfig`` field."""
+    given = {f.name: getattr(args, f.name) for f in fields(AuditConfig) if hasattr(args, f.name)}
+    return AuditConfig(**given, decode_processes=True)
 
 
 def run_audit(cfg: AuditConfig) -> int:
@@ -297,11 +98,12 @@ def run_audit(cfg: AuditConfig) -> int:
     write_report(result, figures, cfg.output, cfg.json_path)
     note(f"wrote {cfg.output} and {cfg.json_path}", not cfg.quiet)
     failures = []
+    metrics = result.content("summary").metrics
     values = {
-        "accuracy": result.accuracy,
-        "top5_accuracy": result.metrics.top5_accuracy if result.metrics else None,
-        "balanced_accuracy": result.metrics.balanced_accuracy if result.metrics else None,
-        "macro_f1": result.metrics.macro_f1 if result.metrics else None,
+        "accuracy": metrics.accuracy if metrics else None,
+        "top5_accuracy": metrics.top5_accuracy if metrics else None,
+        "balanced_accuracy": metrics.balanced_accuracy if metrics else None,
+        "macro_f1": metrics.macro_f1 if metrics else None,
     }
     for name, threshold in cfg.fail_under.items():
         value = values[name]
@@ -337,8 +139,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_layers(args: argparse.Namespace) -> int:
     from reportgen.data import input_size
-    from reportgen.models import default_layers, last_spatial_layer, load_model
-    from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, pool_cells
+    from reportgen.models import (
+        INPUT_LAYER,
+        LOGITS_LAYER,
+        POOL_VALUES,
+        default_cam_layer,
+        default_layers,
+        graph_gap,
+        load_model,
+        pool_cells,
+    )
 
     adapter = load_model(args.model, device=args.device, arch=args.arch, trust_pickle=args.trust_pickle)
     info = adapter.info
@@ -346,29 +156,31 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     adapter.prepare(size)
     layers = adapter.layers()
     chosen = set(default_layers(layers, adapter.num_outputs))
-    cam = last_spatial_layer(layers)
-    print(f"# {args.model} ({info.format}), input {size[0]}x{size[1]}, {adapter.num_outputs} outputs")
+    cam = default_cam_layer(adapter)
+    print(f"# {printable(str(args.model))} ({info.format}), input {size[0]}x{size[1]}, {adapter.num_outputs} outputs")
     print("# * audited by default   c Grad-CAM's default target   ? axes not recognised (attention internals)")
+    gap = graph_gap(layers)
+    if gap:
+        print(f"# warning: {printable(gap)}")
     print("# --layers, --cam-layer and --layer take a module path (the module's output) or a tensor name")
     print(f"# [AxB]: the grid of means a spatial layer keeps for kNN and t-SNE (--pool-values {POOL_VALUES})")
-    with_modules = any(layer.module for layer in layers)
-    width = max([len(layer.module) for layer in layers] + [6]) if with_modules else 0
-
-    def row(mark: str, module: str, name: str, op: str, what: str) -> str:
-        first = f"{module or '-':<{width}}  " if with_modules else ""
-        return f"{mark} {first}{name:<40} {op:<22} {what}"
-
-    if with_modules:
-        print(row("  ", "module", "tensor", "op", "shape"))
-    print(row("* ", "", INPUT_LAYER, "", "pixels, downsampled"))
+    rows = [("* ", "", INPUT_LAYER, "", "pixels, downsampled")]
     for layer in layers:
         mark = ("*" if layer.name in chosen else " ") + (
             "c" if layer.name == cam else ("?" if not layer.layout else " ")
         )
         cells = pool_cells(layer)
         grid = f" [{cells[0]}x{cells[1]}]" if cells else ""
-        print(row(mark, layer.module, layer.name, layer.op, layer.describe() + grid))
-    print(row("* ", "", LOGITS_LAYER, "output", str(adapter.num_outputs)))
+        rows.append((mark, layer.module, layer.name, layer.op, layer.describe() + grid))
+    rows.append(("* ", "", LOGITS_LAYER, "output", str(adapter.num_outputs)))
+    with_modules = any(layer.module for layer in layers)
+    header = ("  ", "module", "tensor", "op", "shape")
+    # Columns as wide as their longest entry (names and ops come from the model file).
+    table = [tuple(printable(c) for c in r) for r in ([header] if with_modules else []) + rows]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for mark, module, name, op, what in table:
+        first = f"{module or '-':<{widths[1]}}  " if with_modules else ""
+        print(f"{mark} {first}{name:<{widths[2]}}  {op:<{widths[3]}}  {what}")
     return 0
 
 
@@ -395,8 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="output folder (default: reportgen-demo)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add(p, [DEVICE, QUIET])
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -405,10 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the tensors of MODEL that --layers and --cam-layer accept, with their shapes.",
     )
     p.add_argument("model", type=Path, metavar="MODEL")
-    p.add_argument("--size", type=parse_size, metavar="N|HxW")
-    p.add_argument("--arch", metavar="NAME")
-    p.add_argument("--trust-pickle", action="store_true")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add(p, [SIZE, ARCH, TRUST_PICKLE, DEVICE])
     p.set_defaults(func=_cmd_layers)
 
     from reportgen.compare import COMPARE_GATES, MAX_IMAGES
@@ -430,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fail-on",
-        type=lambda s: parse_gates(s, "--fail-on", COMPARE_GATES),
+        type=lambda text: parse_gates(text, "--fail-on", COMPARE_GATES),
         default={},
         metavar="NAME=V,...",
         help=f"exit with status 3 after writing the report when a measure exceeds V ({', '.join(COMPARE_GATES)}); drops are fractions, e.g. accuracy_drop=0.01",
@@ -456,11 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"refuse an audit JSON (or its predictions CSV) of more than N images (default: {MAX_IMAGES:,})",
     )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    p.add_argument("--trust-pickle", action="store_true", help="allow reloading pickled models for the maps")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("-q", "--quiet", action="store_true")
+    _add(p, [SEED.but(help="bootstrap seed (default: 0)"), TRUST_PICKLE, DEVICE, BATCH_SIZE, QUIET])
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser(
@@ -474,9 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="CLASS", help="class name or output index (instead of --layer/--channel)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png")
     p.add_argument("--steps", type=int, default=200, help="optimisation steps (default: 200)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--labels", type=Path, metavar="FILE")
-    _add_model_options(p)
+    _add(p, [SEED, LABELS])
+    _add(p, MODEL_OPTIONS, "model and preprocessing")
     p.set_defaults(func=_cmd_visualize)
 
     p = sub.add_parser(
@@ -491,11 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer", metavar="NAME", help="module or tensor to explain (default: as audit's --cam-layer default)"
     )
     p.add_argument("--target", metavar="CLASS", help="class name or output index (default: the predicted class)")
-    p.add_argument(
-        "--cam", choices=("gradcam", "ablationcam", "scorecam"), default="gradcam", help="method (default: gradcam)"
-    )
-    p.add_argument("--labels", type=Path, metavar="FILE", help="class names in output order, one per line")
-    _add_model_options(p)
+    _add(p, [CAM, LABELS])
+    _add(p, MODEL_OPTIONS, "model and preprocessing")
     p.set_defaults(func=_cmd_cam)
     return parser
 
@@ -570,8 +370,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from reportgen.data import resolve_preprocess
     from reportgen.explain import resolve_target
     from reportgen.labels import read_labels_file
-    from reportgen.models import load_model
-    from reportgen.models.base import LOGITS_LAYER
+    from reportgen.models import LOGITS_LAYER, load_model, missing_layer_message
     from reportgen.pictures import picture_png
 
     if (args.channel is None) == (args.target is None):
@@ -603,7 +402,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         layer = adapter.resolve(args.layer)
         info = {layer.name: layer for layer in adapter.layers()}.get(layer)
         if info is None:
-            raise UserError(f"no layer named {layer!r} in this model (see `reportgen layers MODEL`)")
+            raise UserError(missing_layer_message(args.layer, adapter.layers()))
         if not 0 <= args.channel < info.shape[0]:
             raise UserError(f"--channel {args.channel} is out of range: {layer} has {info.shape[0]} channels")
         unit = args.channel
@@ -656,9 +455,11 @@ def _cmd_cam(args: argparse.Namespace) -> int:
         labels=args.labels,
     )
     exp, _ = explain_image(cfg, args.image, layer=args.layer, target=args.target, method=args.cam)
-    write_explanation(exp, args.image, args.output, cfg.resize)
+    write_explanation(exp, args.image, args.output)
+    score = "logit" if exp.score_kind == "logit" else "output value"
     print(
-        f"reportgen: {exp.method} of class {exp.target_name} (output {exp.target}, {exp.score_kind} {exp.score:.4g}) at {exp.layer} -> {args.output}",
+        f"reportgen: {exp.method} of class {printable(exp.target_name)} (output index {exp.target}, "
+        f"{score} {exp.score:.4g}) at {printable(exp.layer)} -> {printable(str(args.output))}",
         file=sys.stderr,
     )
     if not exp.map.any():

@@ -33,10 +33,11 @@ import numpy as np
 from reportgen import __version__
 from reportgen.analyses.metrics import classification_metrics
 from reportgen.analyses.similarity import PairedAccuracy, knn_overlap, linear_cka, paired_bootstrap
-from reportgen.config import MAX_SIDE, source_date_epoch, timestamp
+from reportgen.config import source_date_epoch, timestamp
 from reportgen.data import MAX_IMAGE_BYTES, UNTOLD_SIDE, Preprocess, contained, is_plain_relative
 from reportgen.errors import UserError, one_line, printable
 from reportgen.extract import CachedRun, default_cache_path, load_cache
+from reportgen.options import MAX_SIDE
 from reportgen.outputs import PREDICTION_COLUMNS
 from reportgen.report import JSON_SCHEMA_VERSION
 from reportgen.util import file_sha256, round_floats
@@ -658,7 +659,8 @@ def _side_overlays(
     false, with a note, when the model has no tensor to explain."""
     from reportgen.analyses.cam import compute_cam
     from reportgen.data import DecodeError, load_one
-    from reportgen.models import last_spatial_layer, load_model
+    from reportgen.map_model import open_for_maps
+    from reportgen.models import ModelHandle
 
     pre = preprocessing_of(audit)
     if max(pre.size) > UNTOLD_SIDE:
@@ -667,18 +669,14 @@ def _side_overlays(
             f"({UNTOLD_SIDE} a side): no activation maps"
         )
         return False
-    adapter = load_model(
-        model,
-        device=device,
-        arch=(audit.data.get("options") or {}).get("arch"),
-        trust_pickle=trust_pickle,
+    handle = ModelHandle(
+        model, device=device, arch=(audit.data.get("options") or {}).get("arch"), trust_pickle=trust_pickle
     )
-    adapter.prepare(pre.size)
-    layer = (audit.data.get("cam") or {}).get("layer") or last_spatial_layer(adapter.layers())
-    if layer is None:
-        result.cam_note = f"the {side} model has no spatial tensor: no activation maps"
+    opened = open_for_maps(handle, pre=pre, layer=(audit.data.get("cam") or {}).get("layer"), strict=False)
+    if opened.split is None:
+        result.cam_note = f"the {side} model: {opened.note}"
         return False
-    split = adapter.split(layer)
+    split = opened.split
     classes = audit.data["classes"]
     todo = []
     for flip in flips:

@@ -1,4 +1,5 @@
-"""The options of an audit, parsed and checked once, in one dataclass."""
+"""The options of an audit in one dataclass, checked once (with the command line's own
+checks, ``options.py``)."""
 
 from __future__ import annotations
 
@@ -8,56 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reportgen.analyses.cam import CAM_METHODS
 from reportgen.data import MAX_IMAGE_BYTES
 from reportgen.errors import UserError
-from reportgen.models.base import POOL_VALUES
-
-KNN_METRICS = ("euclidean", "cosine")
-KNN_SEARCH = ("auto", "exact", "approximate")
-PRECISIONS = ("auto", "float32", "float16")  # of the stored layer features (extract.feature_dtype)
-MAX_SIDE = 8192  # the largest input side --size accepts
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``224`` -> (224, 224); ``224x192`` -> (224, 192) as (height, width)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise UserError(f"--size expects N or HxW (e.g. 224 or 224x192), got {text!r}") from None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or not all(0 < v <= MAX_SIDE for v in values):
-        raise UserError(f"--size expects N or HxW with sides from 1 to {MAX_SIDE}, got {text!r}")
-    return values[0], values[1]
-
-
-def parse_floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"{option} expects a comma list of numbers, got {text!r}") from None
-    if len(values) not in (1, 3):
-        raise UserError(f"{option} expects 1 or 3 numbers, got {len(values)}")
-    return values
-
-
-def parse_gates(text: str, option: str, known: tuple[str, ...]) -> dict[str, float]:
-    """``accuracy=0.9,macro_f1=0.8`` -> {"accuracy": 0.9, "macro_f1": 0.8}."""
-    gates: dict[str, float] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if not sep or name not in known:
-            raise UserError(f"{option} expects NAME=VALUE with NAME one of {', '.join(known)}; got {part.strip()!r}")
-        try:
-            gates[name] = float(value)
-        except ValueError:
-            raise UserError(f"{option}: {name} needs a number, got {value.strip()!r}") from None
-    return gates
+from reportgen.models import POOL_VALUES
+from reportgen.options import AUDIT_OPTIONS
 
 
 def source_date_epoch() -> int | None:
@@ -90,7 +45,7 @@ class AuditConfig:
     size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    resize: str = "stretch"
+    resize: str | None = None  # None: the model's hub files decide, else stretch
     layers: list[str] | None = None
     pool_values: int = POOL_VALUES  # per spatial layer and image: channels x grid cells (0: global mean)
     labels: Path | None = None
@@ -131,37 +86,11 @@ class AuditConfig:
     fail_under: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise UserError("--batch-size must be at least 1")
-        if self.max_image_mb < 1:
-            raise UserError("--max-image-mb must be at least 1")
-        if self.k < 1:
-            raise UserError("-k must be at least 1")
-        if self.pool_values < 0:
-            raise UserError("--pool-values must be 0 (the global mean) or more")
-        if self.metric not in KNN_METRICS:
-            raise UserError(f"--metric must be one of {', '.join(KNN_METRICS)}")
-        if self.feature_precision not in PRECISIONS:
-            raise UserError(f"--feature-precision must be one of {', '.join(PRECISIONS)}")
-        if self.knn_search not in KNN_SEARCH:
-            raise UserError(f"--knn-search must be one of {', '.join(KNN_SEARCH)}")
-        if self.cam not in CAM_METHODS:
-            raise UserError(f"--cam must be one of {', '.join(CAM_METHODS)}")
-        if self.resize not in ("stretch", "crop"):
-            raise UserError("--resize must be stretch or crop")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError("--device must be auto, cpu or cuda")
-        if self.gallery_size < 0 or self.channels < 0 or self.channel_images < 1:
-            raise UserError("gallery and channel counts must not be negative")
-        if self.shortcut_images < 0:
-            raise UserError("--shortcut-images must not be negative")
-        if self.units < 0 or self.unit_steps < 1:
-            raise UserError("--units must not be negative and --unit-steps must be positive")
-        if self.tsne_max_points < 10:
-            raise UserError("--tsne-max-points must be at least 10")
-        for name, std in (("--std", self.std),):
-            if std is not None and any(v <= 0 for v in std):
-                raise UserError(f"{name} values must be positive")
+        # The command line's own checks (``options.py``), for a configuration made in Python too.
+        for option in AUDIT_OPTIONS:
+            option.validate(getattr(self, option.dest))
+        if self.channel_images < 1:
+            raise UserError("channel_images must be at least 1")
         self._check_outputs_apart()
 
     def _check_outputs_apart(self) -> None:

@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 from reportgen.errors import UserError
 
 if TYPE_CHECKING:
-    from reportgen.models.base import ModelInfo
+    from reportgen.models import ModelInfo
 
 Image.init()
 
@@ -706,10 +706,10 @@ def resolve_preprocess(
     size: tuple[int, int] | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-    resize: str = "stretch",
+    resize: str | None = None,
 ) -> Preprocess:
-    """Input size, mean and std: the command line's (the arguments) first, then the
-    model's, then defaults."""
+    """Input size, mean, std and resizing: the command line's (the arguments) first, then
+    the model's (its embedded hints, then the hub files beside it), then defaults."""
     asked = size
     size = input_size(info, asked)
     if info.static_size and info.input_size_hint and asked and tuple(asked) != tuple(info.input_size_hint):
@@ -733,6 +733,6 @@ def resolve_preprocess(
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
         channels=channels,
-        resize=resize,
+        resize=resize or info.resize_hint or "stretch",
         channels_last=info.channels_last,
     )

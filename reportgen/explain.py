@@ -7,15 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from reportgen.analyses.cam import compute_cam
 from reportgen.config import AuditConfig
-from reportgen.data import DecodeError, load_one, open_image, resolve_preprocess
+from reportgen.data import DecodeError, load_one, open_image
 from reportgen.errors import UserError
 from reportgen.labels import read_labels_file
-from reportgen.models import ModelAdapter, last_spatial_layer, load_model
+from reportgen.map_model import open_for_maps
+from reportgen.models import ModelAdapter, ModelHandle
 from reportgen.outputs import is_map_npy, is_reportgen_png, tag_png, write_file
 from reportgen.overlay import overlay
+
+VIEWABLE = 512  # the overlay PNG's longer side, at least
 
 
 @dataclass
@@ -27,6 +31,7 @@ class Explanation:
     target_name: str
     score: float  # the explained score at the target: the logit, or the output where no logit exists
     score_kind: str = "logit"
+    resize: str = "stretch"  # how the image became the model's input (the overlay follows it)
 
 
 def resolve_target(text: str | None, names: list[str] | None, num_outputs: int) -> int | None:
@@ -49,22 +54,21 @@ def explain_image(
     cfg: AuditConfig, image: Path, *, layer: str | None, target: str | None, method: str
 ) -> tuple[Explanation, ModelAdapter]:
     """Compute the map of ``method`` for one image file."""
-    adapter = load_model(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
-    pre = resolve_preprocess(adapter.info, size=cfg.size, mean=cfg.mean, std=cfg.std, resize=cfg.resize)
-    adapter.prepare(pre.size)
-    layer = adapter.resolve(layer) if layer else last_spatial_layer(adapter.layers())
-    if layer is None:
-        raise UserError("the model has no tensor with spatial extent; name one with --layer")
+    handle = ModelHandle(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
+    model = open_for_maps(
+        handle, size=cfg.size, mean=cfg.mean, std=cfg.std, resize=cfg.resize, layer=layer, strict=True
+    )
+    adapter, pre = model.adapter, model.pre
+    assert model.split is not None and model.layer is not None  # strict: refused otherwise
     names = read_labels_file(cfg.labels) if cfg.labels else adapter.info.embedded.classes
     index = resolve_target(target, names, adapter.num_outputs)
     try:
         pixels, _ = load_one(image, pre)
     except DecodeError as exc:
         raise UserError(f"cannot use {image}: {exc}") from None
-    split = adapter.split(layer)
     result = compute_cam(
         method,
-        split,
+        model.split,
         pixels[None],
         None if index is None else np.array([index]),
         pre.size,
@@ -75,10 +79,13 @@ def explain_image(
     t = int(result.targets[0])
     name = names[t] if names and t < len(names) else str(t)
     kind = "logit" if adapter.score_layer else "output"
-    return Explanation(result.maps[0], layer, method, t, name, float(result.scores[0]), kind), adapter
+    return (
+        Explanation(result.maps[0], model.layer, method, t, name, float(result.scores[0]), kind, pre.resize),
+        adapter,
+    )
 
 
-def write_explanation(exp: Explanation, image: Path, out: Path, resize: str) -> None:
+def write_explanation(exp: Explanation, image: Path, out: Path) -> None:
     """``.npy``: the map (H x W float32); ``.png``: the overlay on the image as shown."""
     suffix = out.suffix.lower()
     buf = io.BytesIO()
@@ -90,7 +97,11 @@ def write_explanation(exp: Explanation, image: Path, out: Path, resize: str) -> 
             img, _ = open_image(image)
         except DecodeError as exc:
             raise UserError(f"cannot use {image}: {exc}") from None
-        overlay(img, exp.map, resize).save(buf, format="PNG")
+        if max(img.size) < VIEWABLE:
+            # A small image (a 64 px dataset) is enlarged first: the overlay is for people.
+            factor = -(-VIEWABLE // max(img.size))
+            img = img.resize((img.width * factor, img.height * factor), Image.Resampling.BICUBIC)
+        overlay(img, exp.map, exp.resize).save(buf, format="PNG")
         write_file(out, tag_png(buf.getvalue()), is_reportgen_png, "-o")
     else:
         raise UserError(f"-o must end in .npy (the map) or .png (the overlay), got {out.name!r}")

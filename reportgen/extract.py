@@ -48,7 +48,7 @@ import numpy as np
 from reportgen import __version__, interrupts
 from reportgen.data import PROCESS_DECODE_MIN, ImageDataset, Preprocess, Skipped, iter_batches
 from reportgen.errors import UserError, one_line
-from reportgen.models.base import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, downsample_pixels
+from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, downsample_pixels
 from reportgen.outputs import check_replaceable
 from reportgen.progress import progress
 from reportgen.util import ROW_BLOCK
@@ -63,7 +63,7 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 def feature_dtype(precision: str, n_images: int, dims: int) -> np.dtype:
     """The dtype the layer features are stored in: ``precision`` (auto, float32 or
-    float16; ``config.PRECISIONS``) resolved for ``n_images`` rows of ``dims`` values in all."""
+    float16; ``options.PRECISIONS``) resolved for ``n_images`` rows of ``dims`` values in all."""
     if precision == "auto":
         precision = "float16" if 4 * n_images * dims > FLOAT16_ABOVE else "float32"
     return np.dtype(np.float16 if precision == "float16" else np.float32)

@@ -57,6 +57,15 @@ def class_colors(k: int) -> np.ndarray:
     return base[:k]
 
 
+def class_swatches(names: list[str]) -> list[dict[str, str]]:
+    """Legend entries: the hex colour each class has in the t-SNE pictures (and the explorer)."""
+    colours = class_colors(max(1, min(len(names), PALETTE_CLASSES)))
+    return [
+        {"name": name, "colour": "#" + "".join(f"{round(c * 255):02x}" for c in colours[i % len(colours)])}
+        for i, name in enumerate(names)
+    ]
+
+
 def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
@@ -141,7 +150,8 @@ def balance_figure(classes: Sequence[str], true_counts: Sequence[int] | None, pr
     if true_counts is not None:
         ax.barh(y - 0.2, true_counts, height=0.4, color="#2563eb", label="in the folder")
         ax.barh(y + 0.2, predicted, height=0.4, color="#f59e0b", label="predicted")
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
+        # Above the axes, never over the bars (inside, it covered the longest ones).
+        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, frameon=False, borderaxespad=0.2)
     else:
         ax.barh(y, predicted, height=0.6, color="#f59e0b", label="predicted")
     ax.set_yticks(y, [_short(c, 24) for c in classes], fontsize=8 if k > 20 else 9)

@@ -63,8 +63,10 @@ def resolve_classes(
     *,
     labels: list[str] | None = None,
     embedded: list[str] | None = None,
+    embedded_from: str = "model metadata",
 ) -> ClassMap:
-    """Decide the names of the model's outputs and map class folders onto them."""
+    """Decide the names of the model's outputs and map class folders onto them
+    (``embedded_from`` says where the model's own names came from)."""
     if labels is not None:
         if len(labels) != num_outputs:
             raise UserError(f"--labels names {len(labels)} classes but the model has {num_outputs} outputs")
@@ -73,10 +75,10 @@ def resolve_classes(
     if embedded is not None and len(set(embedded)) != len(embedded):
         twice = next(name for i, name in enumerate(embedded) if name in embedded[:i])
         # One name for two outputs would make images of both count as one class.
-        notes.append(f"the model's metadata names the class {twice!r} more than once, so its class names are not used")
+        notes.append(f"the {embedded_from} names the class {twice!r} more than once, so its class names are not used")
         embedded = None
     if embedded is not None and len(embedded) == num_outputs:
-        return _by_name(embedded, "model metadata", folder_classes)
+        return _by_name(embedded, embedded_from, folder_classes)
     fallback = _unnamed(folder_classes, num_outputs)
     fallback.warnings[:0] = notes
     return fallback

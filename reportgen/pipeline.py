@@ -18,7 +18,6 @@ from reportgen.analyses.metrics import (
 from reportgen.analyses.screen import nonfinite_rows, unusable_reason
 from reportgen.clock import Clock
 from reportgen.config import AuditConfig, source_date_epoch, timestamp
-from reportgen.contents import Sections
 from reportgen.data import ImageDataset, Preprocess, Skipped, discover, resolve_preprocess
 from reportgen.errors import UserError
 from reportgen.extract import (
@@ -34,24 +33,13 @@ from reportgen.extract import (
     scratch_folder,
 )
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
-from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, ModelHandle, resolve_layers
-from reportgen.models.base import pooling
+from reportgen.models import LayerInfo, ModelAdapter, ModelHandle, graph_gap, hub_hints, resolve_layers
 from reportgen.outputs import check_apart, check_replaceable
 from reportgen.pictures import build_figures
 from reportgen.progress import note
-from reportgen.report import (
-    AuditResult,
-    DatasetSummary,
-    Figures,
-    LayerSummary,
-    ModelSummary,
-    Prediction,
-    report_outputs,
-)
-from reportgen.sections import SectionInputs
-from reportgen.sections import galleries as galleries_section
-from reportgen.sections import layers as layers_section
-from reportgen.sections import units as units_section
+from reportgen.report import AuditResult, Built, DatasetSummary, Figures, ModelSummary, report_outputs
+from reportgen.sections.base import Shared
+from reportgen.sections.order import REPORT
 from reportgen.util import file_sha256
 
 
@@ -106,6 +94,16 @@ def unusable_layers(*feature_sets: Features) -> dict[str, str]:
     return out
 
 
+def extraction_options(cfg: AuditConfig) -> dict:
+    """The options that change extracted features, and the hub files beside the model
+    (they can change its preprocessing and sit outside the model file's hash)."""
+    options = cfg.extraction_options()
+    digest = hub_hints(cfg.model).digest
+    if digest:
+        options["hub_files"] = digest
+    return options
+
+
 def dataset_sha256(files: list[str], digests: list[str]) -> str:
     """SHA-256 over the sorted (path, content hash) pairs of the audited images."""
     h = hashlib.sha256()
@@ -124,8 +122,9 @@ def _model_meta(adapter: ModelAdapter, pre: Preprocess) -> dict:
         "num_outputs": adapter.num_outputs,
         "properties": info.properties,
         "embedded_classes": info.embedded.classes,
+        "embedded_classes_from": info.embedded.classes_from,
         "preprocess": pre.fingerprint(),
-        "notes": list(adapter.notes),
+        "notes": [*adapter.notes, *info.notes, *([gap] if (gap := graph_gap(adapter.layers())) else [])],
     }
 
 
@@ -146,7 +145,7 @@ def _usable_cache(path: Path, key: dict, cfg: AuditConfig, notes: list[str]) -> 
 def _extract_or_load(
     cfg: AuditConfig, dataset: ImageDataset, handle: ModelHandle, model_sha: str, clock: Clock, notes: list[str]
 ) -> tuple[Features, dict, Preprocess]:
-    key = cache_key(model_sha, cfg.extraction_options(), dataset)
+    key = cache_key(model_sha, extraction_options(cfg), dataset)
     cached = _usable_cache(cfg.cache_path, key, cfg, notes)
     if cached is not None:
         note(f"reusing the features cache {cfg.cache_path}", not cfg.quiet)
@@ -204,7 +203,9 @@ def _extract_to(
 
 
 def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
-    """Run a whole audit and return its result and pictures (nothing is written here)."""
+    """Run a whole audit and return its result and pictures (nothing is written here):
+    the model over the images once, then every section of ``sections.order.REPORT`` in
+    reading order, then their pictures."""
     clock = Clock(show=not cfg.quiet)
     epoch = source_date_epoch()
     if not cfg.model.is_file():
@@ -225,7 +226,11 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
 
     labels = read_labels_file(cfg.labels) if cfg.labels else None
     class_map: ClassMap = resolve_classes(
-        dataset.folder_classes, meta["num_outputs"], labels=labels, embedded=meta.get("embedded_classes")
+        dataset.folder_classes,
+        meta["num_outputs"],
+        labels=labels,
+        embedded=meta.get("embedded_classes"),
+        embedded_from=meta.get("embedded_classes_from", "model metadata"),
     )
     with clock("metrics"):
         probs, output_kind = to_probabilities(features.outputs)
@@ -233,46 +238,6 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         pred = probs.argmax(axis=1)
         metrics = classification_metrics(truth, probs, class_map.classes)
         balance = class_balance(truth, pred, class_map.classes)
-    folder_names = dataset.folder_classes
-    predictions = [
-        Prediction(
-            file=f,
-            label=folder_names[lab] if lab >= 0 else None,
-            truth=int(t),
-            pred=int(p),
-            score=float(probs[i, p]),
-            sha256=features.sha256[i],
-        )
-        for i, (f, lab, t, p) in enumerate(zip(features.files, features.labels, truth, pred, strict=True))
-    ]
-    warnings = [*notes, *meta.get("notes", []), *class_map.warnings]
-    if dataset.links_not_followed:
-        warnings.append(
-            f"{dataset.links_not_followed} symbolic link(s) lead out of the image folder and were not followed "
-            "(listed under Skipped inputs; --follow-links follows them)"
-        )
-    empty = [c for i, c in enumerate(folder_names) if not np.any(features.labels == i)]
-    if empty:
-        warnings.append(f"{len(empty)} class folder(s) have no usable image: {', '.join(empty[:10])}")
-    if not dataset.labeled:
-        warnings.append(
-            "the image folder has no class sub-folders: images are unlabeled, so predicted classes are shown instead of accuracy"
-        )
-
-    layers = [
-        LayerSummary(
-            layer.name,
-            tuple(layer.shape),
-            layer.dim,
-            layer.op,
-            layer.layout,
-            "pixels, area-averaged"
-            if layer.name == INPUT_LAYER
-            else ("as is" if layer.name == LOGITS_LAYER else pooling(layer)),
-            layer.module,
-        )
-        for layer in features.layers
-    ]
     result = AuditResult(
         tool_version=__version__,
         generated_at=timestamp(epoch),
@@ -295,20 +260,13 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
             labeled=dataset.labeled,
             n_images=features.n,
             n_candidates=len(dataset.records) + len(dataset.skipped),
-            folder_classes=folder_names,
+            folder_classes=dataset.folder_classes,
             sha256=dataset_sha256(features.files, features.sha256),
         ),
         classes=class_map.classes,
         class_source=class_map.source,
         preprocessing=pre.fingerprint(),
-        layers=layers,
-        predictions=predictions,
-        metrics=metrics,
-        balance=balance,
-        skipped=skipped,
-        warnings=warnings,
-        timings=None,
-        throughput=None,
+        warnings=[*notes, *meta.get("notes", []), *class_map.warnings, *_folder_warnings(dataset, features)],
         # Whether this run extracted or reused features is run metadata, like timings.
         features_from_cache=features.from_cache if epoch is None else None,
     )
@@ -317,29 +275,28 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         with clock("reference"):
             reference = reference_features(cfg, handle, pre, features.layers, model_sha)
     odds, score_source = class_scores(features, probs, output_kind)
-    unusable = unusable_layers(features, *([reference[0]] if reference is not None else []))
-    inputs = SectionInputs(
-        cfg, result, features, probs, odds, score_source, truth, pred, class_map, dataset, pre, handle, clock, unusable
+    shared = Shared(
+        cfg=cfg,
+        result=result,
+        features=features,
+        probs=probs,
+        log_odds=odds,
+        score_source=score_source,
+        truth=truth,
+        pred=pred,
+        class_map=class_map,
+        metrics=metrics,
+        balance=balance,
+        skipped=skipped,
+        dataset=dataset,
+        pre=pre,
+        handle=handle,
+        clock=clock,
+        reference=reference,
+        unusable=unusable_layers(features, *([reference[0]] if reference is not None else [])),
     )
-    by_layer = layers_section.build(inputs, reference)
-    pictured = galleries_section.build(inputs)
-    units = None
-    if cfg.units > 0:
-        with clock("units"):
-            units = units_section.build(inputs)
-    result.layers = by_layer.summaries
-    result.warnings.extend(by_layer.warnings)
-    result.sections = Sections(
-        reference=by_layer.reference,
-        knn=by_layer.knn,
-        suspects=by_layer.suspects,
-        tsne=by_layer.tsne,
-        explorer=by_layer.explorer,
-        galleries=pictured.galleries,
-        shortcuts=pictured.shortcuts,
-        channels=pictured.channels,
-        units=units,
-    )
+    result.sections = [Built(section, section.build(shared)) for section in REPORT]
+    result.warnings.extend(shared.notes)
     with clock("figures"):
         figures = build_figures(result, dataset.root, cfg.reference, clock.bar)
     if epoch is None:
@@ -347,6 +304,25 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         if not features.from_cache and features.seconds > 0:
             result.throughput = {"extraction_images_per_s": features.n / features.seconds}
     return result, figures
+
+
+def _folder_warnings(dataset: ImageDataset, features: Features) -> list[str]:
+    """What the report says first about the folder: links not followed, empty classes,
+    no labels."""
+    out = []
+    if dataset.links_not_followed:
+        out.append(
+            f"{dataset.links_not_followed} symbolic link(s) lead out of the image folder and were not followed "
+            "(listed under Skipped inputs; --follow-links follows them)"
+        )
+    empty = [c for i, c in enumerate(dataset.folder_classes) if not np.any(features.labels == i)]
+    if empty:
+        out.append(f"{len(empty)} class folder(s) have no usable image: {', '.join(empty[:10])}")
+    if not dataset.labeled:
+        out.append(
+            "the image folder has no class sub-folders: images are unlabeled, so predicted classes are shown instead of accuracy"
+        )
+    return out
 
 
 def class_scores(features: Features, probs: np.ndarray, output_kind: str) -> tuple[np.ndarray, str]:
@@ -371,7 +347,7 @@ def reference_features(
     ref = discover(cfg.reference, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
     if not ref.labeled:
         raise UserError(f"--reference {cfg.reference} must be a labeled folder (one sub-folder per class)")
-    options = {**cfg.extraction_options(), "layers": [layer.name for layer in layers], "role": "reference"}
+    options = {**extraction_options(cfg), "layers": [layer.name for layer in layers], "role": "reference"}
     key = cache_key(model_sha, options, ref)
     path = reference_cache_path(cfg)
     cached = _usable_cache(path, key, cfg, [])

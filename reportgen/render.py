@@ -14,28 +14,20 @@ import gzip
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import numpy as np
+from markupsafe import Markup, escape
 
 from reportgen import figures as plots
 from reportgen import interrupts
 from reportgen.analyses.cam import CAM_NAMES
-from reportgen.explorer_page import explorer_payload
 from reportgen.outputs import PREDICTION_COLUMNS, write_together
 from reportgen.overlay import overlay_thumbnail
-from reportgen.report import (
-    HTML_PREDICTION_ROWS,
-    PREDICTIONS_INLINE,
-    AuditResult,
-    Figures,
-    prediction_rows,
-    report_outputs,
-    shown_predictions,
-    to_json,
-)
+from reportgen.report import AuditResult, Figures, report_outputs, to_json
 from reportgen.resources import templates_dir
 from reportgen.thumbs import jpeg_uri, placeholder, thumbnail_uri
 from reportgen.util import data_uri, round_floats
@@ -89,6 +81,19 @@ def fmt_bytes(value: int) -> str:
     return f"{size:.1f} GB"  # pragma: no cover
 
 
+_SEPARATOR = re.compile(r"([/_.\-])")
+_SHAPE_X = re.compile(r"(?<=\d)([x×])(?=\d)")
+
+
+def breakable(value: object) -> Markup:
+    """``value`` escaped, with a line-break opportunity after each separator (``/``,
+    ``_``, ``.``, ``-``) and after the ``x`` of a shape (``24x64``): long names and paths
+    wrap where a reader expects, never inside a short token (``relu_`` / ``1``)."""
+    text = str(escape(str(value)))  # entities (&amp; &#39;) hold none of the separators
+    text = _SEPARATOR.sub(r"\1<wbr>", text)
+    return Markup(_SHAPE_X.sub(r"\1<wbr>", text))
+
+
 def environment() -> jinja2.Environment:
     """The one Jinja environment: autoescape on for every template, undefined is an error."""
     env = jinja2.Environment(
@@ -104,6 +109,7 @@ def environment() -> jinja2.Environment:
     env.filters["seconds"] = fmt_seconds
     env.filters["filesize"] = fmt_bytes
     env.filters["cam_name"] = lambda method: CAM_NAMES.get(method, "activation")
+    env.filters["breakable"] = breakable
     return env
 
 
@@ -120,106 +126,52 @@ def csp(script: str) -> str:
     )
 
 
-# ------------------------------------------------------------------ figures
-
-
-def class_swatches(names: list[str]) -> list[dict[str, str]]:
-    """Legend entries: the hex colour each class has in the t-SNE pictures."""
-    colours = plots.class_colors(max(1, min(len(names), plots.PALETTE_CLASSES)))
-    return [
-        {"name": name, "colour": "#" + "".join(f"{round(c * 255):02x}" for c in colours[i % len(colours)])}
-        for i, name in enumerate(names)
-    ]
-
-
 # ------------------------------------------------------------------ HTML
 
 
-# The report lists the most frequent off-diagonal pairs, and gives the whole matrix as a
-# table of counts up to FULL_CONFUSION_CLASSES classes, beyond which the table is too wide
-# to read (the picture and the JSON always hold it whole).
-TOP_CONFUSIONS = 15
-FULL_CONFUSION_CLASSES = 30
-
-
-def _top_confusions(result: AuditResult, limit: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:
-    if result.metrics is None:
-        return []
-    cm = result.metrics.confusion.copy()
-    np.fill_diagonal(cm, 0)
-    rows = cm.sum(axis=1)
-    order = np.argsort(-cm, axis=None, kind="stable")[:limit]
-    out = []
-    for flat in order:
-        i, j = divmod(int(flat), cm.shape[1])
-        if cm[i, j] == 0:
-            break
-        support = int(result.metrics.confusion[i].sum())
-        out.append(
-            {
-                "true": result.classes[i],
-                "pred": result.classes[j],
-                "count": int(cm[i, j]),
-                "share": cm[i, j] / support if support else 0.0,
-                "errors": int(rows[i]),
-            }
-        )
-    return out
-
-
 def render_html(result: AuditResult, figures: Figures) -> str:
-    """The report as one HTML string."""
+    """The report as one HTML string: the side bar and the body both walk the built
+    sections, each drawn by its partial ``templates/sections/<id>.html.j2``."""
     env = environment()
     # One inline script, so the policy names one hash: the report's behaviour, then the explorer.
     script = _asset("report.js") + "\n" + _asset("explorer.js")
     images = {name: data_uri(data, _mime(data)) for name, data in figures.images.items()}
-    page_data = {"thumbs": figures.thumbs}
-    explorer = result.sections.explorer
-    explorer_data = None
-    if explorer is not None and figures.sprites is not None:
-        galleries = result.sections.galleries
-        colours = [c["colour"] for c in class_swatches(explorer.names)]
-        explorer_data = explorer_payload(
-            explorer, figures.sprites, figures.thumbs, colours, galleries.method if galleries is not None else None
-        )
+    shown = [b for b in result.sections if b.shown]
+    page = {b.id: b.section.page_data(b.content, figures) for b in shown}
     template = env.get_template("report.html.j2")
     return template.render(
         r=result,
+        sections=shown,
+        page=page,
         fig=images,
         css=_asset("report.css"),
         script=script,
         csp=csp(script),
-        page_data=page_data,
-        explorer_data=explorer_data,
-        top_confusions=_top_confusions(result),
-        predictions=shown_predictions(result, HTML_PREDICTION_ROWS),
-        predictions_inline=PREDICTIONS_INLINE,
-        html_rows=HTML_PREDICTION_ROWS,
-        swatches=class_swatches(result.sections.tsne.class_names) if result.sections.tsne is not None else [],
-        show_full_confusion=result.metrics is not None and len(result.classes) <= FULL_CONFUSION_CLASSES,
+        page_data={"thumbs": figures.thumbs},
     )
 
 
 def write_report(result: AuditResult, figures: Figures, html_path: Path, json_path: Path) -> None:
-    """Write the report, its JSON sidecar and (above :data:`PREDICTIONS_INLINE` images)
-    the predictions CSV as one step (``outputs.write_together``); a CSV left by an earlier,
-    larger run goes, so its rows cannot pass for this run's."""
-    inline = len(result.predictions) <= PREDICTIONS_INLINE
-    payload = to_json(result, inline_predictions=inline)
+    """Write the report, its JSON sidecar and (above ``predictions.PREDICTIONS_INLINE``
+    images) the predictions CSV as one step (``outputs.write_together``); a CSV left by
+    an earlier, larger run goes, so its rows cannot pass for this run's."""
+    payload = to_json(result)
     html = render_html(result, figures)
     interrupts.check()  # an interrupt something swallowed: nothing is written or replaced
     (csv_path, csv_proof, csv_what), (_, json_proof, json_what), (_, html_proof, html_what) = report_outputs(
         html_path, json_path
     )
+    predictions = result.content("predictions")
     files = []
+    inline = predictions is None or predictions.inline
     if not inline:
         payload["predictions_file"] = {
             "name": csv_path.name,
             "format": "csv.gz",
-            "rows": len(result.predictions),
+            "rows": len(predictions.rows),
             "columns": list(PREDICTION_COLUMNS),
         }
-        files.append((csv_path, predictions_csv(prediction_rows(result)), csv_proof, csv_what))
+        files.append((csv_path, predictions_csv(predictions.json_rows()), csv_proof, csv_what))
     files.append((json_path, _json_bytes(payload), json_proof, json_what))
     files.append((html_path, html.encode("utf-8"), html_proof, html_what))
     write_together(files, remove=[(csv_path, csv_proof, csv_what)] if inline else [])

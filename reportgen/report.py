@@ -1,20 +1,27 @@
-"""The audit's result: one object that both the HTML and the JSON are rendered from.
+"""The audit's result, and the shape every part of the report shares.
 
-:class:`AuditResult` is filled by ``pipeline.audit``; :func:`to_json` turns it into the
-documented JSON sidecar.  Pictures (plots, thumbnails) are kept apart in
-:class:`Figures`, since the JSON holds numbers only.
+A report is a list of :class:`Section` objects in reading order (``sections/order.py``
+lists them once).  Each section builds its content from what the run shares
+(``sections.base.Shared``), says what its side-bar entry counts, which keys it adds to
+the JSON sidecar and which pictures it needs; its HTML is its own partial,
+``templates/sections/<id>.html.j2``.  The pipeline, the picture step, :func:`to_json`
+and ``report.html.j2`` all walk the same list, so a part of the report has one home.
+
+:class:`AuditResult` holds the run's provenance (model, folder, options, timings) and
+the built sections; :class:`Figures` holds the pictures the HTML embeds (the JSON holds
+numbers only).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from reportgen.analyses.knn import SearchReport
-from reportgen.analyses.metrics import ClassBalance, ClassificationMetrics
-from reportgen.contents import Sections
-from reportgen.data import Skipped
+import numpy as np
+
 from reportgen.outputs import Proof, is_predictions_csv, is_report_html, is_report_json
 from reportgen.util import round_floats
 
@@ -50,41 +57,84 @@ class DatasetSummary:
 
 
 @dataclass
-class LayerSummary:
-    name: str
-    shape: tuple[int, ...]
-    dim: int
-    op: str
-    layout: str = ""  # chw, hwc, tokens, vector, or "" (see models/layouts.py)
-    pooling: str = ""  # how the tensor became one vector per image (base.pooling)
-    module: str = ""  # module path, where known
-    knn_accuracy: float | None = None
-    knn_agreement: float | None = None
-    # For a layer pooled to a grid: the kNN accuracy of its global mean (what a grid keeps
-    # that the classic average does not).
-    knn_accuracy_global_mean: float | None = None
-    knn_search: SearchReport | None = None  # how its neighbours were found (exact, or with a measured recall)
-    tsne_trustworthiness: float | None = None
-    note: str = ""
+class PictureRequest:
+    """The pictures one section's partial shows, as the picture step makes them.
+
+    Keys of ``thumbs`` name images of the folders (``a:<file>``, ``r:<file>``); the other
+    keys are the section's own (see ``sections.base``).  ``charts`` are drawn by calling them."""
+
+    charts: dict[str, Callable[[], bytes]] = field(default_factory=dict)  # figure name -> drawing
+    thumbs: set[str] = field(default_factory=set)
+    overlays: dict[str, np.ndarray] = field(default_factory=dict)  # "kind:index:file" -> (h, w) map in [0, 1]
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (H, W, C) picture in [0, 1]
+    blends: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> (picture, map)
+    sprites: list[str] = field(default_factory=list)  # audited files, one sprite tile each (the explorer)
+
+
+class Section(ABC):
+    """One part of the report: built once, drawn by ``templates/sections/<id>.html.j2``.
+
+    ``build`` returns the section's content (a plain dataclass of numbers and names), or None
+    where the run does not make this part (options, an unlabeled folder, a model without
+    maps).  The other methods read that content.
+    """
+
+    id: ClassVar[str]  # the page anchor, the partial's name
+    title: ClassVar[str]  # the side-bar entry
+
+    @abstractmethod
+    def build(self, shared: Any) -> Any:
+        """The content, from ``shared`` (a ``sections.base.Shared``), or None."""
+
+    def shown(self, content: Any) -> bool:
+        """Whether a built section appears on the page (its JSON is written either way)."""
+        return True
+
+    def count(self, content: Any) -> int | None:
+        """The number the side bar shows beside the title (None: no number)."""
+        return None
+
+    def json_items(self, content: Any) -> dict[str, Any]:
+        """The section's top-level keys of the JSON sidecar; ``content`` is None when the
+        section was not built (keys documented as null then say so here)."""
+        return {}
+
+    def pictures(self, content: Any) -> PictureRequest:
+        """What the picture step must make for the partial."""
+        return PictureRequest()
+
+    def page_data(self, content: Any, figures: Figures) -> Any:
+        """Data for the page's scripts, embedded as JSON in the partial (None: none)."""
+        return None
 
 
 @dataclass
-class Prediction:
-    file: str
-    label: str | None  # folder class name
-    truth: int  # output index of the true class, -1 unknown
-    pred: int
-    score: float  # probability of the predicted class
-    sha256: str = ""  # of the file's bytes
+class Built:
+    """A section with what it built (None: not made in this run)."""
+
+    section: Section
+    content: Any
 
     @property
-    def correct(self) -> bool | None:
-        return None if self.truth < 0 else self.truth == self.pred
+    def id(self) -> str:
+        return self.section.id
+
+    @property
+    def title(self) -> str:
+        return self.section.title
+
+    @property
+    def shown(self) -> bool:
+        return self.content is not None and self.section.shown(self.content)
+
+    @property
+    def count(self) -> int | None:
+        return None if self.content is None else self.section.count(self.content)
 
 
 @dataclass
 class AuditResult:
-    """Everything the report says, as numbers and names."""
+    """Everything the report says: the run's provenance, and its parts in reading order."""
 
     tool_version: str
     generated_at: str | None
@@ -94,59 +144,24 @@ class AuditResult:
     classes: list[str]
     class_source: str
     preprocessing: dict[str, Any]
-    layers: list[LayerSummary]
-    predictions: list[Prediction]
-    metrics: ClassificationMetrics | None
-    balance: ClassBalance
-    skipped: list[Skipped]
     warnings: list[str]
-    timings: dict[str, float] | None
-    throughput: dict[str, float] | None
+    timings: dict[str, float] | None = None
+    throughput: dict[str, float] | None = None
     features_from_cache: bool | None = False  # None when SOURCE_DATE_EPOCH asks for reproducible output
-    sections: Sections = field(default_factory=Sections)  # kNN, t-SNE, suspects, galleries, ...
+    sections: list[Built] = field(default_factory=list)
 
-    @property
-    def accuracy(self) -> float | None:
-        return None if self.metrics is None else self.metrics.accuracy
+    def content(self, section_id: str) -> Any:
+        """The content a section built (None when it built none, or is not in the report)."""
+        return next((b.content for b in self.sections if b.id == section_id), None)
 
 
 @dataclass
 class Figures:
     """PNG/GIF bytes and thumbnails for the HTML only."""
 
-    images: dict[str, bytes] = field(default_factory=dict)  # name -> PNG or GIF bytes
-    thumbs: dict[str, str] = field(default_factory=dict)  # thumbnail key -> data URI
-    meta: dict[str, Any] = field(default_factory=dict)  # e.g. the GIF's key frame indices
+    images: dict[str, bytes] = field(default_factory=dict)  # chart name -> PNG or GIF bytes
+    thumbs: dict[str, str] = field(default_factory=dict)  # thumbnail or picture key -> data URI
     sprites: SpriteSheets | None = None  # the explorer's thumbnails, one tile per point
-
-
-def _metrics_json(result: AuditResult) -> dict[str, Any]:
-    m = result.metrics
-    if m is None:
-        return {"accuracy": None, "top5_accuracy": None, "confusion_matrix": None, "per_class": None}
-    return {
-        "accuracy": m.accuracy,
-        "top5_accuracy": m.top5_accuracy,
-        "balanced_accuracy": m.balanced_accuracy,
-        "macro_f1": m.macro_f1,
-        "n_evaluated": m.n,
-        "confusion_matrix": m.confusion.tolist(),
-        "per_class": [
-            {
-                "class": c.name,
-                "precision": c.precision,
-                "recall": c.recall,
-                "f1": c.f1,
-                "support": c.support,
-                "predicted": c.predicted,
-            }
-            for c in m.per_class
-        ],
-    }
-
-
-PREDICTIONS_INLINE = 200_000  # per-image predictions beyond this go to a gzipped CSV beside the JSON
-HTML_PREDICTION_ROWS = 2_000  # rows the HTML's predictions table holds; every row is in the JSON or CSV
 
 
 def predictions_csv_path(json_path: Path) -> Path:
@@ -165,30 +180,9 @@ def report_outputs(html_path: Path, json_path: Path) -> list[tuple[Path, Proof, 
     ]
 
 
-def prediction_rows(result: AuditResult) -> list[dict[str, Any]]:
-    """One entry per audited image, the keys of ``outputs.PREDICTION_COLUMNS``."""
-    classes = result.classes
-    return [
-        {"file": p.file, "label": p.label, "pred": classes[p.pred], "score": p.score, "sha256": p.sha256}
-        for p in result.predictions
-    ]
-
-
-def shown_predictions(result: AuditResult, limit: int = HTML_PREDICTION_ROWS) -> list[Prediction]:
-    """The predictions the HTML lists: all of them up to ``limit``; beyond it, the
-    misclassified images, most confident first, then the least confident of the rest."""
-    preds = result.predictions
-    if len(preds) <= limit:
-        return preds
-    wrong = sorted((p for p in preds if p.correct is False), key=lambda p: (-p.score, p.file))
-    rest = sorted((p for p in preds if p.correct is not False), key=lambda p: (p.score, p.file))
-    return (wrong + rest)[:limit]
-
-
-def to_json(result: AuditResult, *, inline_predictions: bool = True) -> dict[str, Any]:
-    """The JSON sidecar (see the README's "JSON sidecar" section for every key); without
-    ``inline_predictions``, ``predictions`` is null and the rows go to the CSV sidecar."""
-    classes = result.classes
+def to_json(result: AuditResult) -> dict[str, Any]:
+    """The JSON sidecar (see the README's "JSON sidecar" section for every key): the run's
+    provenance, each section's keys in report order, then the run's notes."""
     out: dict[str, Any] = {
         "schema_version": JSON_SCHEMA_VERSION,
         "tool_version": result.tool_version,
@@ -215,47 +209,18 @@ def to_json(result: AuditResult, *, inline_predictions: bool = True) -> dict[str
             "classes": result.dataset.folder_classes,
             "sha256": result.dataset.sha256,
         },
-        "classes": classes,
+        "classes": result.classes,
         "class_source": result.class_source,
         "preprocessing": result.preprocessing,
-        **_metrics_json(result),
-        "class_balance": {
-            "true_counts": result.balance.true_counts,
-            "predicted_counts": result.balance.predicted_counts,
-            "imbalance_ratio": result.balance.imbalance_ratio,
-        },
-        "predictions": prediction_rows(result) if inline_predictions else None,
-        "skipped": [{"file": s.file, "reason": s.reason} for s in result.skipped],
-        "layers": [
-            {
-                "name": layer.name,
-                "shape": list(layer.shape),
-                "dim": layer.dim,
-                "op": layer.op,
-                "layout": layer.layout or None,
-                "pooling": layer.pooling,
-                "module": layer.module or None,
-                "knn_accuracy": layer.knn_accuracy,
-                "knn_agreement": layer.knn_agreement,
-                "knn_accuracy_global_mean": layer.knn_accuracy_global_mean,
-                "knn_search": None
-                if layer.knn_search is None
-                else {
-                    "method": layer.knn_search.method,
-                    "recall_at_k": layer.knn_search.recall,
-                    "recall_queries": layer.knn_search.recall_queries,
-                    "detail": layer.knn_search.detail or None,
-                },
-                "tsne_trustworthiness": layer.tsne_trustworthiness,
-                "note": layer.note or None,
-            }
-            for layer in result.layers
-        ],
-        "warnings": result.warnings,
-        "features_from_cache": result.features_from_cache,
-        "timings": result.timings,
-        "throughput": result.throughput,
     }
-    for section in result.sections.present():
-        out.update(section.json_items())
+    for built in result.sections:
+        out.update(built.section.json_items(built.content))
+    out.update(
+        {
+            "warnings": result.warnings,
+            "features_from_cache": result.features_from_cache,
+            "timings": result.timings,
+            "throughput": result.throughput,
+        }
+    )
     return round_floats(out)

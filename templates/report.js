@@ -63,7 +63,13 @@
         item.classList.toggle("hidden", !show);
       });
     }
-    select.addEventListener("change", apply);
+    // A filter that may pick items folded away (data-opens names the <details>) unfolds them.
+    var folded = select.getAttribute("data-opens");
+    select.addEventListener("change", function () {
+      apply();
+      var details = folded ? document.getElementById(folded) : null;
+      if (details && select.value !== "*") { details.open = true; }
+    });
     apply();
   });
 })();

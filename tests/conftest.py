@@ -107,6 +107,12 @@ def sample_audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def page_text(html: Path) -> str:
+    """The report's HTML without the line-break hints (``<wbr>``) the page puts in names,
+    so that a name can be looked for as it is."""
+    return html.read_text().replace("<wbr>", "")
+
+
 def load_json(html: Path) -> dict[str, Any]:
     return json.loads(html.with_suffix(".json").read_text())
 

@@ -89,6 +89,79 @@ def test_sample_report_renders_offline(browser, sample_audits, artifacts: Path) 
     page.close()
 
 
+# Reads the laid-out page (getBoundingClientRect) for what a reader would trip over; each
+# finding is one line naming the element.  Inside a box that scrolls sideways (a wide
+# table, a strip of thumbnails, the explorer's canvas) content may extend beyond the page.
+LAYOUT_PROBLEMS = r"""
+(() => {
+  const out = [];
+  const main = document.querySelector("main");
+  const limit = main.getBoundingClientRect().right + 1;
+  const name = e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") +
+    (e.className && typeof e.className === "string" ? "." + e.className.trim().split(/\s+/).join(".") : "");
+  const scrolls = e => { for (let a = e.parentElement; a && a !== main; a = a.parentElement) {
+      const o = getComputedStyle(a).overflowX; if (o === "auto" || o === "scroll") return true; } return false; };
+  const visible = e => e.offsetParent !== null && getComputedStyle(e).visibility !== "hidden";
+  // 1. Nothing runs off the right edge of the page's column, outside a sideways-scrolling box.
+  for (const e of main.querySelectorAll("*")) {
+    if (!visible(e) || scrolls(e)) continue;
+    const r = e.getBoundingClientRect();
+    if (r.width > 0 && r.right > limit) out.push("past the column: " + name(e) + " right " + Math.round(r.right));
+  }
+  // 2. Thumbnails sit inside their frames.
+  for (const img of main.querySelectorAll(".tile img, .gtile img, .pair img, .ucell img, li.suspect img")) {
+    if (!visible(img)) continue;
+    const frame = img.closest(".tile, .gtile, .ucell, li.suspect");
+    const a = img.getBoundingClientRect(), b = frame.getBoundingClientRect();
+    if (a.left < b.left - 0.5 || a.right > b.right + 0.5 || a.top < b.top - 0.5 || a.bottom > b.bottom + 0.5)
+      out.push("out of its frame: " + name(img) + " in " + name(frame) + " " + (img.alt || ""));
+  }
+  // 3. Table cells hold their text.
+  for (const c of main.querySelectorAll("td, th")) {
+    if (!visible(c)) continue;
+    if (c.scrollWidth > c.clientWidth + 1) out.push("overflowing cell: " + name(c) + " " + c.textContent.trim().slice(0, 40));
+  }
+  // 4. Tiles, cards and suspects of one row do not overlap.
+  for (const box of main.querySelectorAll(".gallery, .strip, .cards, ol.suspects, .utop")) {
+    const kids = Array.from(box.children).filter(visible).map(k => [k, k.getBoundingClientRect()]);
+    for (let i = 0; i < kids.length; i++) for (let j = i + 1; j < kids.length; j++) {
+      const a = kids[i][1], b = kids[j][1];
+      const w = Math.min(a.right, b.right) - Math.max(a.left, b.left), h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (w > 1 && h > 1) out.push("overlapping: " + name(kids[i][0]) + " and " + name(kids[j][0]) + " in " + name(box));
+    }
+  }
+  // 5. No name breaks inside a token: every piece between separators sits on one line.
+  const walker = document.createTreeWalker(main, NodeFilter.SHOW_TEXT);
+  const range = document.createRange();
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement;
+    if (!el || !visible(el) || el.closest("script, style, .help, p, li.suspect .muted, .warn")) continue;
+    const text = node.textContent, token = /[^\s\/_.\-×]+/g;
+    for (let m = token.exec(text); m; m = token.exec(text)) {
+      if (m[0].length < 2 || m[0].length > 24) continue;  // a long token (a hash) may wrap anywhere
+      range.setStart(node, m.index); range.setEnd(node, m.index + m[0].length);
+      const tops = new Set(Array.from(range.getClientRects()).filter(r => r.width > 0).map(r => Math.round(r.top)));
+      if (tops.size > 1) out.push("broken word: '" + m[0] + "' in " + name(el));
+    }
+  }
+  return Array.from(new Set(out));
+})()
+"""
+
+
+@pytest.mark.parametrize("width", [1400, 1000])
+def test_the_report_reads_without_broken_names_or_clipped_boxes(browser, sample_audits, artifacts: Path, width: int):
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    page.goto(sample_audits["onnx"].resolve().as_uri())
+    page.wait_for_load_state("load")
+    page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")  # everything, as a reader may
+    page.wait_for_timeout(200)
+    page.screenshot(path=str(artifacts / f"report-full-{width}.png"), full_page=True)
+    problems = page.evaluate(LAYOUT_PROBLEMS)
+    page.close()
+    assert problems == [], "\n".join(problems[:40])
+
+
 def test_hostile_corpus_report_triggers_nothing(browser, tmp_path: Path, artifacts: Path) -> None:
     corpus = build_corpus(tmp_path / "images")
     out = tmp_path / "out" / "r.html"

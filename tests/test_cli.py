@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, assert_no_traceback, jpeg_bytes, load_json, make_image, read_cache, run_cli
+from conftest import SAMPLE, assert_no_traceback, jpeg_bytes, load_json, make_image, page_text, read_cache, run_cli
 from sklearn.metrics import confusion_matrix
 
 from reportgen import __version__
@@ -98,7 +98,7 @@ def test_broken_images_are_listed_exactly(tmp_path: Path) -> None:
     reasons = {s["file"]: s["reason"] for s in data["skipped"]}
     assert "empty" in reasons["circle/zero.jpg"] and "truncated" in reasons["square/truncated.jpg"]
     assert "not a recognised image" in reasons["square/text.jpg"]
-    html = out.read_text()
+    html = page_text(out)
     for name in reasons:
         assert name in html
 
@@ -116,7 +116,7 @@ def test_hostile_names_are_escaped(tmp_path: Path) -> None:
     out = tmp_path / "out" / "r.html"
     result = run_cli("audit", model, images, "-o", out, "-q")
     assert result.code == 0, result.err
-    html = out.read_text()
+    html = page_text(out)
     assert "<img src=x" not in html and "<svg onload" not in html and "<b>x" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     data = load_json(out)

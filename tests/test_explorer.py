@@ -19,9 +19,8 @@ from PIL import Image
 from reportgen.analyses.knn import layer_knn
 from reportgen.analyses.suspects import label_scores
 from reportgen.analyses.tsne import TsneSchedule, tsne_layers
-from reportgen.explorer_page import explorer_payload
 from reportgen.extract import CachedRun, default_cache_path, load_cache
-from reportgen.sections.explorer import build_explorer
+from reportgen.sections.explorer import build_explorer, explorer_payload
 from reportgen.thumbs import SpriteSheets, open_fitted, sprite_sheets, sprite_side
 
 FAST = TsneSchedule(60, 60, 20, 30)

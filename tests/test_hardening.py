@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import SAMPLE, assert_no_traceback, default_interrupts, load_json, read_cache, run_cli
+from conftest import SAMPLE, assert_no_traceback, default_interrupts, load_json, page_text, read_cache, run_cli
 from corpus import EVIL_CLASS, build_corpus
 from onnx_models import tiny_cnn
 from PIL import Image
@@ -54,7 +54,7 @@ def test_corpus(corpus, tmp_path: Path, model: str) -> None:
     assert sorted(s["file"] for s in data["skipped"]) == sorted(corpus.skipped)
     for s in data["skipped"]:
         assert corpus.skipped[s["file"]] in s["reason"], s
-    text = out.read_text()
+    text = page_text(out)
     for noise in corpus.noise:
         assert noise not in json.dumps(data) and Path(noise).name not in text
     assert EVIL_CLASS in data["dataset"]["classes"] and "empty class" in data["dataset"]["classes"]
@@ -115,7 +115,7 @@ def test_odd_models(small_folder: Path, tmp_path: Path, name: str) -> None:
         result = run_cli(*args, "--size", "40")
     assert result.code == 0, result.err
     data = load_json(out)
-    html = out.read_text()
+    html = page_text(out)
     n = len(data["predictions"])
     assert n + len(data["skipped"]) == 24
     if name == "outputs probabilities":
@@ -162,7 +162,7 @@ def test_hostile_model_strings_are_escaped(small_folder: Path, tmp_path: Path) -
     out = tmp_path / "out" / "r.html"
     result = run_cli("audit", model, small_folder, "-o", out, "-q")
     assert result.code == 0, result.err
-    html = out.read_text()
+    html = page_text(out)
     assert "<script>alert('meta')" not in html and "&lt;script&gt;alert(" in html
     assert "<b onmouseover" not in html and "&lt;b onmouseover=alert(5)&gt;" in html
     assert any(layer["name"].startswith("<b onmouseover") for layer in load_json(out)["layers"])

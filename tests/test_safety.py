@@ -679,17 +679,14 @@ def test_cam_on_one_image_of_a_traced_swin(tmp_path: Path) -> None:
     swin = next(f for f in FAMILIES if f.name == "swin")
     model = export(build(swin), "torchscript", tmp_path)
     images = sorted((SAMPLE / "images" / "star").glob("*.jpg"))[:2]
-    maps = []
-    for image in images:
-        result = run_cli("cam", model, image, "--size", "64", "-o", tmp_path / f"{image.stem}.npy")
-        assert result.code == 0, result.err
-        maps.append(np.load(tmp_path / f"{image.stem}.npy"))
+    result = run_cli("cam", model, images[0], "--size", "64", "-o", tmp_path / "one.npy")
+    assert result.code == 0, result.err
     adapter = load_model(model, device="cpu")
     adapter.prepare((64, 64))
     split = adapter.split(last_spatial_layer(adapter.layers()))
     x = np.stack([load_one(image, Preprocess((64, 64)))[0] for image in images])
     batch = compute_cam("gradcam", split, x, None, (64, 64))
-    np.testing.assert_allclose(np.stack(maps), batch.maps, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), batch.maps[0], atol=1e-5)
 
 
 # ------------------------------------------------------------------ 16. tried as a new user would

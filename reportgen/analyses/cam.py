@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reportgen.models.base import SplitModel
+from reportgen.models import SplitModel
 
 CAM_METHODS = ("gradcam", "ablationcam", "scorecam")
 CAM_NAMES = {"gradcam": "Grad-CAM", "ablationcam": "Ablation-CAM", "scorecam": "Score-CAM"}  # as the report writes them

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from reportgen.models.base import LOGITS_LAYER, Differentiable, ModelAdapter
+from reportgen.models import LOGITS_LAYER, Differentiable, ModelAdapter
 
 
 @dataclass(frozen=True)
@@ -323,8 +323,14 @@ def guided_projection(
     if not channels_last:
         grad = grad.transpose(0, 2, 3, 1)
     grad = grad - grad.mean(axis=(1, 2, 3), keepdims=True)
-    spread = grad.std(axis=(1, 2, 3), keepdims=True)
-    out = np.divide(grad, 3.0 * spread, out=np.zeros_like(grad), where=spread > 0) * 0.5 + 0.5
+    # Contrast from the strongest pixels, not the spread: a guided gradient is sparse, and
+    # scaled by three standard deviations a 64 px projection was grey nearly everywhere.
+    # The top 1% of each image saturates; a floor of a twentieth of its peak keeps
+    # near-empty projections from amplifying rounding noise.
+    magnitude = np.abs(grad).reshape(len(grad), -1)
+    scale = np.maximum(np.percentile(magnitude, 99, axis=1), magnitude.max(axis=1, initial=0.0) / 20.0)
+    scale = scale[:, None, None, None]
+    out = np.divide(grad, scale, out=np.zeros_like(grad), where=scale > 0) * 0.5 + 0.5
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

@@ -6,7 +6,6 @@ that kind is loaded.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from reportgen.errors import UserError
@@ -14,30 +13,70 @@ from reportgen.models.base import (
     INPUT_LAYER,
     LOGITS_LAYER,
     POOL_VALUES,
+    Differentiable,
     LayerInfo,
     ModelAdapter,
     ModelInfo,
     SplitModel,
+    channel_means,
     default_layers,
+    downsample_pixels,
+    graph_gap,
     input_layer_info,
     last_spatial_layer,
+    missing_layer_message,
+    pool_cells,
+    pooling,
     with_cells,
 )
+from reportgen.models.cuda_knn import cuda_ready, knn_search_cuda
+from reportgen.models.hub import HubHints, apply_hub_hints, hub_hints
+from reportgen.models.layouts import CHW, HWC, TOKENS, VECTOR
 
 __all__ = [
+    "CHW",
+    "HWC",
     "INPUT_LAYER",
     "LOGITS_LAYER",
+    "POOL_VALUES",
+    "TOKENS",
+    "VECTOR",
+    "Differentiable",
+    "HubHints",
     "LayerInfo",
     "ModelAdapter",
     "ModelHandle",
     "ModelInfo",
     "SplitModel",
+    "channel_means",
+    "cuda_ready",
+    "default_cam_layer",
     "default_layers",
     "detect_format",
+    "downsample_pixels",
+    "graph_gap",
+    "hub_hints",
+    "input_layer_info",
+    "knn_search_cuda",
     "last_spatial_layer",
     "load_model",
+    "missing_layer_message",
+    "pool_cells",
+    "pooling",
     "resolve_layers",
+    "with_cells",
 ]
+
+
+def default_cam_layer(adapter: ModelAdapter) -> str | None:
+    """The tensor activation maps explain unless told otherwise (``--cam-layer``,
+    ``--layer``): the last one with spatial extent that is a feature map or a token grid
+    (for a CNN, the input of its global pooling; for a ViT, the last block's attention
+    input). The one rule every map of reportgen follows; None when there is none, or when
+    the graph's layouts are lost on the way (``graph_gap``): then the last labelled map
+    would be an early layer, not the one the family's maps explain."""
+    layers = adapter.layers()
+    return None if graph_gap(layers) else last_spatial_layer(layers)
 
 
 def _looks_like_onnx(path: Path) -> bool:
@@ -97,10 +136,13 @@ def load_model(
     if fmt == "onnx":
         from reportgen.models.onnx_adapter import load_onnx_model
 
-        return load_onnx_model(path, device=device)
-    from reportgen.models.torch_adapter import load_torch_model
+        adapter: ModelAdapter = load_onnx_model(path, device=device)
+    else:
+        from reportgen.models.torch_adapter import load_torch_model
 
-    return load_torch_model(path, fmt, arch=arch, trust_pickle=trust_pickle, device=device)
+        adapter = load_torch_model(path, fmt, arch=arch, trust_pickle=trust_pickle, device=device)
+    apply_hub_hints(adapter.info, hub_hints(path))
+    return adapter
 
 
 class ModelHandle:
@@ -144,10 +186,7 @@ def resolve_layers(
     names = [adapter.resolve(n) for n in requested] if requested else default_layers(available, adapter.num_outputs)
     unknown = [n for n in names if n not in by_name and n not in (INPUT_LAYER, LOGITS_LAYER)]
     if unknown:
-        modules = sorted({layer.module for layer in available if layer.module})
-        hint = difflib.get_close_matches(unknown[0], modules + list(by_name), n=3)
-        extra = f"; did you mean {', '.join(hint)}?" if hint else "; `reportgen layers MODEL` lists them"
-        raise UserError(f"no layer named {unknown[0]!r} in this model{extra}")
+        raise UserError(missing_layer_message(unknown[0], available))
     order = {layer.name: i for i, layer in enumerate(available)}
     chosen: list[LayerInfo] = []
     if INPUT_LAYER in names:

@@ -13,6 +13,7 @@ area-downsampled to at most 16x16, like the ``data`` layer of the MATLAB example
 
 from __future__ import annotations
 
+import difflib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -23,7 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.models.layouts import CHW, HWC, TOKENS, VECTOR, GraphStep, attention_inputs, infer_layouts
+from reportgen.models.layouts import (
+    CHW,
+    HWC,
+    TOKENS,
+    VECTOR,
+    GraphStep,
+    attention_entries,
+    attention_inputs,
+    infer_layouts,
+    residual_test,
+)
 from reportgen.util import ROW_BLOCK, release
 
 INPUT_LAYER = "input"
@@ -60,7 +71,10 @@ class LayerInfo:
     prefix: int = 0
     grid: tuple[int, int] | None = None
     module: str = ""
-    role: str = ""  # "residual" (re-joins the residual stream), "attention_input", or ""
+    # "residual" (re-joins the residual stream), "attention_input" (the input of an
+    # attention, what a ViT's maps explain), "attention_detour" (computed from it for the
+    # attention: projections, a window's padded copy), or ""
+    role: str = ""
     cells: tuple[int, int] | None = None  # grid of means kept per channel (see pool_cells)
 
     @property
@@ -203,16 +217,23 @@ def annotate_layers(
 ) -> list[LayerInfo]:
     """The candidate layers with their layouts and roles, recognised from the graph."""
     layouts = infer_layouts(steps, shapes, input_name, channels_last)
-    attention = set(attention_inputs(steps, shapes, layouts, floats))
-    residual = set()
-    for step in steps:
-        joined = [n for n in step.inputs if n in shapes]
-        if step.op == "add" and len(joined) >= 2 and len({shapes[n] for n in joined}) == 1:
-            residual.update(o for o in step.outputs if o in layouts)
+    feeding = attention_inputs(steps, shapes, layouts, floats)
+    entries = set(attention_entries(steps, shapes, layouts, feeding))
+    attention = set(feeding)
+    is_residual = residual_test(shapes)
+    residual = {o for step in steps if is_residual(step) for o in step.outputs if o in layouts}
     out = []
     for layer in candidates:
         lay = layouts.get(layer.name)
-        role = "residual" if layer.name in residual else ("attention_input" if layer.name in attention else "")
+        role = (
+            "residual"
+            if layer.name in residual
+            else "attention_input"
+            if layer.name in entries
+            else "attention_detour"
+            if layer.name in attention
+            else ""
+        )
         if lay is None and len(layer.shape) == 1:
             # One axis per image: whatever the ops on the way, a feature vector.
             out.append(replace(layer, layout=VECTOR, role=""))
@@ -231,15 +252,50 @@ def resolve_layer_name(name: str, layers: list[LayerInfo]) -> str:
     return inside[-1].name if inside else name
 
 
+def missing_layer_message(name: str, layers: list[LayerInfo]) -> str:
+    """What to tell a user whose layer ``name`` names no tensor of the model.
+
+    A module path whose parent is in the graph most likely names a module the export
+    removed: torch's ONNX exporter folds a batch norm into the convolution before it, so
+    ``blocks.0.0.bn2`` of the PyTorch model is ``blocks.0.0.conv_pw`` there.  The
+    parent's modules are listed; otherwise the closest names are suggested."""
+    modules = list(dict.fromkeys(layer.module for layer in layers if layer.module))
+    parent = name.rpartition(".")[0]
+    while parent and not any(m == parent or m.startswith(parent + ".") for m in modules):
+        parent = parent.rpartition(".")[0]
+    if parent:
+        depth = parent.count(".") + 1
+        inside = list(dict.fromkeys(".".join(m.split(".")[: depth + 1]) for m in modules if m.startswith(parent + ".")))
+        shown = ", ".join(inside[:8]) + (", ..." if len(inside) > 8 else "")
+        return (
+            f"no layer named {name!r} in this model: nothing in its graph is computed inside that module "
+            f"(an export may fold a module into the op before it, as torch's ONNX exporter folds a batch norm "
+            f"into its convolution); {parent!r} holds {shown or 'no named modules'}"
+        )
+    hint = difflib.get_close_matches(name, modules + [layer.name for layer in layers], n=3)
+    extra = f"; did you mean {', '.join(hint)}?" if hint else "; `reportgen layers MODEL` lists them"
+    return f"no layer named {name!r} in this model{extra}"
+
+
 def module_from_scope(scope: str) -> str:
     """``/features/features.1/features.1.0/attn/Slice_1`` (a node name of torch's ONNX
-    exporter) -> ``features.1.0.attn``: the folders are module names, each either a full
-    path or a name inside the previous one; the last part is the operator."""
-    parts = [p for p in scope.split("/") if p][:-1]
-    path = ""
-    for part in parts:
-        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
-    return path
+    exporter) -> ``features.1.0.attn``; the last part is the operator.
+
+    Each folder names a module by its path relative to some module above it, so its
+    leading parts repeat the end of the path so far: ``features.1.0`` after
+    ``features.1``, ``downsample.0`` after ``stages.1.downsample`` (timm's ConvNeXt),
+    ``block.0.2`` after ``features.2.0.block.0`` (torchvision's EfficientNet).  The
+    overlap is taken once: the paths come out as the module's own
+    (``stages.1.downsample.0``, ``features.2.0.block.0.2``), as on every other format."""
+    path: list[str] = []
+    for part in [p for p in scope.split("/") if p][:-1]:
+        pieces = part.split(".")
+        overlap = next(
+            (k for k in range(min(len(pieces) - 1, len(path)), 0, -1) if path[-k:] == pieces[:k]),
+            0,
+        )
+        path += pieces[overlap:]
+    return ".".join(path)
 
 
 def input_layer_info(channels: int, size: tuple[int, int]) -> LayerInfo:
@@ -322,7 +378,7 @@ def default_layers(layers: list[LayerInfo], num_outputs: int) -> list[str]:
     chosen = [INPUT_LAYER]
     # Tensors that feed attention are detours (a Swin window's padded input has its own
     # size), not the end of a stage.
-    grid = [layer for layer in layers if layer.spatial and layer.role != "attention_input"]
+    grid = [layer for layer in layers if layer.spatial and not layer.role.startswith("attention")]
     ends = [
         layer.name for i, layer in enumerate(grid) if i + 1 == len(grid) or grid[i + 1].resolution != layer.resolution
     ]
@@ -330,6 +386,7 @@ def default_layers(layers: list[LayerInfo], num_outputs: int) -> list[str]:
         # A resolution that comes back later (a detour): one end per resolution, its last.
         last = {layer.resolution: layer.name for layer in grid}
         ends = [layer.name for layer in grid if last[layer.resolution] == layer.name]
+    ends = [_stage_end(grid, name) for name in ends]
     if len(ends) <= 1:
         blocks = block_ends(layers)
         if len(blocks) > 1:
@@ -340,6 +397,28 @@ def default_layers(layers: list[LayerInfo], num_outputs: int) -> list[str]:
         chosen.append(penultimate)
     chosen.append(LOGITS_LAYER)
     return chosen
+
+
+def _stage_end(grid: list[LayerInfo], name: str) -> str:
+    """The tensor that ends the stage whose last tensor at its resolution is ``name``:
+    ``name``, unless the tensors at the end of that stretch already belong to the module
+    that changes the resolution (the next stage's downsampling norm in timm's and
+    torchvision's ConvNeXt, the expansion of EfficientNet's next block): those are left
+    to the next stage, and the stage ends at the tensor before them.  Told by module
+    paths: such a tensor and the first one at the new resolution are siblings inside one
+    container (``stages.1.downsample.0`` and ``stages.1.downsample.1``)."""
+    end = next(i for i, layer in enumerate(grid) if layer.name == name)
+    if end + 1 >= len(grid) or not grid[end + 1].module:
+        return name
+    # The container of the module that changes the resolution, when it is a block of its
+    # own (two parts at least: ``stages.1.downsample``, not ``features``, which holds every stage).
+    container = grid[end + 1].module.rsplit(".", 1)[0]
+    if "." not in container:
+        return name
+    i = end
+    while i > 0 and grid[i - 1].resolution == grid[end].resolution and grid[i].module.startswith(container + "."):
+        i -= 1
+    return grid[i].name
 
 
 def block_ends(layers: list[LayerInfo]) -> list[str]:
@@ -357,8 +436,8 @@ def block_ends(layers: list[LayerInfo]) -> list[str]:
         following = next((m for m in marked[i + 1 :] if m.role), None)
         if (
             following is None
-            or following.role == "attention_input"
-            or not any(m.role == "attention_input" for m in marked)
+            or following.role.startswith("attention")
+            or not any(m.role.startswith("attention") for m in marked)
         ):
             out.append(layer.name)
     return out
@@ -370,6 +449,33 @@ def penultimate_layer(layers: list[LayerInfo], num_outputs: int) -> str | None:
         if layer.dim != num_outputs and layer.dim > 1 and layer.layout in (VECTOR, ""):
             return layer.name
     return None
+
+
+def graph_gap(layers: list[LayerInfo]) -> str:
+    """Why the graph's layouts cannot be trusted past some point ("" when they can).
+
+    Layouts are followed from the input; an op the rules do not know cuts the thread, and
+    every tensor after it is unknown.  Attention internals are unknown too, but they
+    rejoin the residual stream, and labelled tensors follow them.  So the graph is
+    understood when no per-image map, grid or token tensor of unknown layout comes after
+    the last one that is labelled; otherwise the defaults (layers and the CAM target)
+    would stop at the cut, and a map of the last labelled tensor would explain a layer
+    near the input while the report looked as usual."""
+    ranked = [layer for layer in layers if len(layer.shape) >= 2]
+    labelled = [i for i, layer in enumerate(ranked) if layer.layout in (CHW, HWC, TOKENS)]
+    if not labelled:
+        return ""
+    last = labelled[-1]
+    lost = [layer for layer in ranked[last + 1 :] if not layer.layout]
+    if not lost:
+        return ""
+    where = ranked[last].module or ranked[last].name
+    return (
+        f"reportgen could not follow what the axes of this graph mean past {where} ({len(lost)} tensors of unknown "
+        f"layout follow it, from {lost[0].module or lost[0].name}): the default layers stop there and no default "
+        "Grad-CAM target is chosen; name layers with --layers and a target with --cam-layer (--layer for "
+        "`reportgen cam`; `reportgen layers` lists them)"
+    )
 
 
 def last_spatial_layer(layers: list[LayerInfo]) -> str | None:
@@ -405,6 +511,7 @@ class EmbeddedMetadata:
     input_size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    classes_from: str = "model metadata"  # where ``classes`` came from, as the report names it
 
     @classmethod
     def parse(cls, text: str | bytes | None) -> EmbeddedMetadata:
@@ -451,6 +558,8 @@ class ModelInfo:
     static_size: bool = False  # True when the graph accepts only input_size_hint
     embedded: EmbeddedMetadata = field(default_factory=EmbeddedMetadata)
     properties: dict[str, str] = field(default_factory=dict)  # e.g. ONNX metadata, opset
+    resize_hint: str | None = None  # "crop" or "stretch", where the model's hub files say
+    notes: list[str] = field(default_factory=list)  # what the report should say about the hints
 
 
 class ModelAdapter(ABC):

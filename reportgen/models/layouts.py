@@ -29,6 +29,7 @@ own name) and the per-image shapes it measured; this module does the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 CHW = "chw"
@@ -102,7 +103,62 @@ def _reshaped(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout
         return Layout(("H", "W", "C"))
     if kind in (CHW, HWC) and out == (src[0] if kind == CHW else src[2],) and src[0] * src[1] * src[2] == out[0]:
         return Layout(("C",))
-    return None
+    return _split_or_merged(lay, src, out)
+
+
+def _groups(src: tuple[int, ...], out: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair consecutive source axes with consecutive output axes of equal product (how a
+    reshape regroups axes); None when the two shapes do not decompose so."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(src) and j < len(out):
+        a, b = [i], [j]
+        pa, pb = src[i], out[j]
+        while pa != pb:
+            if pa < pb and i + len(a) < len(src):
+                pa *= src[i + len(a)]
+                a.append(i + len(a))
+            elif pb < pa and j + len(b) < len(out):
+                pb *= out[j + len(b)]
+                b.append(j + len(b))
+            else:
+                return None
+        groups.append((a, b))
+        i, j = a[-1] + 1, b[-1] + 1
+    return groups if i == len(src) and j == len(out) else None
+
+
+def _split_or_merged(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout | None:
+    """A space-to-depth reshape, as timm's Swin patch merging writes it: an image axis
+    split into (blocks, offset) -- labelled ``H`` and ``H'`` -- and, after a permutation,
+    the offsets merged into the channels (``H' W' C`` -> ``C``) or back into their axis.
+    Channels and tokens are never split here: splitting channels into heads is an
+    attention's, and stays unknown."""
+    if lay.prefix or len(src) != len(lay.axes):
+        return None
+    groups = _groups(src, out)
+    if groups is None:
+        return None
+    labels: list[str] = []
+    for a, b in groups:
+        names = [lay.axes[k] for k in a]
+        if len(a) == 1 and len(b) == 1:
+            labels.append(names[0])
+        elif len(a) == 1:  # a split
+            if names[0] not in ("H", "W"):
+                return None
+            labels += [names[0]] + [names[0] + "'"] * (len(b) - 1)
+        elif len(b) == 1:  # a merge
+            bases = {n.rstrip("'") for n in names}
+            if len(bases) == 1 and names[0] in ("H", "W"):
+                labels.append(names[0])  # a split undone
+            elif names[-1] == "C" and all(n.endswith("'") for n in names[:-1]):
+                labels.append("C")  # the offsets folded into the channels
+            else:
+                return None
+        else:
+            return None
+    return Layout(tuple(labels))
 
 
 def _reduced(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout | None:
@@ -186,6 +242,25 @@ def infer_layouts(
     return layouts
 
 
+def _consumers(steps: list[GraphStep]) -> dict[str, list[GraphStep]]:
+    """The steps that read each tensor."""
+    consumers: dict[str, list[GraphStep]] = {}
+    for step in steps:
+        for name in step.inputs:
+            consumers.setdefault(name, []).append(step)
+    return consumers
+
+
+def residual_test(shapes: dict[str, tuple[int, ...]]) -> Callable[[GraphStep], bool]:
+    """Whether a step is a residual join: an add of two or more same-shaped tensors."""
+
+    def is_residual(step: GraphStep) -> bool:
+        joined = [n for n in step.inputs if n in shapes]
+        return step.op == "add" and len(joined) >= 2 and len({shapes[n] for n in joined}) == 1
+
+    return is_residual
+
+
 def attention_inputs(
     steps: list[GraphStep], shapes: dict[str, tuple[int, ...]], layouts: dict[str, Layout], floats: set[str]
 ) -> list[str]:
@@ -199,14 +274,8 @@ def attention_inputs(
     ``floats`` names every floating-point tensor the graph computed (per-image or not);
     other outputs (shapes, indices) are arithmetic on sizes and lead nowhere.
     """
-    consumers: dict[str, list[GraphStep]] = {}
-    for step in steps:
-        for name in step.inputs:
-            consumers.setdefault(name, []).append(step)
-
-    def is_residual(step: GraphStep) -> bool:
-        joined = [n for n in step.inputs if n in shapes]
-        return step.op == "add" and len(joined) >= 2 and len({shapes[n] for n in joined}) == 1
+    consumers = _consumers(steps)
+    is_residual = residual_test(shapes)
 
     def reaches_unknown(name: str) -> bool:
         stack, seen = [name], {name}
@@ -227,3 +296,34 @@ def attention_inputs(
     order = [o for step in steps for o in step.outputs]
     grids = (CHW, HWC, TOKENS)
     return [n for n in order if n in layouts and layouts[n].kind in grids and reaches_unknown(n)]
+
+
+def attention_entries(
+    steps: list[GraphStep], shapes: dict[str, tuple[int, ...]], layouts: dict[str, Layout], feeding: list[str]
+) -> list[str]:
+    """Of the tensors that feed attention (``attention_inputs``), the first of each
+    attention after the residual stream: the block's normalised input.  The projections
+    computed from it (timm's fused ``qkv``, transformers' separate ``q_proj``, ``k_proj``,
+    ``v_proj``) and a window attention's padded and shifted copies feed the internals too,
+    but they are already inside the attention, and not what the grad-cam package
+    explains.  The residual adds that feed it are what they are, and count as no entry."""
+    consumers = _consumers(steps)
+    is_residual = residual_test(shapes)
+
+    def below(name: str) -> set[str]:
+        """The labelled tensors computed from ``name`` before the branch rejoins the stream."""
+        stack, seen = [name], set()
+        while stack:
+            for step in consumers.get(stack.pop(), []):
+                if is_residual(step):
+                    continue
+                for out in step.outputs:
+                    if out in layouts and out not in seen:
+                        seen.add(out)
+                        stack.append(out)
+        return seen
+
+    joins = {out for step in steps if is_residual(step) for out in step.outputs}
+    starts = [n for n in feeding if n not in joins]
+    inside = set().union(*(below(n) for n in starts)) if starts else set()
+    return [n for n in starts if n not in inside]

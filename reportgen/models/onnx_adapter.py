@@ -183,7 +183,9 @@ class OnnxAdapter(ModelAdapter):
         self.info = info
         self.model = model
         self.input_name = input_name
-        self.output_name = model.graph.output[0].name
+        # Exports with several outputs (logits beside hidden states) are read by "logits".
+        named = [o.name for o in model.graph.output if o.name.lower() == "logits"]
+        self.output_name = named[0] if named else model.graph.output[0].name
         self.dtype = dtype
         self.providers = providers
         self._layers: list[LayerInfo] = []

@@ -256,14 +256,14 @@ def _lrn(env: list[Any], a: dict[str, Any]) -> torch.Tensor:
 def _constant(env: list[Any], a: dict[str, Any]) -> torch.Tensor:
     for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
         if key in a:
-            return torch.as_tensor(np.asarray(a[key]))
+            return torch.as_tensor(np.array(a[key]))  # a copy: attribute arrays are read-only
     raise NotDifferentiable("Constant without a value")
 
 
 def _constant_of_shape(env: list[Any], a: dict[str, Any]) -> torch.Tensor:
     value = a.get("value", np.zeros(1, np.float32))
     shape = _ints(env[0]) or []
-    return torch.full(shape, float(np.asarray(value).reshape(-1)[0]), dtype=torch.from_numpy(np.asarray(value)).dtype)
+    return torch.full(shape, float(np.asarray(value).reshape(-1)[0]), dtype=torch.from_numpy(np.array(value)).dtype)
 
 
 def _resize(env: list[Any], a: dict[str, Any]) -> torch.Tensor:

@@ -360,8 +360,28 @@ def fx_steps(nodes: list[torch.fx.Node]) -> list[GraphStep]:
         perm = None
         if op == "permute" and len(source.args) > 1 and isinstance(source.args[1], (list, tuple)):
             perm = tuple(int(p) for p in source.args[1])
+        elif op == "transpose":
+            # A swap of two axes is a permutation (TorchScript's conversion keeps
+            # ``transpose``, as timm's patch embedding ``flatten(2).transpose(1, 2)`` writes).
+            perm = _swap_as_permutation(source)
+            op = "permute" if perm is not None else op
         steps.append(GraphStep(op, [n.name for n in source.all_input_nodes], [node.name], perm))
     return steps
+
+
+def _swap_as_permutation(node: torch.fx.Node) -> tuple[int, ...] | None:
+    """``transpose(x, a, b)`` as the permutation of all axes it is; None when the rank
+    or the axes are not known from the graph."""
+    value = node.meta.get("val")
+    ndim = getattr(value, "ndim", None)
+    if not isinstance(ndim, int) or len(node.args) < 3:
+        return None
+    a, b = node.args[1], node.args[2]
+    if not isinstance(a, int) or not isinstance(b, int):
+        return None
+    perm = list(range(ndim))
+    perm[a % ndim], perm[b % ndim] = perm[b % ndim], perm[a % ndim]
+    return tuple(perm)
 
 
 def _module_path(node: torch.fx.Node) -> str:
@@ -449,6 +469,26 @@ def _fetch_attr(gm: torch.nn.Module, target: str) -> Any:
     return obj
 
 
+def _keep_logits_output(gm: torch.fx.GraphModule, spec: Any) -> None:
+    """A model that returns several named outputs (transformers' ``ImageClassifierOutput``,
+    a dict) is read by its ``logits`` entry: the graph is made to return that one.  A
+    tuple is read by its first tensor, as before; nothing else changes."""
+    context = getattr(spec, "context", None)
+    children = getattr(spec, "children_specs", None)
+    if not isinstance(context, (list, tuple)) or "logits" not in context or not children:
+        return
+    position = list(context).index("logits")
+    if position >= len(children) or children[position].num_leaves != 1:
+        return
+    leaf = sum(child.num_leaves for child in children[:position])
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    leaves, _ = torch.utils._pytree.tree_flatten(output.args[0])
+    if leaf < len(leaves) and isinstance(leaves[leaf], torch.fx.Node):
+        output.args = ((leaves[leaf],),)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+
+
 def _first_tensor(value: Any) -> torch.Tensor:
     leaves, _ = torch.utils._pytree.tree_flatten(value)
     for leaf in leaves:
@@ -514,6 +554,7 @@ class TorchAdapter(ModelAdapter):
             raise UserError(f"cannot prepare the model graph: {one_line(exc)}") from None
         for p in gm.parameters():
             p.requires_grad_(False)
+        _keep_logits_output(gm, program.call_spec.out_spec)
         self._exec = _Executor(gm)
         placeholders = [n for n in self._exec.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:

@@ -21,10 +21,13 @@ Two independent guards, because torch's loader changes between releases:
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import pickle
 import sys
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +109,82 @@ def _no_code_from_pickles() -> Iterator[list[str]]:
                 setattr(owner, name, value)
 
 
+# Output containers torch deserialises by itself; any other type in an archive's output
+# spec (transformers' ``ImageClassifierOutput``) needs its library imported to load.
+_TORCH_CONTAINERS = ("builtins.", "collections.", "torch.")
+_MAX_SPEC_JSON = 64 << 20  # a program's JSON description; larger is not read here
+
+
+def _plain_output_containers(path: Path) -> bytes | None:
+    """The archive with every foreign dict-like output container named a plain ``dict``
+    (its keys kept), so that a program exported from a ``transformers`` model loads
+    without ``transformers``: the outputs are the same tensors, found by their keys (the
+    ``logits`` entry is what reportgen reads).  None when nothing needs renaming."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            programs = [
+                i
+                for i in infos
+                if "/models/" in i.filename and i.filename.endswith(".json") and i.file_size < _MAX_SPEC_JSON
+            ]
+            rewritten: dict[str, bytes] = {}
+            for info in programs:
+                text = archive.read(info).decode("utf-8")
+                if not any(marker in text for marker in ('"out_spec"', '"in_spec"')):
+                    continue
+                data = json.loads(text)
+                if _rename_foreign_specs(data):
+                    rewritten[info.filename] = json.dumps(data).encode("utf-8")
+            # The copy is made in memory: only of an archive that holds what it claims to
+            # (torch stores its entries uncompressed), never of one that would inflate.
+            if not rewritten or sum(i.file_size for i in infos) > 2 * path.stat().st_size + _MAX_SPEC_JSON:
+                return None
+            out = io.BytesIO()
+            with zipfile.ZipFile(out, "w") as copy:
+                for info in infos:
+                    copy.writestr(info, rewritten.get(info.filename) or archive.read(info))
+            return out.getvalue()
+    except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, RecursionError):
+        return None  # torch's loader will say what is wrong with the file
+
+
+def _rename_foreign_specs(value: Any) -> bool:
+    """Rename foreign dict-like containers in every serialised tree spec under ``value``."""
+    changed = False
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("out_spec", "in_spec") and isinstance(item, str):
+                spec = json.loads(item)
+                if isinstance(spec, list) and len(spec) == 2 and _rename_node(spec[1]):
+                    value[key] = json.dumps(spec)
+                    changed = True
+            else:
+                changed = _rename_foreign_specs(item) or changed
+    elif isinstance(value, list):
+        for item in value:
+            changed = _rename_foreign_specs(item) or changed
+    return changed
+
+
+def _rename_node(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return False
+    changed = False
+    kind = node.get("type")
+    if isinstance(kind, str) and not kind.startswith(_TORCH_CONTAINERS):
+        try:
+            keys = json.loads(node.get("context") or "null")
+        except ValueError:
+            keys = None
+        if isinstance(keys, list) and all(isinstance(k, str) for k in keys):
+            node["type"] = "builtins.dict"
+            changed = True
+    for child in node.get("children_spec") or []:
+        changed = _rename_node(child) or changed
+    return changed
+
+
 @contextmanager
 def _torch_logs_muted() -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
@@ -134,7 +213,8 @@ def load_exported_program(path: Path, *, trust_pickle: bool) -> torch.export.Exp
     # A file object, not the name: torch's loader complains (on stderr, through its
     # logger) about names that do not end in .pt2.  Its other log lines -- a failed load
     # retried in an older format -- are the one-line error's business, so they are muted.
-    with open(path, "rb") as fh, _torch_logs_muted():
+    plain = _plain_output_containers(path)
+    with io.BytesIO(plain) if plain is not None else open(path, "rb") as fh, _torch_logs_muted():
         if trust_pickle:
             try:
                 return torch.export.load(fh)

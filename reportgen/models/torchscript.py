@@ -35,13 +35,36 @@ import torch.fx
 MODULE_KEY = "reportgen.module"  # where the module path lives in node.meta["custom"]
 
 
-def module_path_of_scope(scope: str) -> str:
+def module_path_of_scope(scope: str, paths: set[str] | None = None) -> str:
     """``ResNet::/Sequential::layer4/BasicBlock::1/Conv2d::conv2`` -> ``layer4.1.conv2``.
 
     Each segment is ``type::attribute``; the first is the root module (no attribute).
+    With the model's module ``paths``, a container the trace left out is put back: a
+    ``ModuleList`` iterated in Python (``for blk in self.blocks``, as timm's EVA does) is
+    never called, so its blocks' scopes read ``2.norm1`` where the module is
+    ``blocks.2.norm1``, the name every other format gives it.
     """
-    names = [segment.rpartition("::")[2] for segment in scope.split("/")[1:]]
-    return ".".join(name for name in names if name)
+    names = [name for name in (segment.rpartition("::")[2] for segment in scope.split("/")[1:]) if name]
+    if paths is None:
+        return ".".join(names)
+    path = ""
+    for i, name in enumerate(names):
+        direct = f"{path}.{name}" if path else name
+        if direct not in paths:
+            prefix = f"{path}." if path else ""
+            inside = [
+                p
+                for p in paths
+                if p.startswith(prefix) and p.endswith(f".{name}") and p.count(".") == direct.count(".") + 1
+            ]
+            if len(inside) > 1 and i + 1 < len(names):
+                # ``0`` may sit in several containers (``stem.0``, ``stages.0``): the one
+                # that holds the rest of the chain.
+                inside = [p for p in inside if f"{p}.{names[i + 1]}" in paths]
+            if len(inside) == 1:
+                direct = inside[0]
+        path = direct
+    return path
 
 
 def convert(load: Callable[[], torch.jit.ScriptModule], example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -55,13 +78,15 @@ def convert(load: Callable[[], torch.jit.ScriptModule], example: torch.Tensor) -
     # Imported here: the converter module alone takes seconds to import.
     from torch._export import converter as ts_converter
 
-    with warnings.catch_warnings(), _scoped_graph_converter(ts_converter):
+    module = load()
+    paths = {name for name, _ in module.named_modules() if name}
+    with warnings.catch_warnings(), _scoped_graph_converter(ts_converter, paths):
         warnings.simplefilter("ignore")
-        return _size_folding(ts_converter)(load(), (example,)).convert()
+        return _size_folding(ts_converter)(module, (example,)).convert()
 
 
 @contextmanager
-def _scoped_graph_converter(ts_converter: Any) -> Iterator[None]:
+def _scoped_graph_converter(ts_converter: Any, paths: set[str]) -> Iterator[None]:
     """Make ``TS2EPConverter`` build its FX graph with :class:`_ScopedGraphConverter`.
 
     ``TS2EPConverter.convert`` names the graph-converter class through the module, so the
@@ -74,7 +99,7 @@ def _scoped_graph_converter(ts_converter: Any) -> Iterator[None]:
 
         def convert_node(self, node: torch._C.Node) -> None:
             super().convert_node(node)
-            path = module_path_of_scope(node.scopeName())
+            path = module_path_of_scope(node.scopeName(), paths)
             if not path:
                 return
             for output in node.outputs():

@@ -1,32 +1,84 @@
-"""Max/min-activating galleries with CAM overlays, and the channel view."""
+"""Max/min-activating images: per class, the images the model finds most and least like
+it and the confidently wrong ones, each with its activation map for the class."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from reportgen.analyses.cam import compute_cam, resize_bilinear
-from reportgen.analyses.channels import top_channels
+from reportgen.analyses.cam import compute_cam
 from reportgen.analyses.galleries import class_galleries
-from reportgen.contents import (
-    ChannelEntry,
-    ChannelsSection,
-    ChannelTile,
-    ClassGallery,
-    GalleriesSection,
-    GalleryTile,
-    ShortcutsSection,
-)
 from reportgen.errors import UserError
-from reportgen.models import ModelAdapter, SplitModel, last_spatial_layer
-from reportgen.models.base import channel_means
-from reportgen.sections import SectionInputs, load_pixels, overlay_key, small_map, thumb_key
-from reportgen.sections import shortcuts as shortcuts_section
+from reportgen.models import ModelAdapter, SplitModel
+from reportgen.report import PictureRequest, Section
+from reportgen.sections.base import Shared, load_pixels, overlay_key, small_map, thumb_key
+from reportgen.sections.maps import cam_model
+
+
+@dataclass
+class GalleryTile:
+    file: str
+    thumb: str
+    overlay: str | None  # overlay thumbnail key, None when no map could be computed or it is blank
+    score: float  # probability of the gallery's class
+    predicted: str
+    truth: str | None
+    correct: bool | None
+    blank: bool = False  # a map was computed and is zero everywhere (shown as such, not as an overlay)
+
+
+@dataclass
+class ClassGallery:
+    index: int
+    name: str
+    max: list[GalleryTile]
+    min: list[GalleryTile]
+    wrong: list[GalleryTile]
+
+
+@dataclass
+class Galleries:
+    """Max/min-activating and confidently-wrong images per class, with CAM overlays."""
+
+    method: str | None  # CAM method, None when no map could be made
+    layer: str | None
+    classes: list[ClassGallery]
+    size: int
+    note: str = ""
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # overlay key -> (H, W) map
+    score_source: str = "logits"  # which score the maps explain (see ``pipeline.class_scores``)
+    blank: int = 0  # maps that came out zero everywhere
+
+    def explained(self) -> str:
+        """The report's sentence on what the maps explain and the galleries are ranked by."""
+        return explained_scores(self.score_source)
+
+
+def explained_scores(source: str) -> str:
+    """One sentence for the report: which score the maps explain, what ranks the galleries."""
+    if source == "logits before softmax":
+        return (
+            "The maps explain each class's logit, taken before the model's final softmax (a saturated "
+            "softmax has no gradient, so maps of the probability would be blank exactly where the model "
+            "is surest); galleries are ranked by the log-odds computed from the logits (the logit margin, for two "
+            "classes), so images at probability 1.0 are still ordered by how far ahead the class is."
+        )
+    if source == "logits":
+        return (
+            "The maps explain each class's logit (the model's output); galleries are ranked by the "
+            "log-odds computed from the logits, so images at probability 1.0 are still ordered."
+        )
+    return (
+        "The model outputs probabilities and its graph has no final softmax to cut before, so the maps "
+        "explain the probability itself: where the model is sure, its gradient vanishes and maps can "
+        "be blank, and images at probability 1.0 tie (ties keep file order)."
+    )
 
 
 def _draw_maps(
-    inputs: SectionInputs,
+    shared: Shared,
     adapter: ModelAdapter,
     split: SplitModel,
     pairs: list[tuple[int, int]],
@@ -36,9 +88,9 @@ def _draw_maps(
 ) -> None:
     """The activation map of every (row, class) pair the galleries show, into ``maps``
     (by overlay key) and ``keys``; pairs whose map is zero everywhere go to ``blank``."""
-    cfg, clock, features, dataset, pre = inputs.cfg, inputs.clock, inputs.features, inputs.dataset, inputs.pre
+    cfg, clock, features, pre = shared.cfg, shared.clock, shared.features, shared.pre
     with clock("cam"), clock.bar(f"{cfg.cam}", len(pairs), "map") as bar:
-        pixels = load_pixels(dataset, sorted({features.files[r] for r, _ in pairs}), pre)
+        pixels = load_pixels(shared.dataset, sorted({features.files[r] for r, _ in pairs}), pre)
         todo = [(r, c) for r, c in pairs if features.files[r] in pixels]
         bar.update(len(pairs) - len(todo))
         run_model = lambda x: adapter.extract(x, [])[0]  # noqa: E731 - Score-CAM's forward pass
@@ -67,42 +119,35 @@ def _draw_maps(
             bar.update(len(chunk))
 
 
-@dataclass
-class GallerySections:
-    """What :func:`build` makes (each ``None`` where the options or the model leave it out)."""
-
-    galleries: GalleriesSection | None = None
-    shortcuts: ShortcutsSection | None = None
-    channels: ChannelsSection | None = None
-
-
-def build(inputs: SectionInputs) -> GallerySections:
-    """Per-class galleries with CAM overlays, the shortcut test, and the channel view of
-    the CAM layer."""
-    cfg, result, features, clock = inputs.cfg, inputs.result, inputs.features, inputs.clock
-    probs, truth, pred, pre, dataset = inputs.probs, inputs.truth, inputs.pred, inputs.pre, inputs.dataset
-
-    out = GallerySections()
-    if cfg.gallery_size <= 0 and cfg.channels <= 0 and cfg.shortcut_images <= 0:
-        return out
-    with clock("load model"):
-        adapter = inputs.handle.prepared(pre.size)
-    layer = adapter.resolve(cfg.cam_layer) if cfg.cam_layer else last_spatial_layer(adapter.layers())
-    split = None
-    note = ""
-    if layer is None:
-        note = "the model has no tensor with spatial extent, so no activation map can be drawn"
-    else:
+def gallery_maps(shared: Shared) -> Galleries | None:
+    """The galleries and their maps (None with ``--gallery-size 0``); the explorer shows
+    the same maps for the points that have one."""
+    cfg, features, probs, truth, pred = shared.cfg, shared.features, shared.probs, shared.truth, shared.pred
+    if cfg.gallery_size <= 0:
+        return None
+    model = shared.once(cam_model)
+    note = model.note
+    classes = shared.class_map.classes
+    folder = shared.result.dataset.folder_classes
+    galleries = class_galleries(shared.log_odds, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
+    pairs = sorted({(row, g.cls) for g in galleries for row in (*g.max, *g.min, *g.wrong)})
+    maps: dict[str, np.ndarray] = {}
+    keys: dict[tuple[int, int], str] = {}
+    blank: set[tuple[int, int]] = set()
+    drawn = model.split is not None
+    if model.split is not None and pairs:
         try:
-            split = adapter.split(layer)
+            _draw_maps(shared, model.adapter, model.split, pairs, maps, keys, blank)
         except UserError as exc:
             if cfg.cam_layer:
                 raise
-            note = f"no CAM: {exc}"
-    classes = inputs.class_map.classes
-    folder = result.dataset.folder_classes
+            # A graph the gradient cannot pass through: the galleries still show.
+            note, drawn = f"no CAM: {exc}", False
+            maps.clear()
+            keys.clear()
+            blank.clear()
 
-    def tile(row: int, cls: int, keys: dict[tuple[int, int], str]) -> GalleryTile:
+    def tile(row: int, cls: int) -> GalleryTile:
         t = int(truth[row])
         return GalleryTile(
             features.files[row],
@@ -115,87 +160,54 @@ def build(inputs: SectionInputs) -> GallerySections:
             (row, cls) in blank,
         )
 
-    if cfg.gallery_size > 0:
-        galleries = class_galleries(inputs.log_odds, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
-        pairs = sorted({(row, g.cls) for g in galleries for row in (*g.max, *g.min, *g.wrong)})
-        maps: dict[str, np.ndarray] = {}
-        keys: dict[tuple[int, int], str] = {}
-        blank: set[tuple[int, int]] = set()
-        drawn = split is not None
-        if split is not None and pairs:
-            try:
-                _draw_maps(inputs, adapter, split, pairs, maps, keys, blank)
-            except UserError as exc:
-                if cfg.cam_layer:
-                    raise
-                # A graph the gradient cannot pass through: the galleries still show.
-                note, drawn = f"no CAM: {exc}", False
-                maps.clear()
-                keys.clear()
-                blank.clear()
-        out.galleries = GalleriesSection(
-            cfg.cam if drawn else None,
-            layer if drawn else None,
-            [
-                ClassGallery(
-                    g.cls,
-                    classes[g.cls],
-                    [tile(r, g.cls, keys) for r in g.max],
-                    [tile(r, g.cls, keys) for r in g.min],
-                    [tile(r, g.cls, keys) for r in g.wrong],
-                )
-                for g in galleries
-            ],
-            cfg.gallery_size,
-            note,
-            maps,
-            inputs.score_source,
-            len(blank),
-        )
-
-    if cfg.shortcut_images > 0:
-        if split is None:
-            out.shortcuts = ShortcutsSection([], 0, 0, cfg.shortcut_images, None, note or "no maps")
-        else:
-            try:
-                out.shortcuts = shortcuts_section.build(inputs, adapter, split)
-            except UserError as exc:
-                if cfg.cam_layer:
-                    raise
-                out.shortcuts = ShortcutsSection([], 0, 0, cfg.shortcut_images, None, f"no maps: {exc}")
-
-    if cfg.channels > 0 and split is not None:
-        if layer not in features.arrays:
-            out.channels = ChannelsSection(
-                layer, [], f"the layer {layer} is not among the audited layers; add it to --layers to see its channels"
+    return Galleries(
+        cfg.cam if drawn else None,
+        model.layer if drawn else None,
+        [
+            ClassGallery(
+                g.cls,
+                classes[g.cls],
+                [tile(r, g.cls) for r in g.max],
+                [tile(r, g.cls) for r in g.min],
+                [tile(r, g.cls) for r in g.wrong],
             )
-            return out
-        with clock("channels"):
-            info = next(item for item in features.layers if item.name == layer)
-            picks = top_channels(channel_means(features.arrays[layer], info), cfg.channels, cfg.channel_images)
-            rows = sorted({r for p in picks for r in p.rows})
-            pixels = load_pixels(dataset, [features.files[r] for r in rows], pre)
-            ok = [r for r in rows if features.files[r] in pixels]
-            activation = {}
-            for start in range(0, len(ok), cfg.batch_size):
-                chunk = ok[start : start + cfg.batch_size]
-                a, _ = split.body(np.stack([pixels[features.files[r]] for r in chunk]))
-                for r, maps_r in zip(chunk, a, strict=True):
-                    activation[r] = maps_r
-            entries = []
-            ch_maps: dict[str, np.ndarray] = {}
-            for p in picks:
-                stack = [activation[r][p.channel] for r in p.rows if r in activation]
-                # One scale per channel: its strongest response over its top images is 1.
-                top = max((float(np.max(m)) for m in stack), default=0.0)
-                tiles = []
-                for r, value in zip(p.rows, p.activations, strict=True):
-                    key = None
-                    if r in activation and top > 0:
-                        key = overlay_key("ch", p.channel, features.files[r])
-                        m = np.clip(activation[r][p.channel] / top, 0, 1)
-                        ch_maps[key] = small_map(resize_bilinear(m[None], pre.size)[0])
-                    tiles.append(ChannelTile(features.files[r], thumb_key(features.files[r]), key, value))
-                entries.append(ChannelEntry(p.channel, p.variance, tiles))
-        out.channels = ChannelsSection(layer, entries, "", ch_maps)
-    return out
+            for g in galleries
+        ],
+        cfg.gallery_size,
+        note,
+        maps,
+        shared.score_source,
+        len(blank),
+    )
+
+
+class GalleriesSection(Section):
+    id = "galleries"
+    title = "Max/min-activating images"
+
+    def build(self, shared: Shared) -> Galleries | None:
+        return shared.once(gallery_maps)
+
+    def json_items(self, content: Galleries | None) -> dict[str, Any]:
+        if content is None:
+            return {}
+
+        def tiles(items: list[GalleryTile]) -> list[dict[str, Any]]:
+            return [{"file": t.file, "score": t.score, "pred": t.predicted, "blank_map": t.blank} for t in items]
+
+        return {
+            "galleries": {
+                g.name: {"max": tiles(g.max), "min": tiles(g.min), "wrong": tiles(g.wrong)} for g in content.classes
+            },
+            "cam": {
+                "method": content.method,
+                "layer": content.layer,
+                "note": content.note or None,
+                "explains": content.score_source,
+                "blank_maps": content.blank,
+            },
+        }
+
+    def pictures(self, content: Galleries) -> PictureRequest:
+        thumbs = {t.thumb for g in content.classes for t in (*g.max, *g.min, *g.wrong)}
+        return PictureRequest(thumbs=thumbs, overlays=dict(content.maps))

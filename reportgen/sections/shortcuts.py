@@ -1,14 +1,17 @@
-"""The "Possible shortcuts" section: where each class's evidence sits, and a test of the
-spots that stand out by covering them (see ``reportgen.analyses.shortcuts``)."""
+"""Possible shortcuts: where each class's evidence sits, and a test of the spots that
+stand out by covering them (see ``reportgen.analyses.shortcuts``).  Shown only when a
+class is flagged; its JSON is written either way."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from reportgen.analyses.cam import compute_cam
 from reportgen.analyses.shortcuts import (
+    GRID,
     MIN_MAPS,
     RANDOM_CELLS,
     ClassEvidence,
@@ -19,14 +22,46 @@ from reportgen.analyses.shortcuts import (
     occlusion_verdict,
     random_cells,
 )
-from reportgen.contents import Shortcut, ShortcutsSection
 from reportgen.data import Preprocess
-from reportgen.models import ModelAdapter, SplitModel
-from reportgen.sections import SectionInputs, load_pixels
+from reportgen.errors import UserError
+from reportgen.models import SplitModel
+from reportgen.report import PictureRequest, Section
+from reportgen.sections.base import Shared, load_pixels
+from reportgen.sections.maps import cam_model
 
 # Maps in all: every class gets ``--shortcut-images`` maps up to this budget, at least
 # MIN_MAPS each (a 1000-class model gets fewer per class rather than 24,000 maps).
 MAP_BUDGET = 2400
+
+
+@dataclass
+class Shortcut:
+    """A flagged class: its evidence sits in one spot, and covering the spot costs it."""
+
+    cls: str
+    where: str  # e.g. "top-left corner"
+    cell: tuple[int, int]  # (row, column) in the GRID x GRID grid
+    box: tuple[int, int, int, int]  # the cell in input pixels (x0, y0, x1, y1), exclusive ends
+    images: int  # of the class, whose maps and occlusions were measured
+    concentration: float  # mean share of the map mass in the cell
+    consistency: float  # share of the images whose map peaks in the cell
+    specificity: float  # concentration over the other classes' median share in the cell
+    border_share: float  # mean share of the map mass in the outer ring of cells
+    occlusion_drop: float  # mean drop of the class's probability with the cell covered in grey
+    random_drop: float  # the same with another cell covered (RANDOM_CELLS cells per image, seeded)
+    picture: str = ""  # picture key: the class's mean map over its images' mean
+
+
+@dataclass
+class Shortcuts:
+    flagged: list[Shortcut]
+    checked: int  # classes with enough maps to judge
+    candidates: int  # classes whose evidence stood out before the occlusion test
+    images_per_class: int
+    method: str | None
+    note: str = ""
+    blends: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> (mean image, mean map)
+    grid: int = GRID
 
 
 def grey_fill(pre: Preprocess) -> np.ndarray:
@@ -68,16 +103,74 @@ def pick_images(log_odds: np.ndarray, truth: np.ndarray, pred: np.ndarray, per_c
     return out
 
 
-def build(inputs: SectionInputs, adapter: ModelAdapter, split: SplitModel) -> ShortcutsSection:
+class ShortcutsSection(Section):
+    id = "shortcuts"
+    title = "Possible shortcuts"
+
+    def build(self, shared: Shared) -> Shortcuts | None:
+        cfg = shared.cfg
+        if cfg.shortcut_images <= 0:
+            return None
+        model = shared.once(cam_model)
+        if model.split is None:
+            return Shortcuts([], 0, 0, cfg.shortcut_images, None, model.note or "no maps")
+        try:
+            return find_shortcuts(shared, model.split, lambda x: model.adapter.extract(x, [])[0])
+        except UserError as exc:
+            if cfg.cam_layer:
+                raise
+            return Shortcuts([], 0, 0, cfg.shortcut_images, None, f"no maps: {exc}")
+
+    def shown(self, content: Shortcuts) -> bool:
+        return bool(content.flagged)
+
+    def count(self, content: Shortcuts) -> int:
+        return len(content.flagged)
+
+    def json_items(self, content: Shortcuts | None) -> dict[str, Any]:
+        if content is None:
+            return {}
+        return {
+            "shortcuts": [
+                {
+                    "class": s.cls,
+                    "where": s.where,
+                    "cell": list(s.cell),
+                    "box": list(s.box),
+                    "images": s.images,
+                    "concentration": s.concentration,
+                    "consistency": s.consistency,
+                    "specificity": None if not np.isfinite(s.specificity) else s.specificity,
+                    "border_share": s.border_share,
+                    "occlusion_drop": s.occlusion_drop,
+                    "random_occlusion_drop": s.random_drop,
+                }
+                for s in content.flagged
+            ],
+            "shortcut_settings": {
+                "grid": GRID,
+                "classes_checked": content.checked,
+                "candidates": content.candidates,
+                "images_per_class": content.images_per_class,
+                "method": content.method,
+                "note": content.note or None,
+            },
+        }
+
+    def pictures(self, content: Shortcuts) -> PictureRequest:
+        return PictureRequest(blends=dict(content.blends))
+
+
+def find_shortcuts(shared: Shared, split: SplitModel, run_model: Any) -> Shortcuts:
     """Maps of the classes' own images, where their evidence sits, and the occlusion test
-    of the spots that stand out."""
-    cfg, clock, features, pre = inputs.cfg, inputs.clock, inputs.features, inputs.pre
-    classes = inputs.class_map.classes
+    of the spots that stand out; ``run_model`` is the forward pass (input -> outputs)
+    that Score-CAM and the occlusion test need."""
+    cfg, clock, features, pre = shared.cfg, shared.clock, shared.features, shared.pre
+    classes = shared.class_map.classes
     per_class = min(cfg.shortcut_images, max(MIN_MAPS, MAP_BUDGET // max(1, len(classes))))
-    picks = pick_images(inputs.log_odds, inputs.truth, inputs.pred, per_class)
+    picks = pick_images(shared.log_odds, shared.truth, shared.pred, per_class)
     with clock("shortcuts"), clock.bar("shortcuts", sum(len(v) for v in picks.values()), "map") as bar:
-        pixels = load_pixels(inputs.dataset, sorted({features.files[r] for rows in picks.values() for r in rows}), pre)
-        run_model = lambda x: adapter.extract(x, [])[0]  # noqa: E731 - Score-CAM's and the occlusion's forward pass
+        pixels = load_pixels(shared.dataset, sorted({features.files[r] for rows in picks.values() for r in rows}), pre)
         shares: dict[int, np.ndarray] = {}
         mean_maps: dict[int, np.ndarray] = {}
         for c, rows in picks.items():
@@ -113,7 +206,7 @@ def build(inputs: SectionInputs, adapter: ModelAdapter, split: SplitModel) -> Sh
         blends: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for e in candidates:
             rows = picks[e.cls]
-            shortcut = _occlusion_test(e, rows, pixels, features.files, fill, rng, run_model, inputs, classes)
+            shortcut = _occlusion_test(e, rows, pixels, features.files, fill, rng, run_model, shared, classes)
             if shortcut is None:
                 continue
             key = f"shortcut:{e.cls}"
@@ -122,7 +215,7 @@ def build(inputs: SectionInputs, adapter: ModelAdapter, split: SplitModel) -> Sh
             peak = mean_maps[e.cls].max()
             blends[key] = (mean_image, mean_maps[e.cls] / peak if peak > 0 else mean_maps[e.cls])
             flagged.append(shortcut)
-    return ShortcutsSection(
+    return Shortcuts(
         flagged,
         checked=sum(1 for e in evidence if e.n_maps >= MIN_MAPS),
         candidates=len(candidates),
@@ -140,11 +233,11 @@ def _occlusion_test(
     fill: np.ndarray,
     rng: np.random.Generator,
     run_model: Any,
-    inputs: SectionInputs,
+    shared: Shared,
     classes: list[str],
 ) -> Shortcut | None:
     """Cover the class's peak cell, and RANDOM_CELLS other cells, on each of its images."""
-    pre = inputs.pre
+    pre = shared.pre
     spot = cell_box(e.peak, pre.size)
     batch = []
     for r in rows:
@@ -154,9 +247,9 @@ def _occlusion_test(
         for cell in random_cells(e.peak, rng):
             batch.append(cover(x, cell_box(cell, pre.size), fill, pre.channels_last))
     outputs = np.concatenate(
-        [run_model(np.stack(batch[i : i + inputs.cfg.batch_size])) for i in range(0, len(batch), inputs.cfg.batch_size)]
+        [run_model(np.stack(batch[i : i + shared.cfg.batch_size])) for i in range(0, len(batch), shared.cfg.batch_size)]
     )
-    probs = _probabilities(outputs, inputs.result.model.output_kind)[:, e.cls].reshape(len(rows), 2 + RANDOM_CELLS)
+    probs = _probabilities(outputs, shared.result.model.output_kind)[:, e.cls].reshape(len(rows), 2 + RANDOM_CELLS)
     drop, other, flagged = occlusion_verdict(probs[:, 0], probs[:, 1], probs[:, 2:])
     if not flagged:
         return None

@@ -1,23 +1,96 @@
-"""Feature visualisation in the report: what chosen units respond to."""
+"""What the units respond to (``--units``): for chosen channels and every class, the input
+the model would most like to see, beside the real images that excite the unit most."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from reportgen.analyses.channels import top_channels
 from reportgen.analyses.visualize import Prior, guided_projection, synthesize, unit_evaluator
-from reportgen.contents import UnitsSection, UnitTile
 from reportgen.errors import UserError
-from reportgen.models import INPUT_LAYER, LOGITS_LAYER
-from reportgen.models.base import channel_means
-from reportgen.models.layouts import CHW
-from reportgen.sections import SectionInputs, load_pixels, thumb_key
+from reportgen.models import CHW, INPUT_LAYER, LOGITS_LAYER, channel_means
+from reportgen.report import PictureRequest, Section
+from reportgen.sections.base import Shared, load_pixels, thumb_key
 
 # Images shown beside each synthesised unit: its top activators, as deepvis shows them;
 # four keep a row of the section within the page's width.
 UNIT_IMAGES = 4
+
+
+@dataclass
+class UnitTile:
+    """A unit: its synthesised input, and its top real images with their projections."""
+
+    layer: str
+    index: int
+    name: str  # "channel 12" or the class name
+    value: float  # on its synthesised input: mean activation, or probability for a class
+    mean_value: float  # the same measure averaged over the audited images
+    picture: str  # picture key of the synthesised input
+    top: list[tuple[str, str, str | None]]  # (file, thumbnail key, projection picture key)
+    responded: bool = True  # False: no run beat its start (for a class: made the class win)
+    runs: int = 1  # seeded runs it took
+
+
+@dataclass
+class UnitViews:
+    """Activation maximisation and guided backpropagation for chosen units."""
+
+    route: str
+    steps: int
+    seed: int
+    groups: list[tuple[str, list[UnitTile]]]  # (heading, units)
+    note: str = ""
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (H, W, C) in [0, 1]
+
+
+class UnitsSection(Section):
+    id = "units"
+    title = "What the units respond to"
+
+    def build(self, shared: Shared) -> UnitViews | None:
+        if shared.cfg.units <= 0:
+            return None
+        with shared.clock("units"):
+            return synthesised_units(shared)
+
+    def json_items(self, content: UnitViews | None) -> dict[str, Any]:
+        if content is None:
+            return {}
+        return {
+            "units": {
+                "route": content.route or None,
+                "steps": content.steps,
+                "seed": content.seed,
+                "note": content.note or None,
+                "groups": [
+                    {
+                        "heading": heading,
+                        "units": [
+                            {
+                                "layer": t.layer,
+                                "index": t.index,
+                                "name": t.name,
+                                "synthesized_value": t.value,
+                                "mean_value": t.mean_value,
+                                "responded": t.responded,
+                                "runs": t.runs,
+                                "top": [f for f, _, _ in t.top],
+                            }
+                            for t in tiles
+                        ],
+                    }
+                    for heading, tiles in content.groups
+                ],
+            }
+        }
+
+    def pictures(self, content: UnitViews) -> PictureRequest:
+        thumbs = {thumb for _, tiles in content.groups for t in tiles for _, thumb, _ in t.top}
+        return PictureRequest(thumbs=thumbs, pictures=dict(content.pictures))
 
 
 @dataclass
@@ -32,18 +105,18 @@ class UnitPlan:
     means: list[float]  # per unit, its mean activation (probability for classes) over the set
 
 
-def build(inputs: SectionInputs) -> UnitsSection:
+def synthesised_units(shared: Shared) -> UnitViews:
     """Synthesised inputs for the most variable channels of the last two spatial layers
     and for the classes, each beside its top real images and their guided projections."""
-    cfg, features, probs, pre = inputs.cfg, inputs.features, inputs.probs, inputs.pre
+    cfg, features, probs, pre = shared.cfg, shared.features, shared.probs, shared.pre
 
-    adapter = inputs.handle.prepared(pre.size)
+    adapter = shared.handle.prepared(pre.size)
     try:
         model = adapter.differentiable()
     except UserError as exc:
-        return UnitsSection("", cfg.unit_steps, cfg.seed, [], str(exc))
+        return UnitViews("", cfg.unit_steps, cfg.seed, [], str(exc))
     prior = Prior(steps=cfg.unit_steps)
-    section = UnitsSection(model.route, cfg.unit_steps, cfg.seed, [])
+    section = UnitViews(model.route, cfg.unit_steps, cfg.seed, [])
     n_top = UNIT_IMAGES
     # Channel units are read on the channel axis of (C, H, W) maps; channels-last maps and
     # token sequences get class units only.
@@ -67,25 +140,25 @@ def build(inputs: SectionInputs) -> UnitsSection:
                 [float(means[p.channel]) for p in picks],
             )
         )
-    k = len(inputs.class_map.classes)
-    truth = inputs.truth
+    k = len(shared.class_map.classes)
+    truth = shared.truth
     support = np.bincount(truth[truth >= 0], minlength=k) if (truth >= 0).any() else np.zeros(k, int)
     classes = sorted(range(k), key=lambda c: (-support[c], c))[:20] if k > 20 else list(range(k))
     # Ranked by log-odds, not probability: a confident model has many images at p = 1.0.
-    rows = [[int(r) for r in np.argsort(-inputs.log_odds[:, c], kind="stable")[:n_top]] for c in classes]
+    rows = [[int(r) for r in np.argsort(-shared.log_odds[:, c], kind="stable")[:n_top]] for c in classes]
     plans.append(
         UnitPlan(
             "Classes",
             LOGITS_LAYER,
             classes,
-            [inputs.class_map.classes[c] for c in classes],
+            [shared.class_map.classes[c] for c in classes],
             rows,
             [float(probs[:, c].mean()) for c in classes],
         )
     )
     needed = sorted({features.files[r] for plan in plans for group in plan.top_rows for r in group})
-    pixels = load_pixels(inputs.dataset, needed, pre)
-    with inputs.clock.bar("feature visualisation", prior.steps * sum(1 for plan in plans if plan.units), "step") as bar:
+    pixels = load_pixels(shared.dataset, needed, pre)
+    with shared.clock.bar("feature visualisation", prior.steps * sum(1 for plan in plans if plan.units), "step") as bar:
         for plan in plans:
             heading, layer, units, names, top_rows, means = (
                 plan.heading,

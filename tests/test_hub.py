@@ -1,0 +1,360 @@
+"""Models from the hubs: timm and Hugging Face transformers, exported as their users export
+them (ONNX by torch's TorchScript-based exporter, a TorchScript trace, ``torch.export``).
+
+Small seeded members of each family, built here (no download): the default layers are
+few and of known layout, one module path names the same layer on every format, and the
+default map equals the ``grad-cam`` package's at its recommended target (with its
+reshape transform).  Then what the hub files beside a model say, a model that returns
+``ImageClassifierOutput``, and a graph whose thread reportgen loses.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_no_traceback, load_json, make_image, run_cli
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from reportgen.analyses.cam import compute_cam
+from reportgen.models import INPUT_LAYER, LOGITS_LAYER, default_cam_layer, default_layers, graph_gap, load_model
+
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+
+FORMATS = ["onnx", "torchscript", "torch.export"]
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch.export": ".pt2"}
+
+
+def _tokens(prefix: int, side: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """grad-cam's reshape transform for a ViT: prefix tokens dropped, patches on their grid."""
+
+    def transform(t: torch.Tensor) -> torch.Tensor:
+        return t[:, prefix:, :].reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+
+    return transform
+
+
+class _Logits(torch.nn.Module):
+    """A transformers classifier as grad-cam calls it: a tensor of logits out."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
+def _hf_vit() -> torch.nn.Module:
+    config = transformers.ViTConfig(
+        image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, num_labels=3,
+    )  # fmt: skip
+    return transformers.ViTForImageClassification(config)
+
+
+@dataclass
+class Hub:
+    name: str
+    build: Callable[[], torch.nn.Module]
+    size: int
+    target: Callable[[torch.nn.Module], torch.nn.Module]  # grad-cam's recommended target
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+FAMILIES = [
+    Hub(
+        "deit-distilled",
+        lambda: timm.create_model("deit_tiny_distilled_patch16_224", img_size=64, depth=3, num_classes=3),
+        64,
+        lambda m: m.blocks[-1].norm1,
+        _tokens(2, 4),
+    ),
+    Hub(
+        "dinov2-registers",
+        lambda: timm.create_model(
+            "vit_small_patch14_reg4_dinov2", img_size=56, depth=3, embed_dim=96, num_heads=3, num_classes=3
+        ),
+        56,
+        lambda m: m.blocks[-1].norm1,
+        _tokens(5, 4),
+    ),
+    Hub("convnext", lambda: timm.create_model("convnext_atto", num_classes=3), 64, lambda m: m.stages[-1]),
+    Hub(
+        "swin",
+        lambda: timm.create_model(
+            "swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1), embed_dim=32, num_heads=(1, 2, 4, 8), num_classes=3
+        ),
+        224,
+        lambda m: m.norm,
+        lambda t: t.permute(0, 3, 1, 2),
+    ),
+    Hub("efficientnet", lambda: timm.create_model("efficientnet_b0", num_classes=3), 64, lambda m: m.bn2),
+    Hub("resnet-d", lambda: timm.create_model("resnet18d", num_classes=3), 64, lambda m: m.layer4[-1]),
+    Hub("hf-vit", _hf_vit, 64, lambda m: m.model.vit.layers[-1].layernorm_before, _tokens(1, 4)),
+]
+
+
+def _build(hub: Hub) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = hub.build().eval()
+    if hub.name.startswith("hf-"):
+        model = _Logits(model).eval()
+    for p in model.parameters():  # timm and transformers start some heads at zero
+        if p.ndim == 2 and not p.abs().sum():
+            torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+def _export(model: torch.nn.Module, fmt: str, size: int, folder: Path) -> Path:
+    """As a user exports: the transformers model itself (its ``ImageClassifierOutput`` and
+    all), not the wrapper grad-cam needs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"model{SUFFIX[fmt]}"
+    inner = model.model if isinstance(model, _Logits) else model
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "onnx":
+            torch.onnx.export(inner, (x,), str(path), dynamo=False, input_names=["pixel_values"],
+                              output_names=["logits"], dynamic_axes={"pixel_values": {0: "n"}, "logits": {0: "n"}},
+                              opset_version=17)  # fmt: skip
+        elif fmt == "torchscript":
+            # transformers' models trace to a tuple of outputs (their ``torchscript`` mode).
+            traced = torch.jit.trace(inner, x, strict=False, check_trace=False)
+            torch.jit.save(traced, str(path))
+        else:
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            torch.export.save(torch.export.export(inner, (x,), dynamic_shapes=({0: batch},)), str(path))
+    return path
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=[f.name for f in FAMILIES])
+def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One family: the grad-cam package's maps at its target, and reportgen's reading of
+    every format."""
+    hub: Hub = request.param
+    model = _build(hub)
+    x = np.random.default_rng(0).standard_normal((3, 3, hub.size, hub.size)).astype(np.float32)
+    with torch.no_grad():
+        targets = model(torch.from_numpy(x)).argmax(1).numpy()
+    with GradCAM(model=model, target_layers=[hub.target(model)], reshape_transform=hub.reshape) as cam:
+        reference = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    readings = {}
+    for fmt in FORMATS:
+        folder = tmp_path_factory.mktemp(f"{hub.name}-{fmt}")
+        adapter = load_model(_export(model, fmt, hub.size, folder), device="cpu")
+        adapter.prepare((hub.size, hub.size))
+        layers = adapter.layers()
+        by_name = {layer.name: layer for layer in layers}
+        chosen = default_layers(layers, adapter.num_outputs)
+        target = default_cam_layer(adapter)
+        maps = compute_cam("gradcam", adapter.split(target), x, targets, (hub.size, hub.size)).maps if target else None
+        _, features = adapter.extract(x, chosen[1:-1])
+        readings[fmt] = {
+            "gap": graph_gap(layers),
+            "defaults": [(n, by_name[n].module, by_name[n].layout) for n in chosen[1:-1]],
+            "ends": (chosen[0], chosen[-1]),
+            "target": None if target is None else by_name[target].module,
+            "maps": maps,
+            "features": [features[n] for n in chosen[1:-1]],
+        }
+    return {"hub": hub, "reference": reference, "readings": readings}
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return min(float(np.corrcoef(u.ravel(), v.ravel())[0, 1]) for u, v in zip(a, b, strict=True))
+
+
+@pytest.mark.slow
+def test_the_family_reads_the_same_on_every_format(family: dict) -> None:
+    readings = family["readings"]
+    for fmt, r in readings.items():
+        assert r["gap"] == "", (fmt, r["gap"])
+        assert r["ends"] == (INPUT_LAYER, LOGITS_LAYER)
+        assert 3 <= len(r["defaults"]) + 2 <= 10, (fmt, r["defaults"])
+        assert all(layout for _, _, layout in r["defaults"]), (fmt, r["defaults"])  # no unknown layout
+        assert r["target"], fmt
+    # One module path names the same layer on every format: the same defaults, holding the
+    # same values, and the same target.  torch's ONNX exporter folds a batch norm into the
+    # convolution before it, so there that tensor is the convolution's (``conv_pw`` for
+    # ``bn2``): a module of the same parent.
+    (first, a), *rest = readings.items()
+    for fmt, b in rest:
+        assert len(a["defaults"]) == len(b["defaults"]), (first, a["defaults"], fmt, b["defaults"])
+        for (_, ma, _), (_, mb, _), fa, fb in zip(
+            a["defaults"], b["defaults"], a["features"], b["features"], strict=True
+        ):
+            assert ma == mb or ("onnx" in (first, fmt) and ma.rpartition(".")[0] == mb.rpartition(".")[0]), (ma, mb)
+            assert np.allclose(fa, fb, rtol=1e-3, atol=1e-3 * np.abs(fb).max()), (ma, fmt)
+    assert len({r["target"] for r in readings.values()}) == 1, {f: r["target"] for f, r in readings.items()}
+
+
+@pytest.mark.slow
+def test_the_default_map_is_the_grad_cam_package_s(family: dict) -> None:
+    for fmt, r in family["readings"].items():
+        assert _corr(r["maps"], family["reference"]) >= (0.98 if fmt == "onnx" else 0.99), fmt
+
+
+def test_hub_files_beside_the_model_name_classes_and_preprocessing(tmp_path: Path) -> None:
+    """An optimum-style folder: model.onnx, config.json (id2label), preprocessor_config.json
+    (mean, std, size, centre crop).  Class names, normalisation, size and crop come from
+    them; command-line options still win; the cache notices when they change."""
+    model = _build(FAMILIES[-1])
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    path = _export(model, "onnx", 64, folder)
+    (folder / "config.json").write_text(json.dumps({"id2label": {"0": "cat", "1": "dog", "2": "fox"}}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "do_center_crop": True,
+        "crop_size": {"height": 64, "width": 64}, "size": {"shortest_edge": 72}, "crop_pct": 0.9,
+    }))  # fmt: skip
+    images = tmp_path / "images"
+    for i, name in enumerate(("cat", "dog", "fox")):
+        for j in range(3):
+            make_image(images / name / f"{j}.png", (70, 50), (40 * i + 10 * j, 90, 200 - 40 * i))
+    out = tmp_path / "o" / "r.html"
+    result = run_cli("audit", path, images, "-o", out, "-q", "--no-tsne", "--gallery-size", "0", "--channels", "0")
+    assert result.code == 0, result.err
+    data = load_json(out)
+    assert data["classes"] == ["cat", "dog", "fox"]
+    assert data["class_source"] == "config.json, preprocessor_config.json beside the model"
+    assert data["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and data["preprocessing"]["std"] == [0.25, 0.25, 0.25]
+    assert data["preprocessing"]["resize"] == "crop" and data["preprocessing"]["size"] == [64, 64]
+    assert any("crops 0.9 of the shorter side" in w for w in data["warnings"])
+    assert "config.json" in data["model"]["properties"]["hints from"]
+    # Options win over the hints; a changed hub file is a changed cache key.
+    again = run_cli("audit", path, images, "-o", out, "--no-tsne", "--gallery-size", "0", "--channels", "0",
+                    "--mean", "0.4", "--resize", "stretch")  # fmt: skip
+    assert again.code == 0 and load_json(out)["preprocessing"]["mean"] == [0.4] * 3
+    assert load_json(out)["preprocessing"]["resize"] == "stretch"
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.3] * 3, "image_std": [0.3] * 3}))
+    third = run_cli("audit", path, images, "-o", out, "--no-tsne", "--gallery-size", "0", "--channels", "0")
+    assert third.code == 0 and "not reusing the features cache" in third.err
+    assert load_json(out)["preprocessing"]["mean"] == [0.3] * 3
+
+
+def test_hostile_hub_files_are_dropped(tmp_path: Path) -> None:
+    """Wrong types, holes in id2label, a huge file: dropped, the audit goes on."""
+    model = _build(FAMILIES[-1])
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    path = _export(model, "onnx", 64, folder)
+    (folder / "config.json").write_text(json.dumps({"id2label": {"0": "a", "2": "c", "3": "d"}}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": "red", "image_std": [0, 0, 0]}))
+    layers = run_cli("layers", path)
+    assert layers.code == 0, layers.err
+    adapter = load_model(path, device="cpu")
+    assert adapter.info.embedded.classes is None and adapter.info.embedded.mean is None
+    assert adapter.info.embedded.std is None
+    (folder / "config.json").write_bytes(b"{" + b" " * (9 << 20) + b"}")
+    assert load_model(path, device="cpu").info.embedded.classes is None
+
+
+@pytest.mark.parametrize("fmt", ["torch.export", "torchscript"])
+def test_a_transformers_model_is_read_by_its_logits(tmp_path: Path, fmt: str) -> None:
+    """A transformers model returns ``ImageClassifierOutput`` (a dict of outputs): its
+    torch.export program loads in the CLI's process, which never imports transformers,
+    and on every format the logits are what reportgen reads."""
+    model = _build(FAMILIES[-1])
+    path = _export(model, fmt, 64, tmp_path)
+    image = tmp_path / "a.png"
+    make_image(image, (64, 64), (200, 30, 90))
+    result = run_cli("cam", path, image, "-o", tmp_path / "m.npy", "--size", "64")
+    assert_no_traceback(result)
+    assert result.code == 0, result.err
+    adapter = load_model(path, device="cpu")
+    adapter.prepare((64, 64))
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    scores, _ = adapter.extract(x, [])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+
+
+class _Unfollowable(torch.nn.Module):
+    """A CNN whose feature map goes through a reshape the layout rules do not follow
+    ((C, H, W) -> (C*H, W) -> back): every tensor after it has unknown axes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.body = torch.nn.Conv2d(8, 16, 3, padding=1, stride=2)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.stem(x))
+        n, c, h, w = a.shape
+        a = a.reshape(n, c * h, w).reshape(n, c, h, w)
+        return self.head(torch.relu(self.body(a)).mean(dim=(2, 3)))
+
+
+def test_a_graph_whose_thread_is_lost_says_so(tmp_path: Path) -> None:
+    """No default Grad-CAM target is picked from before the cut: `layers` warns, the
+    audit says why its galleries have no maps, and --cam-layer still works."""
+    torch.manual_seed(0)
+    path = _export(_Unfollowable().eval(), "onnx", 32, tmp_path)
+    listing = run_cli("layers", path)
+    assert listing.code == 0, listing.err
+    assert "# warning: reportgen could not follow what the axes of this graph mean past" in listing.out
+    assert "c " not in "".join(line[:3] for line in listing.out.splitlines() if not line.startswith("#"))
+    images = tmp_path / "images"
+    for i, name in enumerate(("a", "b", "c")):
+        for j in range(3):
+            make_image(images / name / f"{j}.png", (32, 32), (80 * i, 20 * j, 100))
+    out = tmp_path / "o" / "r.html"
+    result = run_cli("audit", path, images, "-o", out, "-q", "--no-tsne", "--gallery-size", "1", "--channels", "0",
+                     "--shortcut-images", "0")  # fmt: skip
+    assert result.code == 0, result.err
+    data = load_json(out)
+    assert data["cam"]["method"] is None and "could not follow" in data["cam"]["note"]
+    assert any("could not follow" in w for w in data["warnings"])
+    named = run_cli("cam", path, next(images.rglob("*.png")), "-o", tmp_path / "m.npy", "--layer", "stem")
+    assert named.code == 0, named.err
+    plain = run_cli("cam", path, next(images.rglob("*.png")), "-o", tmp_path / "n.npy")
+    assert plain.code == 2 and "--layer" in plain.err
+
+
+class _ConvBn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = torch.nn.Sequential()
+        self.block.add_module("conv", torch.nn.Conv2d(3, 8, 3, padding=1))
+        self.block.add_module("bn", torch.nn.BatchNorm2d(8))
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x).mean(dim=(2, 3)))
+
+
+def test_a_module_the_onnx_export_folded_away_is_named_by_its_block(tmp_path: Path) -> None:
+    """torch's ONNX exporter folds the batch norm into the convolution: ``block.bn`` is
+    not in that graph.  The error says why and what the block holds; the block's name
+    selects the same tensor (the same values) on the ONNX and the torch.export file."""
+    torch.manual_seed(0)
+    model = _ConvBn().eval()
+    with torch.no_grad():  # a batch norm that changes its input, so the fold is visible
+        model.block.bn.running_mean.uniform_(-1, 1)
+        model.block.bn.running_var.uniform_(0.5, 2)
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    values = {}
+    for fmt in ("onnx", "torch.export"):
+        adapter = load_model(_export(model, fmt, 16, tmp_path / fmt), device="cpu")
+        adapter.prepare((16, 16))
+        _, features = adapter.extract(x, [adapter.resolve("block")])
+        values[fmt] = features[adapter.resolve("block")]
+    np.testing.assert_allclose(values["onnx"], values["torch.export"], rtol=1e-4, atol=1e-5)
+    image = tmp_path / "a.png"
+    make_image(image, (16, 16), (10, 200, 30))
+    result = run_cli("cam", tmp_path / "onnx" / "model.onnx", image, "-o", tmp_path / "m.npy", "--layer", "block.bn")
+    assert_no_traceback(result)
+    assert result.code == 2
+    assert "folds a batch norm into its convolution" in result.err and "'block' holds block.conv" in result.err
