@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from reportgen import __version__
+from reportgen.analyses.calibration import expected_calibration_error
 from reportgen.analyses.metrics import classification_metrics
 from reportgen.analyses.similarity import PairedAccuracy, knn_overlap, linear_cka, paired_bootstrap
 from reportgen.config import source_date_epoch, timestamp
@@ -42,7 +43,14 @@ from reportgen.outputs import PREDICTION_COLUMNS
 from reportgen.report import JSON_SCHEMA_VERSION
 from reportgen.util import file_sha256, round_floats
 
-COMPARE_GATES = ("accuracy_drop", "class_recall_drop", "macro_f1_drop", "regressions")
+COMPARE_GATES = (
+    "accuracy_drop",
+    "class_recall_drop",
+    "macro_f1_drop",
+    "regressions",
+    "negative_flip_rate",
+    "ece_increase",
+)
 SHOWN_FLIPS = 60
 
 
@@ -383,6 +391,7 @@ class CompareResult:
     macro_f1: tuple[float, float] | None
     per_class: list[ClassDelta]
     regressions: list[Flip]  # right -> wrong
+    ece: tuple[float, float] | None  # (old, new) on the labeled common images, from each prediction's score
     fixes: list[Flip]  # wrong -> right
     still_wrong: list[Flip]  # wrong -> differently wrong
     unlabeled_changes: list[Flip]  # changed on an image without a known class
@@ -401,6 +410,11 @@ class CompareResult:
     cam_note: str = ""
     blank_maps: int = 0  # flips' maps that came out zero everywhere, left out of the page
     overlays: dict[str, np.ndarray] = field(default_factory=dict)  # key -> map, for the figures
+
+    @property
+    def negative_flip_rate(self) -> float | None:
+        """The share of the labeled common images right before and wrong now."""
+        return len(self.regressions) / self.labeled if self.labeled else None
 
     def shown_flips(self) -> list[Flip]:
         """The flips the page shows as pictures: the first ``SHOWN_FLIPS`` of each group."""
@@ -461,6 +475,18 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
                 )
         per_class.sort(key=lambda d: (-abs(d.f1_delta), -abs(d.recall_delta), d.name))
 
+    ece = None
+    if known.any():
+        # Top-label ECE from each audit's scores (the probability of its prediction), on the
+        # same images: comparable even where the two audits saw different folders.
+        labeled_files = [f for f, k in zip(common, known, strict=True) if k]
+
+        def ece_of(by_file: dict[str, dict[str, Any]], pred: np.ndarray) -> float:
+            scores = np.array([float(by_file[f]["score"]) for f in labeled_files])
+            return expected_calibration_error(scores, pred[known] == truth[known])
+
+        ece = (ece_of(old_by_file, old_pred), ece_of(new_by_file, new_pred))
+
     regressions: list[Flip] = []
     fixes: list[Flip] = []
     still_wrong: list[Flip] = []
@@ -511,6 +537,7 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
         macro_f1=macro,
         per_class=per_class,
         regressions=regressions,
+        ece=ece,
         fixes=fixes,
         still_wrong=still_wrong,
         unlabeled_changes=unlabeled_changes,
@@ -776,6 +803,10 @@ def compare_json(r: CompareResult, gates: dict[str, Any]) -> dict[str, Any]:
             "unlabeled_changes": flips(r.unlabeled_changes),
         },
         "changed_predictions": r.changed,
+        "negative_flip_rate": r.negative_flip_rate,
+        "calibration": None
+        if r.ece is None
+        else {"ece": {"old": r.ece[0], "new": r.ece[1], "delta": r.ece[1] - r.ece[0]}},
         "confusion_difference": None if r.confusion_old is None else (r.confusion_new - r.confusion_old).tolist(),
         "layers_similarity": [
             {
@@ -802,6 +833,8 @@ def evaluate_gates(r: CompareResult, gates: dict[str, float]) -> tuple[dict[str,
         "class_recall_drop": max((-d.recall_delta for d in r.per_class if d.support), default=None),
         "macro_f1_drop": None if r.macro_f1 is None else r.macro_f1[0] - r.macro_f1[1],
         "regressions": float(len(r.regressions)),
+        "negative_flip_rate": r.negative_flip_rate,
+        "ece_increase": None if r.ece is None else r.ece[1] - r.ece[0],
     }
     report: dict[str, Any] = {}
     failures = []

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 from PIL import Image
 
 DPI = 100
@@ -177,6 +178,66 @@ def layer_curve_figure(names: Sequence[str], series: dict[str, Sequence[float | 
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.spines[["top", "right"]].set_visible(False)
+    return to_png(fig)
+
+
+def reliability_figure(
+    confidence: Sequence[float],
+    accuracy: Sequence[float],
+    bands: Sequence[tuple[float, float]],
+    histogram: tuple[Sequence[float], Sequence[int]],
+) -> bytes:
+    """Reliability diagram: accuracy against mean confidence per equal-mass bin, with its
+    band as an error bar (red where the bin is over-confident), the diagonal of perfect
+    calibration, and below it how many images have each confidence (``histogram``:
+    equal-width bin centres and counts)."""
+    fig = _new_figure(5.2, 5.4)
+    grid = fig.add_gridspec(2, 1, height_ratios=(4, 1), hspace=0.08)
+    ax = fig.add_subplot(grid[0])
+    ax.plot([0, 1], [0, 1], color=MUTED, lw=1, ls="--", label="perfect calibration")
+    conf, acc = np.asarray(confidence, float), np.asarray(accuracy, float)
+    lo, hi = np.array([b[0] for b in bands], float), np.array([b[1] for b in bands], float)
+    over = conf > acc
+    for mask, colour, label in (
+        (~over, "#2563eb", "accuracy of a bin of equal size, 95% band"),
+        (over, "#dc2626", "the same, over-confident"),
+    ):
+        if mask.any():
+            ax.errorbar(
+                conf[mask], acc[mask], yerr=np.vstack([acc[mask] - lo[mask], hi[mask] - acc[mask]]).clip(0),
+                fmt="o", ms=4, color=colour, ecolor=colour, elinewidth=1, capsize=2, label=label,
+            )  # fmt: skip
+    ax.set_xlim(0.0, 1.02)  # a bin at confidence 1 shows whole
+    ax.set_ylim(0.0, 1.04)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelbottom=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    below = fig.add_subplot(grid[1], sharex=ax)
+    centres, numbers = histogram
+    below.bar(centres, numbers, width=1 / 15 * 0.9, color=MUTED)
+    below.set_xlabel("confidence (probability of the predicted class)")
+    below.set_ylabel("images", fontsize=8)
+    below.spines[["top", "right"]].set_visible(False)
+    return to_png(fig)
+
+
+def risk_coverage_figure(coverage: Sequence[float], risk: Sequence[float], overall: float) -> bytes:
+    """Error rate among the images kept against the share kept, most confident first."""
+    fig = _new_figure(5.2, 3.4)
+    ax = fig.add_subplot()
+    ax.plot(coverage, risk, color="#2563eb", lw=1.6)
+    ax.axhline(overall, color=MUTED, lw=1, ls="--", label=f"error on all images ({overall:.1%})")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, max(0.05, float(np.max(risk, initial=0.0)) * 1.3))  # room for the legend above the curve
+    ax.set_xlabel("coverage (share of images kept, most confident first)")
+    ax.set_ylabel("error among those kept")
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     return to_png(fig)
 

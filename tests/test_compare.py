@@ -294,3 +294,49 @@ def test_a_link_out_of_the_image_folder_is_not_read(two_audits: dict[str, Path],
     thumb = json.loads(page.group(1))["thumbs"][f"a:{flipped}"]
     pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(thumb.split(",", 1)[1]))).convert("RGB"))
     assert abs(pixels.astype(int) - 200).max() <= 8  # the grey square, not the red secret
+
+
+def _top_label_ece(scores: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE by a direct loop over 15 equal-width bins (lower edge open, as papers bin)."""
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [(s, c) for s, c in zip(scores, correct, strict=True) if lo < s <= hi or (b == 0 and s == 0)]
+        if inside:
+            gap = abs(np.mean([c for _, c in inside]) - np.mean([s for s, _ in inside]))
+            total += len(inside) / len(scores) * gap
+    return total
+
+
+def test_negative_flip_rate_and_ece_gates(two_audits: dict[str, Path], tmp_path: Path) -> None:
+    old = {p["file"]: p for p in load_json(two_audits["v1"])["predictions"]}
+    new = {p["file"]: p for p in load_json(two_audits["v2"])["predictions"]}
+    labeled = sorted(f for f in old if old[f]["label"] is not None)
+    negative = sum(old[f]["pred"] == old[f]["label"] and new[f]["pred"] != new[f]["label"] for f in labeled)
+    rate = negative / len(labeled)
+    eces = []
+    for side in (old, new):
+        scores = np.array([side[f]["score"] for f in labeled])
+        eces.append(_top_label_ece(scores, np.array([side[f]["pred"] == side[f]["label"] for f in labeled])))
+    assert rate > 0 and eces[1] != eces[0]
+    out = tmp_path / "gate.html"
+    gate = f"negative_flip_rate={rate / 2:.4f},ece_increase=1.0"
+    failing = run_cli("compare", two_audits["v1"], two_audits["v2"], "-o", out, "-q", "--no-cam", "--fail-on", gate)
+    assert failing.code == 3 and "negative_flip_rate" in failing.err and "ece_increase" not in failing.err, failing.err
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["negative_flip_rate"] == pytest.approx(rate, abs=1e-6)
+    ece = data["calibration"]["ece"]
+    assert ece["old"] == pytest.approx(eces[0], abs=1e-6) and ece["new"] == pytest.approx(eces[1], abs=1e-6)
+    assert data["gates"]["ece_increase"]["value"] == pytest.approx(eces[1] - eces[0], abs=1e-6)
+    assert data["gates"]["ece_increase"]["passed"] is True
+    # The new model's ECE is also what its own audit's calibration section says.
+    assert load_json(two_audits["v2"])["calibration"]["ece"] == pytest.approx(eces[1], abs=1e-6)
+    worse = eces[1] - eces[0]
+    threshold = worse / 2 if worse > 0 else worse - 0.01
+    ece_gate = run_cli(
+        "compare", two_audits["v1"], two_audits["v2"], "-o", out, "-q", "--no-cam", "--fail-on",
+        f"ece_increase={threshold:.5f}",
+    )  # fmt: skip
+    assert ece_gate.code == 3 and "ece_increase" in ece_gate.err
+    html = out.read_text()
+    assert "Negative flip rate" in html and "ECE" in html

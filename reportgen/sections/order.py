@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from reportgen.report import Section
 from reportgen.sections.balance import BalanceSection
+from reportgen.sections.calibration import CalibrationSection
 from reportgen.sections.channels import ChannelsSection
 from reportgen.sections.configuration import ConfigurationSection
 from reportgen.sections.confusion import ConfusionSection
@@ -29,6 +30,7 @@ REPORT: list[Section] = [
     ConfusionSection(),
     PerClassSection(),
     BalanceSection(),
+    CalibrationSection(),
     LayersSection(),
     TsneSection(),
     ExplorerSection(),
