@@ -245,13 +245,16 @@ def diagnostics(work: Path, quick: bool, output: Path) -> int:
 
     started = time.perf_counter()
     curves, comparisons, notes = suite.run(work, quick, HERE.parent / "sample_data")
+    from benchmarks import review
+
+    review_runs, recovery, review_notes = review.run(work, quick)
     elapsed = time.perf_counter() - started
     write_results(
         output,
         "Diagnostics against ground truth" + (" (quick mode: small workloads)" if quick else ""),
         "python -m benchmarks --suite diagnostics" + (" --quick" if quick else ""),
         elapsed,
-        ["", *suite.markdown(curves, comparisons, notes)],
+        ["", *suite.markdown(curves, comparisons, notes), *review.markdown(review_runs, recovery, review_notes)],
     )
     return 0
 

@@ -50,7 +50,9 @@ COMPARE_GATES = (
     "regressions",
     "negative_flip_rate",
     "ece_increase",
+    "slice_accuracy_drop",
 )
+MAX_SLICES = 100  # slices read from one audit JSON (an audit writes at most analyses.slices.SHOWN_SLICES)
 SHOWN_FLIPS = 60
 
 
@@ -210,6 +212,13 @@ def _check_audit(data: dict[str, Any], json_path: Path, max_images: int) -> None
     options = shape.obj(data.get("options"), "options", optional=True)
     shape.text(options.get("arch"), "options.arch", optional=True)
     shape.text(options.get("features"), "options.features", optional=True)
+    if data.get("slices") is not None:
+        for i, entry in enumerate(shape.items(data["slices"], "slices", MAX_SLICES)):
+            entry = shape.obj(entry, f"slices[{i}]")
+            shape.number(entry.get("id"), f"slices[{i}].id")
+            shape.text(entry.get("description"), f"slices[{i}].description", optional=True)
+            for j, file in enumerate(shape.items(entry.get("files"), f"slices[{i}].files", max_images)):
+                shape.text(file, f"slices[{i}].files[{j}]")
     cam = shape.obj(data.get("cam"), "cam", optional=True)
     shape.text(cam.get("layer"), "cam.layer", optional=True)
     shape.obj(data.get("preprocessing"), "preprocessing")
@@ -379,6 +388,23 @@ class LayerSimilarity:
 
 
 @dataclass
+class SliceChange:
+    """An error slice one of the audits found, graded under both models on its members
+    among the labeled images both audits used."""
+
+    found_by: str  # "old" or "new": the audit whose search found it
+    id: int
+    description: str
+    size: int
+    old_accuracy: float
+    new_accuracy: float
+
+    @property
+    def drop(self) -> float:
+        return self.old_accuracy - self.new_accuracy
+
+
+@dataclass
 class CompareResult:
     tool_version: str
     generated_at: str | None
@@ -410,6 +436,8 @@ class CompareResult:
     cam_note: str = ""
     blank_maps: int = 0  # flips' maps that came out zero everywhere, left out of the page
     overlays: dict[str, np.ndarray] = field(default_factory=dict)  # key -> map, for the figures
+    slices: list[SliceChange] = field(default_factory=list)
+    slices_searched: bool = False  # both audits searched for slices (an older audit did not)
 
     @property
     def negative_flip_rate(self) -> float | None:
@@ -487,6 +515,8 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
 
         ece = (ece_of(old_by_file, old_pred), ece_of(new_by_file, new_pred))
 
+    slices = _slice_changes(old, new, common, truth, old_pred, new_pred)
+
     regressions: list[Flip] = []
     fixes: list[Flip] = []
     still_wrong: list[Flip] = []
@@ -551,9 +581,36 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
         modified=modified,
         image_root=images if images is not None else _audited_root(new),
         warnings=warnings,
+        slices=slices,
+        slices_searched=old.data.get("slices") is not None and new.data.get("slices") is not None,
     )
     result.pictures, result.pictures_note = picture_paths(result, verify=images is None)
     return result
+
+
+def _slice_changes(
+    old: Audit, new: Audit, common: list[str], truth: np.ndarray, old_pred: np.ndarray, new_pred: np.ndarray
+) -> list[SliceChange]:
+    """Every slice of either audit, graded under both models on the same images: "fixed
+    the dark images, broke the small ones" shows as one slice up and another down."""
+    position = {f: i for i, f in enumerate(common)}
+    out = []
+    for found_by, audit in (("old", old), ("new", new)):
+        for s in audit.data.get("slices") or []:
+            rows = np.array([position[f] for f in s["files"] if f in position and truth[position[f]] >= 0], np.int64)
+            if not len(rows):
+                continue
+            out.append(
+                SliceChange(
+                    found_by,
+                    int(s["id"]),
+                    s.get("description") or "",
+                    len(rows),
+                    float((old_pred[rows] == truth[rows]).mean()),
+                    float((new_pred[rows] == truth[rows]).mean()),
+                )
+            )
+    return out
 
 
 def picture_paths(result: CompareResult, *, verify: bool) -> tuple[dict[str, Path], str]:
@@ -807,6 +864,18 @@ def compare_json(r: CompareResult, gates: dict[str, Any]) -> dict[str, Any]:
         "calibration": None
         if r.ece is None
         else {"ece": {"old": r.ece[0], "new": r.ece[1], "delta": r.ece[1] - r.ece[0]}},
+        "slices": [
+            {
+                "found_by": c.found_by,
+                "id": c.id,
+                "description": c.description,
+                "size": c.size,
+                "old_accuracy": c.old_accuracy,
+                "new_accuracy": c.new_accuracy,
+                "delta": -c.drop,
+            }
+            for c in r.slices
+        ],
         "confusion_difference": None if r.confusion_old is None else (r.confusion_new - r.confusion_old).tolist(),
         "layers_similarity": [
             {
@@ -835,6 +904,8 @@ def evaluate_gates(r: CompareResult, gates: dict[str, float]) -> tuple[dict[str,
         "regressions": float(len(r.regressions)),
         "negative_flip_rate": r.negative_flip_rate,
         "ece_increase": None if r.ece is None else r.ece[1] - r.ece[0],
+        # No slice in either audit is no drop; audits that never searched cannot say.
+        "slice_accuracy_drop": max((c.drop for c in r.slices), default=0.0 if r.slices_searched else None),
     }
     report: dict[str, Any] = {}
     failures = []
@@ -843,11 +914,19 @@ def evaluate_gates(r: CompareResult, gates: dict[str, float]) -> tuple[dict[str,
         failed = value is None or value > threshold
         report[name] = {"value": value, "threshold": threshold, "passed": not failed}
         if value is None:
-            failures.append(f"{name} cannot be measured (no labeled images in common)")
+            why = (
+                "the audits hold no error slices (written before slices were searched, or unlabeled)"
+                if name == "slice_accuracy_drop"
+                else "no labeled images in common"
+            )
+            failures.append(f"{name} cannot be measured ({why})")
         elif failed:
             worst = ""
             if name == "class_recall_drop":
                 d = max((d for d in r.per_class if d.support), key=lambda d: -d.recall_delta)
                 worst = f" (class {d.name}: {d.recall[0]:.3f} -> {d.recall[1]:.3f})"
+            if name == "slice_accuracy_drop":
+                c = max(r.slices, key=lambda c: c.drop)
+                worst = f" ({c.found_by} audit's slice {c.id}: {c.old_accuracy:.3f} -> {c.new_accuracy:.3f})"
             failures.append(f"{name} {value:.4g} > {threshold}{worst}")
     return report, failures

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from reportgen.errors import UserError
+from reportgen.image_stats import PROPERTIES, SourceFacts, image_stats
 
 if TYPE_CHECKING:
     from reportgen.models import ModelInfo
@@ -440,6 +441,14 @@ def _reason(exc: BaseException) -> str:
 def open_image(
     path: Path, channels: int = 3, draft: tuple[int, int] | None = None, max_bytes: int = MAX_IMAGE_BYTES
 ) -> tuple[Image.Image, str]:
+    """Read, hash and decode one image file (see :func:`open_image_facts`)."""
+    img, digest, _ = open_image_facts(path, channels, draft, max_bytes)
+    return img, digest
+
+
+def open_image_facts(
+    path: Path, channels: int = 3, draft: tuple[int, int] | None = None, max_bytes: int = MAX_IMAGE_BYTES
+) -> tuple[Image.Image, str, SourceFacts]:
     """Read, hash and decode one image file.
 
     Returns the image in RGB (or L) with EXIF orientation applied, and the SHA-256 of the
@@ -474,13 +483,20 @@ def open_image(
             fh.seek(0)
         except OSError as exc:
             raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
-        img = _decode(fh, channels, draft)
-    return img, digest.hexdigest()
+        img, facts = _decode(fh, channels, draft)
+    return img, digest.hexdigest(), facts
 
 
-def _decode(fh: IO[bytes], channels: int, draft: tuple[int, int] | None) -> Image.Image:
+# EXIF orientations that turn the picture a quarter: its shown width is the stored height.
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def _decode(fh: IO[bytes], channels: int, draft: tuple[int, int] | None) -> tuple[Image.Image, SourceFacts]:
     try:
         img = Image.open(fh)
+        exif = img.getexif() if "exif" in img.info or img.format in ("JPEG", "TIFF", "MPO") else None
+        turned = bool(exif) and exif.get(0x0112) in _QUARTER_TURNS
+        facts = SourceFacts(img.height if turned else img.width, img.width if turned else img.height, bool(exif))
         pixels = img.width * img.height
         limit = Image.MAX_IMAGE_PIXELS
         if limit and pixels > limit:
@@ -503,7 +519,7 @@ def _decode(fh: IO[bytes], channels: int, draft: tuple[int, int] | None) -> Imag
         raise DecodeError(_reason(exc)) from None
     if img.width < 1 or img.height < 1:
         raise DecodeError("image has no pixels")
-    return img
+    return img, facts
 
 
 # ``--resize crop`` keeps this share of the shorter side: ImageNet's evaluation crop
@@ -571,6 +587,7 @@ class Batch:
     pixels: np.ndarray  # (n, C, H, W) float32, or (n, H, W, C) when channels-last
     sha256: list[str]
     failures: list[tuple[int, str]]  # (position in records, reason)
+    stats: np.ndarray  # (n, len(image_stats.PROPERTIES)) float32: each picture's properties
 
 
 def load_one(path: Path, pre: Preprocess, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[np.ndarray, str]:
@@ -583,19 +600,22 @@ def _load_batch(root: Path, files: list[tuple[int, str]], pre: Preprocess, max_b
     """Decode ``files`` ((position in records, relative path) pairs); a worker's share."""
     shape = (*pre.size, pre.channels) if pre.channels_last else (pre.channels, *pre.size)
     pixels = np.empty((len(files), *shape), np.float32)
+    stats = np.empty((len(files), len(PROPERTIES)), np.float32)
     ok: list[int] = []
     digests: list[str] = []
     failures: list[tuple[int, str]] = []
     for i, file in files:
         try:
-            img, digest = open_image(root / file, pre.channels, draft=pre.size, max_bytes=max_bytes)
-            to_tensor(resize_for_model(img, pre), pre, out=pixels[len(ok)])
+            img, digest, facts = open_image_facts(root / file, pre.channels, draft=pre.size, max_bytes=max_bytes)
+            shown = resize_for_model(img, pre)
+            to_tensor(shown, pre, out=pixels[len(ok)])
         except DecodeError as exc:
             failures.append((i, str(exc)))
             continue
+        stats[len(ok)] = image_stats(np.asarray(shown), facts)
         ok.append(i)
         digests.append(digest)
-    return Batch(ok, pixels[: len(ok)], digests, failures)
+    return Batch(ok, pixels[: len(ok)], digests, failures, stats[: len(ok)])
 
 
 def iter_batches(
@@ -682,6 +702,7 @@ def _merge(parts: list[Batch], pre: Preprocess) -> Batch:
         np.concatenate([p.pixels for p in parts]),
         [d for p in parts for d in p.sha256],
         [f for p in parts for f in p.failures],
+        np.concatenate([p.stats for p in parts]),
     )
 
 

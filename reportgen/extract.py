@@ -18,6 +18,9 @@ directory of uncompressed ``.npy`` files, read with ``allow_pickle=False``:
 ``outputs.npy`` raw model outputs, (N, K) float32
 ``logits.npy``  the class scores before the model's final softmax, (N, K)
                 float32; only for models whose output is a softmax
+``image_stats.npy`` each picture's measured properties, (N, P) float32, columns
+                ``image_stats.PROPERTIES`` (absent from a cache written before
+                they were measured: error slices are then described without them)
 ``layer_<i>.npy`` pooled features of layer i of ``meta.layers``, (N, D_i) float32
                 or float16 (see :func:`feature_dtype`): the layer's grid of channel
                 means (its ``cells``, channel-major) or its global mean (see
@@ -48,6 +51,7 @@ import numpy as np
 from reportgen import __version__, interrupts
 from reportgen.data import PROCESS_DECODE_MIN, ImageDataset, Preprocess, Skipped, iter_batches
 from reportgen.errors import UserError, one_line
+from reportgen.image_stats import PROPERTIES
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, downsample_pixels
 from reportgen.outputs import check_replaceable
 from reportgen.progress import progress
@@ -146,6 +150,7 @@ class Features:
     seconds: float = 0.0
     from_cache: bool = False
     folder: Path | None = None  # where the layer arrays live on disk (memory-mapped)
+    image_stats: np.ndarray | None = None  # (N, len(image_stats.PROPERTIES)) float32; None from an older cache
 
     @property
     def n(self) -> int:
@@ -165,6 +170,7 @@ class Features:
             skipped=self.skipped,
             seconds=self.seconds,
             from_cache=self.from_cache,
+            image_stats=None if self.image_stats is None else self.image_stats[idx],
         )
 
 
@@ -199,6 +205,7 @@ def extract(
     store = FeatureStore(folder, total, dims, feature_dtype(precision, total, sum(dims.values())))
     outputs = np.empty((total, adapter.num_outputs), np.float32)
     logits = np.empty((total, adapter.num_outputs), np.float32) if score else None
+    stats = np.empty((total, len(PROPERTIES)), np.float32)
     rows: list[int] = []
     digests: list[str] = []
     skipped: list[Skipped] = []
@@ -221,6 +228,7 @@ def extract(
                 scores, feats = adapter.extract(batch.pixels, taps, cells)
                 end = filled + n
                 outputs[filled:end] = scores
+                stats[filled:end] = batch.stats
                 if logits is not None:
                     logits[filled:end] = feats[score]
                 for name in tapped:
@@ -251,6 +259,7 @@ def extract(
         skipped=skipped,
         seconds=seconds,
         folder=folder,
+        image_stats=stats[:filled],
     )
 
 
@@ -348,6 +357,8 @@ def save_cache(
     np.save(folder / "outputs.npy", features.outputs.astype(np.float32))
     if features.logits is not None:
         np.save(folder / "logits.npy", features.logits.astype(np.float32))
+    if features.image_stats is not None:
+        np.save(folder / "image_stats.npy", features.image_stats.astype(np.float32))
     (folder / "meta.json").write_text(json.dumps(meta))  # written last: its presence means complete
     for file in folder.iterdir():
         with open(file, "rb") as fh:
@@ -373,7 +384,7 @@ def save_cache(
 # A cache directory holds these names only (the last two suffixes: a layer being widened
 # or shortened during extraction).
 _CACHE_NAMES = re.compile(
-    r"(meta\.json|files\.npy|sha256\.npy|labels\.npy|outputs\.npy|logits\.npy|layer_\d+\.npy(\.wide|\.short)?)"
+    r"(meta\.json|files\.npy|sha256\.npy|labels\.npy|outputs\.npy|logits\.npy|image_stats\.npy|layer_\d+\.npy(\.wide|\.short)?)"
 )
 _META_BYTES = 256 << 20  # a meta.json larger than this is no cache of ours (1M skipped files are ~100 MB)
 
@@ -478,6 +489,11 @@ def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | CacheMiss 
         )
         if not (len(features.files) == len(features.labels) == len(features.sha256) == n):
             raise ValueError("files, labels and outputs differ in length")
+        if (path / "image_stats.npy").is_file():
+            stats = small("image_stats.npy")
+            if stats.shape != (n, len(PROPERTIES)) or stats.dtype != np.float32:
+                raise ValueError(f"image_stats.npy holds {stats.shape} {stats.dtype}, expected {(n, len(PROPERTIES))}")
+            features.image_stats = stats
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the features are extracted again
         return CacheMiss(f"unreadable ({type(exc).__name__}: {one_line(exc, 160)})", broken=True)
     return CachedRun(features, meta)

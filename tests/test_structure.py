@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "reportgen"
 # The stages, lowest first: a module may import its own rank or lower, never higher.
 RANKS: list[tuple[int, list[str]]] = [
     (0, ["reportgen", "reportgen.errors", "reportgen.util", "reportgen.progress", "reportgen.resources"]),
-    (0, ["reportgen.clock", "reportgen.interrupts", "reportgen.outputs"]),
+    (0, ["reportgen.clock", "reportgen.interrupts", "reportgen.outputs", "reportgen.image_stats"]),
     (1, ["reportgen.models"]),  # load: the model adapters (torch and onnxruntime live here)
     (2, ["reportgen.data", "reportgen.labels"]),  # load: images, preprocessing, class names
     (3, ["reportgen.extract", "reportgen.map_model"]),  # extract; a model opened for maps

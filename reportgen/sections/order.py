@@ -19,6 +19,7 @@ from reportgen.sections.per_class import PerClassSection
 from reportgen.sections.predictions import PredictionsSection
 from reportgen.sections.shortcuts import ShortcutsSection
 from reportgen.sections.skipped import SkippedSection
+from reportgen.sections.slices import SlicesSection
 from reportgen.sections.summary import SummarySection
 from reportgen.sections.suspects import DuplicatesSection, MislabelsSection
 from reportgen.sections.tsne import TsneSection
@@ -31,6 +32,7 @@ REPORT: list[Section] = [
     PerClassSection(),
     BalanceSection(),
     CalibrationSection(),
+    SlicesSection(),
     LayersSection(),
     TsneSection(),
     ExplorerSection(),

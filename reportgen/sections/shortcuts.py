@@ -27,7 +27,7 @@ from reportgen.errors import UserError
 from reportgen.models import SplitModel
 from reportgen.report import PictureRequest, Section
 from reportgen.sections.base import Shared, load_pixels
-from reportgen.sections.maps import cam_model
+from reportgen.sections.maps import cam_model, mean_blend
 
 # Maps in all: every class gets ``--shortcut-images`` maps up to this budget, at least
 # MIN_MAPS each (a 1000-class model gets fewer per class rather than 24,000 maps).
@@ -80,14 +80,6 @@ def cover(x: np.ndarray, box: tuple[int, int, int, int], fill: np.ndarray, chann
     else:
         out[:, y0:y1, x0:x1] = fill[:, None, None]
     return out
-
-
-def to_image(x: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """A model input back to a [0, 1] (H, W, C) picture."""
-    hwc = x if pre.channels_last else np.moveaxis(x, 0, -1)
-    mean = np.resize(np.asarray(pre.mean, np.float32), pre.channels)
-    std = np.resize(np.asarray(pre.std, np.float32), pre.channels)
-    return np.clip(hwc * std + mean, 0, 1)
 
 
 def pick_images(log_odds: np.ndarray, truth: np.ndarray, pred: np.ndarray, per_class: int) -> dict[int, list[int]]:
@@ -172,7 +164,7 @@ def find_shortcuts(shared: Shared, split: SplitModel, run_model: Any) -> Shortcu
     with clock("shortcuts"), clock.bar("shortcuts", sum(len(v) for v in picks.values()), "map") as bar:
         pixels = load_pixels(shared.dataset, sorted({features.files[r] for rows in picks.values() for r in rows}), pre)
         shares: dict[int, np.ndarray] = {}
-        mean_maps: dict[int, np.ndarray] = {}
+        class_maps: dict[int, np.ndarray] = {}
         for c, rows in picks.items():
             rows = [r for r in rows if features.files[r] in pixels]
             maps = []
@@ -193,11 +185,9 @@ def find_shortcuts(shared: Shared, split: SplitModel, run_model: Any) -> Shortcu
                 bar.update(len(chunk))
             picks[c] = rows
             if maps:
-                stacked = np.concatenate(maps)
-                stacked = stacked[stacked.reshape(len(stacked), -1).any(axis=1)]  # blank maps place nothing
-                shares[c] = cell_shares(stacked)
-                total = stacked.sum(axis=(1, 2), keepdims=True)
-                mean_maps[c] = np.divide(stacked, total, out=np.zeros_like(stacked), where=total > 0).mean(axis=0)
+                class_maps[c] = np.concatenate(maps)
+                placed = class_maps[c][class_maps[c].reshape(len(class_maps[c]), -1).any(axis=1)]
+                shares[c] = cell_shares(placed)  # blank maps place nothing
         evidence = class_evidence(shares)
         candidates = [e for e in evidence if e.candidate]
         fill = grey_fill(pre)
@@ -211,9 +201,7 @@ def find_shortcuts(shared: Shared, split: SplitModel, run_model: Any) -> Shortcu
                 continue
             key = f"shortcut:{e.cls}"
             shortcut.picture = key
-            mean_image = np.mean([to_image(pixels[features.files[r]], pre) for r in rows], axis=0)
-            peak = mean_maps[e.cls].max()
-            blends[key] = (mean_image, mean_maps[e.cls] / peak if peak > 0 else mean_maps[e.cls])
+            blends[key] = mean_blend([pixels[features.files[r]] for r in rows], class_maps[e.cls], pre)
             flagged.append(shortcut)
     return Shortcuts(
         flagged,
