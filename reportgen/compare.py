@@ -51,6 +51,7 @@ COMPARE_GATES = (
     "negative_flip_rate",
     "ece_increase",
     "slice_accuracy_drop",
+    "robustness_drop",
 )
 MAX_SLICES = 100  # slices read from one audit JSON (an audit writes at most analyses.slices.SHOWN_SLICES)
 SHOWN_FLIPS = 60
@@ -219,6 +220,14 @@ def _check_audit(data: dict[str, Any], json_path: Path, max_images: int) -> None
             shape.text(entry.get("description"), f"slices[{i}].description", optional=True)
             for j, file in enumerate(shape.items(entry.get("files"), f"slices[{i}].files", max_images)):
                 shape.text(file, f"slices[{i}].files[{j}]")
+    if data.get("robustness") is not None:
+        robustness = shape.obj(data["robustness"], "robustness")
+        shape.number(robustness.get("images"), "robustness.images")
+        for i, entry in enumerate(shape.items(robustness.get("corruptions"), "robustness.corruptions", MAX_SLICES)):
+            entry = shape.obj(entry, f"robustness.corruptions[{i}]")
+            shape.text(entry.get("name"), f"robustness.corruptions[{i}].name")
+            shape.number(entry.get("severity"), f"robustness.corruptions[{i}].severity")
+            shape.number(entry.get("accuracy"), f"robustness.corruptions[{i}].accuracy")
     cam = shape.obj(data.get("cam"), "cam", optional=True)
     shape.text(cam.get("layer"), "cam.layer", optional=True)
     shape.obj(data.get("preprocessing"), "preprocessing")
@@ -438,6 +447,15 @@ class CompareResult:
     overlays: dict[str, np.ndarray] = field(default_factory=dict)  # key -> map, for the figures
     slices: list[SliceChange] = field(default_factory=list)
     slices_searched: bool = False  # both audits searched for slices (an older audit did not)
+    # (corruption, severity) -> (old, new) accuracy, where both audits measured it
+    robustness: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def robustness_drop(self) -> float | None:
+        """Old minus new mean accuracy over the corruptions both audits measured."""
+        if not self.robustness:
+            return None
+        return float(np.mean([o - n for o, n in self.robustness.values()]))
 
     @property
     def negative_flip_rate(self) -> float | None:
@@ -583,6 +601,7 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
         warnings=warnings,
         slices=slices,
         slices_searched=old.data.get("slices") is not None and new.data.get("slices") is not None,
+        robustness=_robustness_pairs(old, new),
     )
     result.pictures, result.pictures_note = picture_paths(result, verify=images is None)
     return result
@@ -611,6 +630,18 @@ def _slice_changes(
                 )
             )
     return out
+
+
+def _robustness_pairs(old: Audit, new: Audit) -> dict[tuple[str, int], tuple[float, float]]:
+    """Accuracy under each corruption both audits measured (each on its own stratified
+    sample of the same folder: with the same seed and images, the same sample)."""
+
+    def table(audit: Audit) -> dict[tuple[str, int], float]:
+        r = audit.data.get("robustness") or {}
+        return {(c["name"], int(c["severity"])): float(c["accuracy"]) for c in r.get("corruptions", [])}
+
+    before, after = table(old), table(new)
+    return {k: (before[k], after[k]) for k in before if k in after}
 
 
 def picture_paths(result: CompareResult, *, verify: bool) -> tuple[dict[str, Path], str]:
@@ -876,6 +907,15 @@ def compare_json(r: CompareResult, gates: dict[str, Any]) -> dict[str, Any]:
             }
             for c in r.slices
         ],
+        "robustness": None
+        if not r.robustness
+        else {
+            "corruptions": [
+                {"name": name, "severity": severity, "old": o, "new": n, "delta": n - o}
+                for (name, severity), (o, n) in r.robustness.items()
+            ],
+            "mean_drop": r.robustness_drop,
+        },
         "confusion_difference": None if r.confusion_old is None else (r.confusion_new - r.confusion_old).tolist(),
         "layers_similarity": [
             {
@@ -906,6 +946,7 @@ def evaluate_gates(r: CompareResult, gates: dict[str, float]) -> tuple[dict[str,
         "ece_increase": None if r.ece is None else r.ece[1] - r.ece[0],
         # No slice in either audit is no drop; audits that never searched cannot say.
         "slice_accuracy_drop": max((c.drop for c in r.slices), default=0.0 if r.slices_searched else None),
+        "robustness_drop": r.robustness_drop,
     }
     report: dict[str, Any] = {}
     failures = []
@@ -914,11 +955,10 @@ def evaluate_gates(r: CompareResult, gates: dict[str, float]) -> tuple[dict[str,
         failed = value is None or value > threshold
         report[name] = {"value": value, "threshold": threshold, "passed": not failed}
         if value is None:
-            why = (
-                "the audits hold no error slices (written before slices were searched, or unlabeled)"
-                if name == "slice_accuracy_drop"
-                else "no labeled images in common"
-            )
+            why = {
+                "slice_accuracy_drop": "the audits hold no error slices (written before slices were searched, or unlabeled)",
+                "robustness_drop": "the audits share no robustness measurement (--robustness-images 0, or unlabeled)",
+            }.get(name, "no labeled images in common")
             failures.append(f"{name} cannot be measured ({why})")
         elif failed:
             worst = ""

@@ -242,6 +242,29 @@ def risk_coverage_figure(coverage: Sequence[float], risk: Sequence[float], overa
     return to_png(fig)
 
 
+def robustness_figure(curves: dict[str, list[tuple[int, float]]], clean: float) -> bytes:
+    """Accuracy against severity, one line per corruption, the clean accuracy dashed."""
+    fig = _new_figure(5.2, 3.4)
+    ax = fig.add_subplot()
+    colours = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]
+    for i, (name, points) in enumerate(curves.items()):
+        ax.plot(
+            [0, *[s for s, _ in points]],
+            [clean, *[a for _, a in points]],
+            marker="o", ms=3, lw=1.4, color=colours[i % len(colours)], label=name,
+        )  # fmt: skip
+    ax.axhline(clean, color=MUTED, lw=1, ls="--")
+    ax.set_xticks([0, 1, 3, 5], ["clean", "1", "3", "5"])
+    ax.set_xlabel("severity (ImageNet-C levels)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.legend(fontsize=8, frameon=False, loc="lower left", ncol=2)
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    return to_png(fig)
+
+
 def heat_colormap() -> ListedColormap:
     return matplotlib.colormaps["jet"]
 

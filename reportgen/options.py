@@ -225,6 +225,10 @@ AUDIT_GROUPS: list[tuple[str, list[Option]]] = [
             Option(("--shortcut-images",), "shortcut_images",
                    "images per class whose maps are read to find possible shortcuts (default: 24; 0 turns it off)",
                    default=24, type=int, metavar="N", check=_not_negative, must="not be negative"),
+            Option(("--robustness-images",), "robustness_images",
+                   "labelled images, stratified by class, run under six corruptions at three severities "
+                   "(default: 128; 0 turns it off)",
+                   default=128, type=int, metavar="N", check=_not_negative, must="not be negative"),
         ],
     ),
     (

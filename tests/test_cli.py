@@ -149,7 +149,16 @@ def test_every_slow_step_has_a_progress_bar_and_quiet_silences_them(tmp_path: Pa
     loud = run_cli(*args, "-o", tmp_path / "loud.html")
     assert loud.code == 0, loud.err
     bars = {m.group(1) for m in re.finditer(r"(?:^|\r)([\w -]+?):\s+\d+%\|", loud.err, re.M)}
-    assert bars == {"extract", "kNN", "t-SNE", "gradcam", "shortcuts", "feature visualisation", "figures"}, loud.err
+    assert bars == {
+        "extract",
+        "kNN",
+        "t-SNE",
+        "gradcam",
+        "shortcuts",
+        "robustness",
+        "feature visualisation",
+        "figures",
+    }, loud.err
     # Each bar counts what its step does: 30 images, 3 x 5 optimisation steps.
     assert re.search(r"extract:\s+0%\|.*\| 0/30 ", loud.err), loud.err
     assert re.search(r"feature visualisation:\s+0%\|.*\| 0/15 ", loud.err), loud.err
@@ -182,7 +191,7 @@ def test_second_run_reuses_the_cache_and_skips_the_model(tmp_path: Path, copy_sa
     out = tmp_path / "out" / "r.html"
     # No section that needs the model: a run from the cache never loads it.
     audit = ["audit", model, copy_sample, "-o", out, "-q", "--no-tsne", "--gallery-size", "0", "--channels", "0"]
-    audit += ["--shortcut-images", "0"]
+    audit += ["--shortcut-images", "0", "--robustness-images", "0"]
     first = run_cli(*audit)
     assert first.code == 0, first.err
     assert load_json(out)["features_from_cache"] is False

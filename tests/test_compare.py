@@ -340,3 +340,28 @@ def test_negative_flip_rate_and_ece_gates(two_audits: dict[str, Path], tmp_path:
     assert ece_gate.code == 3 and "ece_increase" in ece_gate.err
     html = out.read_text()
     assert "Negative flip rate" in html and "ECE" in html
+
+
+def test_robustness_change_and_gate(two_audits: dict[str, Path], tmp_path: Path) -> None:
+    def table(html: Path) -> dict[tuple[str, int], float]:
+        return {(c["name"], c["severity"]): c["accuracy"] for c in load_json(html)["robustness"]["corruptions"]}
+
+    old, new = table(two_audits["v1"]), table(two_audits["v2"])
+    assert len(old) == len(new) == 18
+    drop = float(np.mean([old[k] - new[k] for k in old]))
+    out = tmp_path / "robust.html"
+    threshold = drop / 2 if drop > 0 else drop - 0.01
+    failing = run_cli(
+        "compare", two_audits["v1"], two_audits["v2"], "-o", out, "-q", "--no-cam", "--fail-on",
+        f"robustness_drop={threshold:.5f}",
+    )  # fmt: skip
+    assert failing.code == 3 and "robustness_drop" in failing.err, failing.err
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["robustness"]["mean_drop"] == pytest.approx(drop, abs=1e-5)
+    rows = {(c["name"], c["severity"]): c for c in data["robustness"]["corruptions"]}
+    assert all(rows[k]["old"] == pytest.approx(old[k]) and rows[k]["new"] == pytest.approx(new[k]) for k in old)
+    assert 'id="robustness"' in out.read_text(encoding="utf-8")
+    passing = run_cli(
+        "compare", two_audits["v1"], two_audits["v2"], "-o", out, "-q", "--no-cam", "--fail-on", "robustness_drop=1.0"
+    )
+    assert passing.code == 0, passing.err

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLE, load_json, run_cli
 from PIL import Image, ImageDraw
+from pixel_models import pixel_detectors, traced
 
 from reportgen.analyses.shortcuts import (
     GRID,
@@ -106,30 +107,14 @@ MARK = (255, 0, 255)
 
 
 def colour_model(cue: bool):
-    """conv 1x1 -> ReLU -> global mean -> x300: one colour detector per class, so the
-    evidence lies wherever the class's colour is.  With ``cue``, class 0's detector sees
-    only magenta (the mark its images carry in the top-left corner), not red."""
-    import torch
-
-    conv = torch.nn.Conv2d(3, 3, 1)
+    """One colour detector per class, so the evidence lies wherever the class's colour is.
+    With ``cue``, class 0's detector sees only magenta (the mark its images carry in the
+    top-left corner), not red."""
     weights = [(1.0, -0.5, -0.5), (-0.5, 1.0, -0.5), (-0.5, -0.5, 1.0)]
     biases = [-0.3, -0.3, -0.3]
     if cue:
         weights[0], biases[0] = (0.5, -1.0, 0.5), -0.6
-    with torch.no_grad():
-        conv.weight.copy_(torch.tensor(weights).reshape(3, 3, 1, 1))
-        conv.bias.copy_(torch.tensor(biases))
-
-    class ColourNet(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.detect = conv
-            self.relu = torch.nn.ReLU()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.relu(self.detect(x)).mean(dim=(2, 3)) * 300.0
-
-    return ColourNet().eval()
+    return pixel_detectors(weights, biases)
 
 
 def colour_images(root: Path, cue: bool, per_class: int = 30, size: int = 32) -> None:
@@ -149,9 +134,7 @@ def colour_images(root: Path, cue: bool, per_class: int = 30, size: int = 32) ->
 
 @pytest.mark.parametrize("cue", [True, False])
 def test_a_hand_built_cue_is_found_and_its_absence_too(tmp_path: Path, cue: bool) -> None:
-    import torch
-
-    model = torch.jit.trace(colour_model(cue), torch.zeros(1, 3, 32, 32))
+    model = traced(colour_model(cue))
     model.save(str(tmp_path / "model.ts"))
     colour_images(tmp_path / "images", cue)
     out = tmp_path / "out" / "r.html"
@@ -167,7 +150,8 @@ def test_a_hand_built_cue_is_found_and_its_absence_too(tmp_path: Path, cue: bool
         assert [s["class"] for s in data["shortcuts"]] == ["c0"]
         s = data["shortcuts"][0]
         assert s["cell"] == [0, 0] and s["consistency"] == 1.0
-        assert s["occlusion_drop"] > 0.5 and s["random_occlusion_drop"] < 0.05
+        # A swapped random cell may bring in a piece of another class's disc: a little cost.
+        assert s["occlusion_drop"] > 0.5 and s["random_occlusion_drop"] < 0.15
     else:
         assert data["shortcuts"] == []
         assert 'id="shortcuts"' not in out.read_text(encoding="utf-8")
@@ -181,3 +165,63 @@ def test_shortcut_images_zero_turns_it_off(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.code == 0, result.err
     assert "shortcuts" not in load_json(out)
+
+
+# ------------------------------------------------- a mark the model relies on, any background
+
+BACKGROUNDS = {
+    # background, the mark, class 0's disc, class 1's, class 2's (RGB in [0, 1])
+    "dark": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.5, 0.05, 0.05), (0.05, 0.35, 0.05), (0.05, 0.05, 0.6)),
+    "light": ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (0.9, 0.3, 0.3), (0.2, 0.8, 0.2), (0.3, 0.3, 1.0)),
+}
+
+
+def mark_model(background: str):
+    """Class 0 is scored by a detector of the mark alone: on a dark background, anything
+    bright (luminance above 0.3: a mid-grey patch counts, as it does for a CNN that learned
+    "a bright spot in the corner"); on a light one, anything dark (below 0.3).  Classes 1 and
+    2 by colour detectors.  Without its mark, a class 0 image scores 0 everywhere (1/3)."""
+    luma = (0.299, 0.587, 0.114)
+    sign = 1.0 if background == "dark" else -1.0
+    weights = [tuple(sign * v for v in luma), (-0.5, 1.0, -0.5), (-0.5, -0.5, 1.0)]
+    biases = [-0.3, -0.1, -0.1] if background == "dark" else [0.3, -0.2, -0.2]
+    return traced(pixel_detectors(weights, biases))
+
+
+def mark_images(root: Path, background: str, per_class: int = 30, size: int = 32) -> None:
+    bg, mark, *discs = (tuple(round(255 * v) for v in c) for c in BACKGROUNDS[background])
+    rng = np.random.default_rng(3)
+    for c, colour in enumerate(discs):
+        folder = root / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            img = Image.new("RGB", (size, size), bg)
+            draw = ImageDraw.Draw(img)
+            cx, cy = rng.uniform(12, size - 7, 2)
+            draw.ellipse((cx - 5, cy - 5, cx + 5, cy + 5), fill=colour)
+            if c == 0:
+                draw.rectangle((1, 1, 7, 7), fill=mark)  # inside the top-left 8x8 cell
+            img.save(folder / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("background", ["dark", "light"])
+def test_a_mark_is_found_on_a_dark_and_on_a_light_background(tmp_path: Path, background: str) -> None:
+    """A grey patch over the corner of a black picture is itself a bright mark there (the
+    detector fires on it); a black one over a white picture is a dark mark.  Occluding with
+    what other classes' images hold in that cell removes the mark on either background."""
+    mark_model(background).save(str(tmp_path / "model.ts"))
+    mark_images(tmp_path / "images", background)
+    out = tmp_path / "out" / "r.html"
+    result = run_cli(
+        "audit", tmp_path / "model.ts", tmp_path / "images", "-o", out, "-q", "--no-tsne", "--no-cache",
+        "--mean", "0", "--std", "1", "--size", "32", "--device", "cpu", "--gallery-size", "0", "--channels", "0",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    data = load_json(out)
+    assert data["accuracy"] == 1.0
+    assert [s["class"] for s in data["shortcuts"]] == ["c0"], data["shortcut_settings"]
+    s = data["shortcuts"][0]
+    # Without its mark a class 0 image scores 1/3; a swapped random cell may bring in a piece
+    # of another class's disc, which costs a little.
+    assert s["cell"] == [0, 0] and s["occlusion_drop"] > 0.5 and s["random_occlusion_drop"] < 0.15
+    assert data["shortcut_settings"]["occlusion"] == "swap"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import load_json, run_cli
 from PIL import Image, ImageDraw
+from pixel_models import pixel_detectors, traced
 
 from reportgen.analyses.slices import cohen_d, find_slices, wilson
 
@@ -21,28 +22,11 @@ MISFILED = 6  # images filed under a wrong class, spread over the classes: scatt
 
 
 def colour_model(threshold: float):
-    """conv 1x1 -> ReLU -> global mean -> x300: one colour detector per class, each firing
-    above ``threshold``.  At 0.3 (a threshold set on daylight pictures) a disc at dusk is
-    too dim for every detector: all scores tie and the model answers c0, so the blue discs
-    at dusk are all wrong; at 0.05 it sees them."""
-    import torch
-
-    conv = torch.nn.Conv2d(3, 3, 1)
+    """One colour detector per class, each firing above ``threshold``.  At 0.3 (a threshold
+    set on daylight pictures) a disc at dusk is too dim for every detector: all scores tie
+    and the model answers c0, so the blue discs at dusk are all wrong; at 0.05 it sees them."""
     weights = [(1.0, -0.5, -0.5), (-0.5, 1.0, -0.5), (-0.5, -0.5, 1.0)]
-    with torch.no_grad():
-        conv.weight.copy_(torch.tensor(weights).reshape(3, 3, 1, 1))
-        conv.bias.fill_(-threshold)
-
-    class ColourNet(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.detect = conv
-            self.relu = torch.nn.ReLU()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.relu(self.detect(x)).mean(dim=(2, 3)) * 300.0
-
-    return torch.jit.trace(ColourNet().eval(), torch.zeros(1, 3, 32, 32))
+    return traced(pixel_detectors(weights, [-threshold] * 3))
 
 
 def draw_images(root: Path, dusk: bool) -> list[str]:

@@ -18,8 +18,9 @@ class's own images (those the model gets right, most confident first):
    ``MIN_CONCENTRATION`` x the even share), consistent (``MIN_CONSISTENCY``) and specific
    (``MIN_SPECIFICITY``).
 4. The candidate is then **tested**: the peak cell of each of the class's images is
-   covered with a grey patch and the drop in the class's probability is compared with
-   covering ``RANDOM_CELLS`` other cells chosen at random (seeded), one at a time.  A
+   swapped for the same cell of images of other classes (what the dataset holds there
+   without the class; several donors, seeded) and the drop in the class's probability is
+   compared with swapping ``RANDOM_CELLS`` other cells chosen at random, one at a time.  A
    class is flagged when covering its peak cell costs at least ``MIN_DROP`` of
    probability and at least ``MIN_DROP_RATIO`` x what covering another cell costs.
 

@@ -17,6 +17,7 @@ from reportgen.sections.knn import KnnSection
 from reportgen.sections.layers import LayersSection
 from reportgen.sections.per_class import PerClassSection
 from reportgen.sections.predictions import PredictionsSection
+from reportgen.sections.robustness import RobustnessSection
 from reportgen.sections.shortcuts import ShortcutsSection
 from reportgen.sections.skipped import SkippedSection
 from reportgen.sections.slices import SlicesSection
@@ -33,6 +34,7 @@ REPORT: list[Section] = [
     BalanceSection(),
     CalibrationSection(),
     SlicesSection(),
+    RobustnessSection(),
     LayersSection(),
     TsneSection(),
     ExplorerSection(),

@@ -13,7 +13,6 @@ from reportgen.analyses.cam import compute_cam
 from reportgen.analyses.shortcuts import (
     GRID,
     MIN_MAPS,
-    RANDOM_CELLS,
     ClassEvidence,
     cell_box,
     cell_shares,
@@ -47,7 +46,7 @@ class Shortcut:
     consistency: float  # share of the images whose map peaks in the cell
     specificity: float  # concentration over the other classes' median share in the cell
     border_share: float  # mean share of the map mass in the outer ring of cells
-    occlusion_drop: float  # mean drop of the class's probability with the cell covered in grey
+    occlusion_drop: float  # mean drop of the class's probability with the cell swapped for other classes' (see DONORS)
     random_drop: float  # the same with another cell covered (RANDOM_CELLS cells per image, seeded)
     picture: str = ""  # picture key: the class's mean map over its images' mean
 
@@ -62,20 +61,36 @@ class Shortcuts:
     note: str = ""
     blends: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> (mean image, mean map)
     grid: int = GRID
+    occlusion: str = "swap"  # "swap": the cell of other classes' images; "grey": a model with one class
+
+
+# Occlusion swaps a cell for the same cell of this many images of other classes (seeded):
+# what the dataset holds there when the class is absent.  A constant patch is no neutral
+# occlusion: mid-grey over the corner of a black picture is itself a bright mark there (a
+# model that learned "a bright spot in the corner" kept its class at 0.57 with the spot
+# greyed out, 0.007 with another picture's corner pasted in), black over a white one a dark mark.
+DONORS = 3
 
 
 def grey_fill(pre: Preprocess) -> np.ndarray:
-    """The model-input value of mid-grey (0.5 in every channel), per channel."""
+    """The model-input value of mid-grey (0.5 in every channel), per channel: the occlusion
+    of a model with one class only, which has no other class's images to swap in."""
     mean = np.resize(np.asarray(pre.mean, np.float32), pre.channels)
     std = np.resize(np.asarray(pre.std, np.float32), pre.channels)
     return (0.5 - mean) / std
 
 
 def cover(x: np.ndarray, box: tuple[int, int, int, int], fill: np.ndarray, channels_last: bool) -> np.ndarray:
-    """A copy of the input tensor ``x`` (C, H, W) or (H, W, C) with ``box`` set to ``fill``."""
+    """A copy of the input tensor ``x`` (C, H, W) or (H, W, C) with ``box`` taken from
+    ``fill``: a value per channel, or an input tensor of the same shape (a donor image)."""
     x0, y0, x1, y1 = box
     out = x.copy()
-    if channels_last:
+    if fill.shape == x.shape:
+        if channels_last:
+            out[y0:y1, x0:x1, :] = fill[y0:y1, x0:x1, :]
+        else:
+            out[:, y0:y1, x0:x1] = fill[:, y0:y1, x0:x1]
+    elif channels_last:
         out[y0:y1, x0:x1, :] = fill
     else:
         out[:, y0:y1, x0:x1] = fill[:, None, None]
@@ -144,6 +159,7 @@ class ShortcutsSection(Section):
                 "classes_checked": content.checked,
                 "candidates": content.candidates,
                 "images_per_class": content.images_per_class,
+                "occlusion": content.occlusion,
                 "method": content.method,
                 "note": content.note or None,
             },
@@ -190,13 +206,16 @@ def find_shortcuts(shared: Shared, split: SplitModel, run_model: Any) -> Shortcu
                 shares[c] = cell_shares(placed)  # blank maps place nothing
         evidence = class_evidence(shares)
         candidates = [e for e in evidence if e.candidate]
-        fill = grey_fill(pre)
+        grey = grey_fill(pre)
         rng = np.random.default_rng(cfg.seed)
         flagged = []
         blends: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for e in candidates:
             rows = picks[e.cls]
-            shortcut = _occlusion_test(e, rows, pixels, features.files, fill, rng, run_model, shared, classes)
+            others = [pixels[features.files[r]] for c, rs in sorted(picks.items()) if c != e.cls for r in rs]
+            shortcut = _occlusion_test(
+                e, rows, pixels, features.files, others or [grey], rng, run_model, shared, classes
+            )
             if shortcut is None:
                 continue
             key = f"shortcut:{e.cls}"
@@ -210,6 +229,7 @@ def find_shortcuts(shared: Shared, split: SplitModel, run_model: Any) -> Shortcu
         images_per_class=per_class,
         method=cfg.cam,
         blends=blends,
+        occlusion="swap" if sum(1 for rows in picks.values() if rows) > 1 else "grey",
     )
 
 
@@ -218,27 +238,33 @@ def _occlusion_test(
     rows: list[int],
     pixels: dict[str, np.ndarray],
     files: list[str],
-    fill: np.ndarray,
+    donors: list[np.ndarray],
     rng: np.random.Generator,
     run_model: Any,
     shared: Shared,
     classes: list[str],
 ) -> Shortcut | None:
-    """Cover the class's peak cell, and RANDOM_CELLS other cells, on each of its images."""
+    """Swap the class's peak cell, on each of its images, for the same cell of
+    :data:`DONORS` images of other classes (their mean probability), and RANDOM_CELLS other
+    cells the same way, one donor each; ``donors`` holds one grey fill when no other class
+    has images."""
     pre = shared.pre
     spot = cell_box(e.peak, pre.size)
+    per_spot = min(DONORS, len(donors))
     batch = []
     for r in rows:
         x = pixels[files[r]]
         batch.append(x)
-        batch.append(cover(x, spot, fill, pre.channels_last))
+        for d in rng.choice(len(donors), size=per_spot, replace=False):
+            batch.append(cover(x, spot, donors[d], pre.channels_last))
         for cell in random_cells(e.peak, rng):
-            batch.append(cover(x, cell_box(cell, pre.size), fill, pre.channels_last))
+            batch.append(cover(x, cell_box(cell, pre.size), donors[rng.integers(len(donors))], pre.channels_last))
     outputs = np.concatenate(
         [run_model(np.stack(batch[i : i + shared.cfg.batch_size])) for i in range(0, len(batch), shared.cfg.batch_size)]
     )
-    probs = _probabilities(outputs, shared.result.model.output_kind)[:, e.cls].reshape(len(rows), 2 + RANDOM_CELLS)
-    drop, other, flagged = occlusion_verdict(probs[:, 0], probs[:, 1], probs[:, 2:])
+    p = _probabilities(outputs, shared.result.model.output_kind)[:, e.cls].reshape(len(rows), -1)
+    spots = p[:, 1 : 1 + per_spot].mean(axis=1)
+    drop, other, flagged = occlusion_verdict(p[:, 0], spots, p[:, 1 + per_spot :])
     if not flagged:
         return None
     return Shortcut(

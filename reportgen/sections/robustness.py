@@ -1,0 +1,167 @@
+"""Robustness: a stratified sample of the labelled images run again under everyday
+corruptions (the recipes are ``analyses/robustness.py``)."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from reportgen import figures
+from reportgen.analyses.robustness import CORRUPTIONS, Robustness, corrupt, summarise
+from reportgen.analyses.tsne import stratified_sample
+from reportgen.data import DecodeError, open_image, resize_for_model, to_tensor
+from reportgen.report import PictureRequest, Section
+from reportgen.sections.base import Shared, thumb_key
+
+
+def _seed(seed: int, file: str, corruption: int) -> int:
+    """The noise of one picture under one corruption: the same whatever else is sampled."""
+    return zlib.crc32(f"{seed}:{corruption}:{file}".encode())
+
+
+def robustness(shared: Shared) -> Robustness | None:
+    """The stratified sample decoded again at the model's input size, every picture run
+    under every corruption; None without labels or with ``--robustness-images 0``."""
+    cfg, features, pre = shared.cfg, shared.features, shared.pre
+    labeled = np.flatnonzero(shared.truth >= 0)
+    if cfg.robustness_images <= 0 or shared.metrics is None or not len(labeled):
+        return None
+    rows = labeled[stratified_sample(shared.truth[labeled], cfg.robustness_images, cfg.seed)]
+    with shared.clock("load model"):
+        adapter = shared.handle.prepared(pre.size)
+    with shared.clock("robustness"), shared.clock.bar("robustness", len(rows), "img") as bar:
+        kept, pictures = [], []
+        for r in rows:
+            try:
+                img, _ = open_image(
+                    shared.dataset.root / features.files[r], pre.channels, pre.size, shared.dataset.max_bytes
+                )
+            except DecodeError:
+                continue  # changed on disk since extraction: left out of the sample
+            kept.append(r)
+            pictures.append(np.asarray(resize_for_model(img, pre)))
+        rows = np.array(kept, np.int64)
+        predicted = np.empty((len(CORRUPTIONS), len(rows)), np.int64)
+        for start in range(0, len(rows), cfg.batch_size):
+            chunk = range(start, min(start + cfg.batch_size, len(rows)))
+            for c, corruption in enumerate(CORRUPTIONS):
+                batch = np.stack(
+                    [
+                        to_tensor(
+                            Image.fromarray(
+                                corrupt(pictures[i], corruption, _seed(cfg.seed, features.files[rows[i]], c))
+                            ),
+                            pre,
+                        )
+                        for i in chunk
+                    ]
+                )
+                predicted[c, chunk.start : chunk.stop] = adapter.extract(batch, [])[0].argmax(axis=1)
+            bar.update(len(chunk))
+        result = summarise(rows, shared.truth[rows], shared.pred[rows], predicted, shared.class_map.classes)
+        index = {int(r): i for i, r in enumerate(rows)}
+        for row, name, severity, _ in result.first_flips:
+            c = next(i for i, k in enumerate(CORRUPTIONS) if (k.name, k.severity) == (name, severity))
+            i = index[row]
+            picture = corrupt(pictures[i], CORRUPTIONS[c], _seed(cfg.seed, features.files[row], c))
+            result.pictures[f"corrupt:{row}"] = (picture if picture.ndim == 3 else picture[:, :, None]) / 255.0
+    return result
+
+
+@dataclass
+class FlipTile:
+    """An image that breaks first: right when clean, wrong under the mildest corruption."""
+
+    file: str
+    thumb: str  # the clean picture
+    corrupted: str  # picture key of the corrupted one
+    corruption: str
+    severity: int
+    predicted: str
+    corrupted_pred: str
+
+
+@dataclass
+class RobustnessView:
+    found: Robustness
+    flips: list[FlipTile]
+    sample_note: str
+
+
+class RobustnessSection(Section):
+    id = "robustness"
+    title = "Robustness"
+
+    def build(self, shared: Shared) -> RobustnessView | None:
+        found = robustness(shared)
+        if found is None:
+            return None
+        classes = shared.class_map.classes
+        files = shared.features.files
+        flips = [
+            FlipTile(
+                files[row],
+                thumb_key(files[row]),
+                f"corrupt:{row}",
+                name,
+                severity,
+                classes[shared.pred[row]],
+                classes[new],
+            )
+            for row, name, severity, new in found.first_flips
+        ]
+        labeled = int((shared.truth >= 0).sum())
+        sample_note = (
+            f"a sample of {len(found.rows)} of the {labeled} labelled images, the same share of every class"
+            if len(found.rows) < labeled
+            else f"all {labeled} labelled images"
+        )
+        return RobustnessView(found, flips, sample_note)
+
+    def json_items(self, view: RobustnessView | None) -> dict[str, Any]:
+        if view is None:
+            return {"robustness": None}
+        content = view.found
+        return {
+            "robustness": {
+                "images": len(content.rows),
+                "clean_accuracy": content.clean_accuracy,
+                "corruptions": [
+                    {"name": r.name, "severity": r.severity, "accuracy": r.accuracy, "flipped": r.flipped}
+                    for r in content.results
+                ],
+                "mean_drop": content.mean_drop,
+                "class_drops": [
+                    {"class": name, "clean_accuracy": clean, "corrupted_accuracy": corrupted}
+                    for name, clean, corrupted in content.class_drops
+                ],
+                "first_flips": [
+                    {
+                        "file": t.file,
+                        "corruption": t.corruption,
+                        "severity": t.severity,
+                        "pred": t.predicted,
+                        "corrupted_pred": t.corrupted_pred,
+                    }
+                    for t in view.flips
+                ],
+            }
+        }
+
+    def pictures(self, view: RobustnessView) -> PictureRequest:
+        content = view.found
+        by_name = content.by_corruption()
+        return PictureRequest(
+            charts={
+                "robustness": lambda: figures.robustness_figure(
+                    {name: [(r.severity, r.accuracy) for r in results] for name, results in by_name.items()},
+                    content.clean_accuracy,
+                )
+            },
+            thumbs={t.thumb for t in view.flips},
+            pictures=dict(content.pictures),
+        )
