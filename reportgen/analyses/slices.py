@@ -123,7 +123,6 @@ class SliceSearch:
     properties: bool  # whether image properties were available to describe them
     note: str = ""
     dropped_overlapping: int = 0  # candidates that did not pass again without a better slice's members
-    members: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 _WORDS = {
