@@ -1,4 +1,4 @@
-"""The release-review diagnostics (calibration, error slices, robustness), part of
+"""The release-review diagnostics (calibration, error slices, robustness, map faithfulness), part of
 ``python -m benchmarks --suite diagnostics``: what they find against ground truth, and
 what they add to the whole report's time.
 
@@ -6,7 +6,7 @@ Workload: 5,000 seeded augmented copies of scikit-learn's digits (``scale.write_
 audited with the digits CNN trained on the plain digits, three ways:
 
 * **as is** (whole report, every default section), at 1,000 and 5,000 images: the cost of
-  the sections (calibration, slices, robustness), from the report's own timings, against
+  the sections (calibration, slices, robustness, faithfulness), from the report's own timings, against
   the run's wall time; whatever slices it finds;
 * **with a planted group**: 250 more images of the digit 3, inverted (light background),
   under ``3/inverted/``: never seen in training, so the model fails there.  The search must
@@ -41,11 +41,13 @@ class ReviewRun:
     calibration_s: float
     slices_s: float
     robustness_s: float
+    faithfulness_s: float
     accuracy: float
     ece: float
     temperature: float | None
     ece_after: float | None
     slices: list[dict]
+    faithfulness: dict | None
 
 
 def plant_inverted(folder: Path, n: int, digit: int, seed: int = 5) -> list[str]:
@@ -90,11 +92,13 @@ def _run(case: str, model: Path, images: Path, out: Path, *extra: str) -> Review
         run.phases.get("calibration", 0.0),
         run.phases.get("slices", 0.0),
         run.phases.get("robustness", 0.0),
+        run.phases.get("faithfulness", 0.0),
         data["accuracy"],
         cal["ece"],
         cal["temperature"],
         cal["ece_after_temperature"],
         data["slices"] or [],
+        data["faithfulness"],
     )
 
 
@@ -139,27 +143,28 @@ def run(work: Path, quick: bool) -> tuple[list[ReviewRun], dict[str, float], lis
         "CPU, batch 256",
         "the planted and over-confident runs leave out the t-SNE (--no-tsne), so their share is of a shorter run; "
         "the cost targets are read on the whole reports: calibration and slices at most 10% at 5,000 images; "
-        "robustness (with the faithfulness checks still to come) at most 25% at 1,000",
+        "robustness and the faithfulness checks together at most 25% at 1,000",
     ]
     return runs, recovery, notes
 
 
 def markdown(runs: list[ReviewRun], recovery: dict[str, float], notes: list[str]) -> list[str]:
     lines = [
-        "## Release review: calibration, error slices, robustness",
+        "## Release review: calibration, error slices, robustness, map faithfulness",
         "",
         "| case | images | accuracy | ECE | temperature | ECE after (5-fold) | slices | calibration s | slices s "
-        "| robustness s | whole report s | calibration + slices | robustness |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| robustness s | faithfulness s | whole report s | calibration + slices | robustness + faithfulness |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         t = "–" if r.temperature is None else f"{r.temperature:.2f}"
         after = "–" if r.ece_after is None else f"{r.ece_after:.3f}"
         share = (r.calibration_s + r.slices_s) / r.wall if r.wall else 0.0
-        robust = r.robustness_s / r.wall if r.wall else 0.0
+        robust = (r.robustness_s + r.faithfulness_s) / r.wall if r.wall else 0.0
         lines.append(
             f"| {r.case} | {r.n:,} | {r.accuracy:.1%} | {r.ece:.3f} | {t} | {after} | {len(r.slices)} "
-            f"| {r.calibration_s:.2f} | {r.slices_s:.2f} | {r.robustness_s:.2f} | {r.wall:.1f} | {share:.1%} "
+            f"| {r.calibration_s:.2f} | {r.slices_s:.2f} | {r.robustness_s:.2f} | {r.faithfulness_s:.2f} "
+            f"| {r.wall:.1f} | {share:.1%} "
             f"| {robust:.1%} |"
         )
     lines += [
@@ -177,5 +182,26 @@ def markdown(runs: list[ReviewRun], recovery: dict[str, float], notes: list[str]
             lines.append(
                 f"- {r.case}, slice {s['id']} ({s['size']} images, {s['accuracy']:.0%} right): {s['description']}"
             )
+    lines += ["", "Map checks (the shown method first; areas under the deletion / insertion curves):", ""]
+    for r in runs:
+        f = r.faithfulness
+        if f is None:
+            continue
+        methods = "; ".join(
+            f"{m['method']} {m['deletion_auc']:.3f} / {m['insertion_auc']:.3f}, beats random on {m['beats_random']:.0%}"
+            for m in f["methods"]
+        )
+        randomised = ", ".join(
+            f"{x['method']} {x['rank_correlation']:.2f}"
+            for x in f["randomisation"]
+            if x["rank_correlation"] is not None
+        )
+        sens = f["class_sensitivity"]
+        differ = f"; top class and runner-up differ on {sens['share_different']:.0%}" if sens else ""
+        lines.append(
+            f"- {r.case}, {f['images']} images: {'pass' if f['passed'] else 'fail'}; {methods}; random order "
+            f"{f['random']['deletion_auc']:.3f} / {f['random']['insertion_auc']:.3f}; randomised weights (rank "
+            f"correlation) {randomised or 'n/a'}{differ}"
+        )
     lines += ["", "Workload:", "", *[f"- {n}" for n in notes], ""]
     return lines

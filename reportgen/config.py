@@ -74,6 +74,7 @@ class AuditConfig:
     explorer: bool = True  # the interactive map (needs the t-SNE)
     shortcut_images: int = 24  # per class, for the possible-shortcuts test (0: off)
     robustness_images: int = 128  # stratified sample run under every corruption (0: off)
+    faithfulness_images: int = 32  # images the maps are checked on (0: off)
     # Grad-CAM and galleries
     cam: str = "gradcam"
     cam_layer: str | None = None

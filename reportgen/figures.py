@@ -265,6 +265,31 @@ def robustness_figure(curves: dict[str, list[tuple[int, float]]], clean: float) 
     return to_png(fig)
 
 
+def faithfulness_figure(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], random: tuple[np.ndarray, np.ndarray]
+) -> bytes:
+    """Deletion and insertion curves side by side (mean probability of the explained class
+    against the share of pixels), one line per method, the random order dashed."""
+    fig = _new_figure(7.2, 3.0)
+    colours = ["#dc2626", "#2563eb", "#16a34a"]
+    for j, (title, better) in enumerate((("deletion", "lower is better"), ("insertion", "higher is better"))):
+        ax = fig.add_subplot(1, 2, j + 1)
+        for i, (name, pair) in enumerate(curves.items()):
+            y = pair[j]
+            ax.plot(np.linspace(0, 1, len(y)), y, lw=1.6, color=colours[i % len(colours)], label=name)
+        ax.plot(np.linspace(0, 1, len(random[j])), random[j], lw=1.2, ls="--", color=MUTED, label="random order")
+        ax.set_title(f"{title} ({better})", fontsize=9)
+        ax.set_xlabel(f"share of pixels {'removed' if j == 0 else 'restored'}, in map order")
+        ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+        if j == 0:
+            ax.set_ylabel("p(explained class)")
+            ax.legend(fontsize=8, frameon=False, loc="upper right")
+    return to_png(fig)
+
+
 def heat_colormap() -> ListedColormap:
     return matplotlib.colormaps["jet"]
 

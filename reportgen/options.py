@@ -229,6 +229,10 @@ AUDIT_GROUPS: list[tuple[str, list[Option]]] = [
                    "labelled images, stratified by class, run under six corruptions at three severities "
                    "(default: 128; 0 turns it off)",
                    default=128, type=int, metavar="N", check=_not_negative, must="not be negative"),
+            Option(("--faithfulness-images",), "faithfulness_images",
+                   "images, stratified by predicted class, on which the maps are checked: deletion and insertion "
+                   "curves, randomised weights, top class against runner-up (default: 32; 0 turns it off)",
+                   default=32, type=int, metavar="N", check=_not_negative, must="not be negative"),
         ],
     ),
     (

@@ -96,7 +96,19 @@ def test_auto_is_exact_below_the_work_limit() -> None:
 @pytest.mark.slow
 def test_the_report_states_an_approximate_search(tmp_path: Path) -> None:
     out = tmp_path / "out" / "report.html"
-    fast = ["--no-tsne", "--shortcut-images", "0", "--channels", "0", "--gallery-size", "0"]
+    fast = [
+        "--no-tsne",
+        "--shortcut-images",
+        "0",
+        "--channels",
+        "0",
+        "--gallery-size",
+        "0",
+        "--faithfulness-images",
+        "0",
+        "--robustness-images",
+        "0",
+    ]
     result = run_cli(
         "audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", out, "-q", "--knn-search", "approximate", *fast
     )

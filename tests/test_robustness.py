@@ -73,7 +73,7 @@ def test_the_audit_s_accuracies_are_the_model_s_on_the_corrupted_pictures(tmp_pa
     out = tmp_path / "r.html"
     result = run_cli(
         "audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", out, "-q", "--no-tsne", "--no-cache",
-        "--gallery-size", "0", "--channels", "0", "--shortcut-images", "0", "--robustness-images", "1000",
+        "--gallery-size", "0", "--faithfulness-images", "0", "--channels", "0", "--shortcut-images", "0", "--robustness-images", "1000",
     )  # fmt: skip
     assert result.code == 0, result.err
     data = load_json(out)
@@ -103,6 +103,6 @@ def test_the_audit_s_accuracies_are_the_model_s_on_the_corrupted_pictures(tmp_pa
     # Off with 0.
     off = run_cli(
         "audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", tmp_path / "off" / "r.html", "-q", "--no-tsne",
-        "--no-cache", "--gallery-size", "0", "--channels", "0", "--shortcut-images", "0", "--robustness-images", "0",
+        "--no-cache", "--gallery-size", "0", "--faithfulness-images", "0", "--channels", "0", "--shortcut-images", "0", "--robustness-images", "0",
     )  # fmt: skip
     assert off.code == 0 and load_json(tmp_path / "off" / "r.html")["robustness"] is None

@@ -29,7 +29,20 @@ from reportgen import cli, outputs
 from reportgen.data import discover
 from reportgen.thumbs import thumbnail_uri
 
-FAST = ["-q", "--no-tsne", "--gallery-size", "0", "--channels", "0", "--shortcut-images", "0"]
+FAST = [
+    "-q",
+    "--no-tsne",
+    "--gallery-size",
+    "0",
+    "--faithfulness-images",
+    "0",
+    "--robustness-images",
+    "0",
+    "--channels",
+    "0",
+    "--shortcut-images",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,22 @@ from reportgen.compare import load_audit
 from reportgen.extract import FeatureStore, feature_dtype, load_cache
 from reportgen.sections import predictions
 
-FAST = ["-q", "--gallery-size", "0", "--channels", "0", "--shortcut-images", "0", "--no-tsne", "--device", "cpu"]
+FAST = [
+    "-q",
+    "--gallery-size",
+    "0",
+    "--faithfulness-images",
+    "0",
+    "--robustness-images",
+    "0",
+    "--channels",
+    "0",
+    "--shortcut-images",
+    "0",
+    "--no-tsne",
+    "--device",
+    "cpu",
+]
 
 
 def test_auto_precision_switches_to_float16_past_the_size() -> None:

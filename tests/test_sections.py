@@ -19,7 +19,20 @@ from reportgen.report import PictureRequest, Section
 from reportgen.resources import templates_dir
 from reportgen.sections import order
 
-FAST = ["-q", "--no-tsne", "--gallery-size", "0", "--channels", "0", "--shortcut-images", "0"]
+FAST = [
+    "-q",
+    "--no-tsne",
+    "--gallery-size",
+    "0",
+    "--faithfulness-images",
+    "0",
+    "--robustness-images",
+    "0",
+    "--channels",
+    "0",
+    "--shortcut-images",
+    "0",
+]
 
 
 def test_every_section_has_its_partial_and_every_partial_its_section() -> None:

@@ -214,7 +214,7 @@ def test_a_mark_is_found_on_a_dark_and_on_a_light_background(tmp_path: Path, bac
     out = tmp_path / "out" / "r.html"
     result = run_cli(
         "audit", tmp_path / "model.ts", tmp_path / "images", "-o", out, "-q", "--no-tsne", "--no-cache",
-        "--mean", "0", "--std", "1", "--size", "32", "--device", "cpu", "--gallery-size", "0", "--channels", "0",
+        "--mean", "0", "--std", "1", "--size", "32", "--device", "cpu", "--gallery-size", "0", "--faithfulness-images", "0", "--channels", "0",
     )  # fmt: skip
     assert result.code == 0, result.err
     data = load_json(out)

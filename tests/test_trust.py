@@ -23,7 +23,19 @@ from reportgen.data import discover
 from reportgen.errors import UserError
 from reportgen.util import atomic_write_bytes
 
-FAST = ["-q", "--gallery-size", "0", "--channels", "0", "--shortcut-images", "0"]
+FAST = [
+    "-q",
+    "--gallery-size",
+    "0",
+    "--faithfulness-images",
+    "0",
+    "--robustness-images",
+    "0",
+    "--channels",
+    "0",
+    "--shortcut-images",
+    "0",
+]
 
 
 def _folder_with_links(tmp_path: Path) -> Path:

@@ -161,6 +161,7 @@ class Robustness:
     class_drops: list[tuple[str, float, float]]  # (class, clean accuracy, mean corrupted accuracy), worst first
     first_flips: list[tuple[int, str, int, int]]  # (row, corruption, severity, new prediction), earliest first
     pictures: dict[str, np.ndarray] = field(default_factory=dict)  # key -> [0, 1] HWC picture for the page
+    maps: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # key -> (picture, map)
 
     @property
     def mean_drop(self) -> float:

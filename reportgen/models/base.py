@@ -659,6 +659,7 @@ class SplitModel(ABC):
     layer: str
     differentiable: bool  # True when :meth:`gradcam_inputs` is available (autograd)
     min_batch: int = 1  # fewest images a call may hold (see ``run_in_batches_of``)
+    shuffled: int = 0  # weight values a :meth:`randomised` copy shuffled (0: the original, or no weights)
 
     @abstractmethod
     def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -676,6 +677,24 @@ class SplitModel(ABC):
         """Activations A, d score[i, targets[i]] / dA and the scores, in one pass; only
         when :attr:`differentiable` (the gradient is exact, by autograd)."""
         raise NotImplementedError
+
+    def randomised(self, seed: int) -> SplitModel:
+        """The same cut with every float weight the head reads (tensors of two values or
+        more) shuffled within its tensor, seeded: Adebayo et al.'s model-parameter
+        randomisation.  A shuffle keeps each tensor's values, so scales, signs and
+        positive variances survive while what was learned does not.  The body is shared."""
+        raise NotImplementedError
+
+
+def shuffled(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``values`` with its entries permuted (one seeded permutation of the flat array)."""
+    return values.reshape(-1)[rng.permutation(values.size)].reshape(values.shape)
+
+
+def shuffles(values: np.ndarray) -> bool:
+    """Whether :meth:`SplitModel.randomised` shuffles a weight: float, two values or more
+    (a scalar is an epsilon or a scale, not something learned per unit)."""
+    return values.dtype.kind == "f" and values.size >= 2
 
 
 class LayoutSplit(SplitModel):
@@ -696,6 +715,7 @@ class LayoutSplit(SplitModel):
         self.layer = inner.layer
         self.differentiable = inner.differentiable
         self.min_batch = inner.min_batch
+        self.shuffled = inner.shuffled
 
     def _to_maps(self, a: np.ndarray) -> np.ndarray:
         if self.info.layout == HWC:
@@ -730,6 +750,9 @@ class LayoutSplit(SplitModel):
     def gradcam_inputs(self, pixels: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, grads, scores = self.inner.gradcam_inputs(pixels, targets)
         return self._to_maps(a), self._to_maps(grads), scores
+
+    def randomised(self, seed: int) -> SplitModel:
+        return LayoutSplit(self.inner.randomised(seed), self.info)
 
 
 def map_view(split: SplitModel, info: LayerInfo) -> SplitModel:

@@ -43,6 +43,8 @@ from reportgen.models.base import (
     map_view,
     module_from_scope,
     run_in_batches_of,
+    shuffled,
+    shuffles,
 )
 from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep
 
@@ -676,7 +678,9 @@ class OnnxSplit(SplitModel):
         self.rest_names = sorted(reads, key=lambda v: producer.get(v, -1))
         head_nodes = [nodes[i] for i in sorted(head)]
         self.body_session = adapter.session(self._body_model([layer, *self.rest_names]))
-        self.head_session = adapter.session(self._head_model(head_nodes, [layer, *self.rest_names]))
+        self.head_model = self._head_model(head_nodes, [layer, *self.rest_names])
+        self.head_session = adapter.session(self.head_model)
+        self.weights: dict[str, np.ndarray] = {}  # initializers replaced in the head (``randomised``)
 
     def _body_model(self, outputs: list[str]) -> onnx.ModelProto:
         model = copy.deepcopy(self.adapter.fixed)
@@ -725,6 +729,21 @@ class OnnxSplit(SplitModel):
         (out,) = self.adapter._run(self.head_session, [self.adapter.score_name], self._feeds(activations, rest))
         return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
 
+    def randomised(self, seed: int) -> OnnxSplit:
+        rng = np.random.default_rng(seed)
+        model = copy.deepcopy(self.head_model)
+        weights = {}
+        for init in model.graph.initializer:
+            value = numpy_helper.to_array(init)
+            if shuffles(value):
+                weights[init.name] = shuffled(value, rng)
+                init.CopyFrom(numpy_helper.from_array(weights[init.name], init.name))
+        clone = copy.copy(self)
+        clone.head_model, clone.weights = model, weights
+        clone.shuffled = sum(v.size for v in weights.values())
+        clone.head_session = self.adapter.session(model)
+        return clone
+
 
 class TwinGradientSplit(SplitModel):
     """An ONNX split whose Grad-CAM gradient comes from the graph's torch twin (exact, by
@@ -736,6 +755,7 @@ class TwinGradientSplit(SplitModel):
         self.inner = inner
         self.twin = twin
         self.layer = inner.layer
+        self.shuffled = inner.shuffled
 
     def body(self, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
         return self.inner.body(pixels)
@@ -748,3 +768,7 @@ class TwinGradientSplit(SplitModel):
 
     def gradcam_inputs(self, pixels: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.twin.tensor_gradient(pixels, self.layer, targets)
+
+    def randomised(self, seed: int) -> TwinGradientSplit:
+        inner = self.inner.randomised(seed)
+        return TwinGradientSplit(inner, self.twin.with_weights(inner.weights, [self.layer]))

@@ -15,6 +15,7 @@ emit around them.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -507,6 +508,22 @@ class OnnxTwinDifferentiable(Differentiable):
                 f"tensor {name!r} cannot be differentiated: the torch twin's value differs from ONNX Runtime's by {error:.3g}"
             )
         self.checked.add(name)
+
+    def with_weights(self, weights: dict[str, np.ndarray], taps: list[str]) -> OnnxTwinDifferentiable:
+        """A copy whose twin runs with ``weights`` (initializer name -> values) in place of
+        the graph's.  The twin was checked against ONNX Runtime with the graph's own
+        weights; ``taps`` and the scores are checked here, before the swap, since the copy
+        has no ONNX graph to be checked against."""
+        score = self.adapter.score_layer
+        for name in [*taps, *([score] if score else [])]:
+            self._check_tap(name)
+        clone = copy.copy(self)
+        clone.twin = copy.copy(self.twin)
+        clone.twin.constants = dict(self.twin.constants)
+        for name, value in weights.items():
+            clone.twin.constants[name] = torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
+        clone.checked = set(self.checked)
+        return clone
 
     def tensor_gradient(
         self, pixels: np.ndarray, layer: str, targets: np.ndarray

@@ -12,6 +12,7 @@ Only this module and its helpers (``torchscript``, ``onnx_torch``) import torch.
 
 from __future__ import annotations
 
+import copy
 import json
 import operator
 import os
@@ -436,7 +437,7 @@ class _Executor:
             if op == "placeholder":
                 value = pending.pop(0)
             elif op == "get_attr":
-                value = self.attrs[node]
+                value = env[node]  # the parameter, or what the caller put in its place
             elif op == "output":
                 result = torch.fx.node.map_arg(node.args[0], lambda n: env[n])
                 break
@@ -793,6 +794,7 @@ class TorchSplit(SplitModel):
             (n for n in needed if n is not target and n.op != "get_attr"), key=ex.index.__getitem__
         )
         self.body_nodes = body
+        self.weights: dict[torch.fx.Node, torch.Tensor] = {}  # parameters replaced in the head (``randomised``)
 
     @staticmethod
     def _inputs_from_body(head: list[torch.fx.Node], head_set: set[torch.fx.Node]) -> set[torch.fx.Node]:
@@ -810,7 +812,7 @@ class TorchSplit(SplitModel):
     def _run_head(self, a: torch.Tensor, rest: dict[torch.fx.Node, Any]) -> torch.Tensor:
         ex = self.adapter._exec
         assert ex is not None
-        env: dict[torch.fx.Node, Any] = dict(rest)
+        env: dict[torch.fx.Node, Any] = {**rest, **self.weights}
         env[self.target] = a
         keep = set(rest) | {self.target} | ({self.score} if self.score is not None else set())
         out = ex.run(self.head_nodes, env, keep=keep)
@@ -836,6 +838,22 @@ class TorchSplit(SplitModel):
         a = torch.from_numpy(np.ascontiguousarray(activations)).to(self.adapter.device)
         with torch.inference_mode():
             return self._run_head(a, rest).float().cpu().numpy()
+
+    def randomised(self, seed: int) -> TorchSplit:
+        ex = self.adapter._exec
+        assert ex is not None
+        read = {n for n in self.head_nodes if n.op == "get_attr"}
+        read |= {src for n in self.head_nodes for src in n.all_input_nodes if src.op == "get_attr"}
+        rng = np.random.default_rng(seed)
+        clone = copy.copy(self)
+        clone.weights = {}
+        for node in sorted(read, key=ex.index.__getitem__):
+            value = ex.attrs[node]
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() >= 2:
+                order = torch.from_numpy(rng.permutation(value.numel())).to(value.device)
+                clone.weights[node] = value.detach().reshape(-1)[order].reshape(value.shape)
+        clone.shuffled = sum(v.numel() for v in clone.weights.values())
+        return clone
 
     def gradcam_inputs(self, pixels: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Activations, gradients and scores in one pass: body without autograd, head with."""

@@ -12,6 +12,7 @@ from reportgen.sections.channels import ChannelsSection
 from reportgen.sections.configuration import ConfigurationSection
 from reportgen.sections.confusion import ConfusionSection
 from reportgen.sections.explorer import ExplorerSection
+from reportgen.sections.faithfulness import FaithfulnessSection
 from reportgen.sections.galleries import GalleriesSection
 from reportgen.sections.knn import KnnSection
 from reportgen.sections.layers import LayersSection
@@ -41,6 +42,7 @@ REPORT: list[Section] = [
     KnnSection(),
     MislabelsSection(),
     DuplicatesSection(),
+    FaithfulnessSection(),
     GalleriesSection(),
     ChannelsSection(),
     UnitsSection(),

@@ -11,11 +11,14 @@ import numpy as np
 from PIL import Image
 
 from reportgen import figures
+from reportgen.analyses.cam import compute_cam
 from reportgen.analyses.robustness import CORRUPTIONS, Robustness, corrupt, summarise
 from reportgen.analyses.tsne import stratified_sample
 from reportgen.data import DecodeError, open_image, resize_for_model, to_tensor
+from reportgen.errors import UserError
 from reportgen.report import PictureRequest, Section
 from reportgen.sections.base import Shared, thumb_key
+from reportgen.sections.maps import cam_model, to_image
 
 
 def _seed(seed: int, file: str, corruption: int) -> int:
@@ -64,18 +67,48 @@ def robustness(shared: Shared) -> Robustness | None:
             bar.update(len(chunk))
         result = summarise(rows, shared.truth[rows], shared.pred[rows], predicted, shared.class_map.classes)
         index = {int(r): i for i, r in enumerate(rows)}
+        before, after = [], []
         for row, name, severity, _ in result.first_flips:
             c = next(i for i, k in enumerate(CORRUPTIONS) if (k.name, k.severity) == (name, severity))
             i = index[row]
             picture = corrupt(pictures[i], CORRUPTIONS[c], _seed(cfg.seed, features.files[row], c))
             result.pictures[f"corrupt:{row}"] = (picture if picture.ndim == 3 else picture[:, :, None]) / 255.0
+            before.append(to_tensor(Image.fromarray(pictures[i]), pre))
+            after.append(to_tensor(Image.fromarray(picture), pre))
+    if before:
+        _flip_maps(shared, result, np.stack(before), np.stack(after))
     return result
+
+
+def _flip_maps(shared: Shared, result: Robustness, before: np.ndarray, after: np.ndarray) -> None:
+    """Maps of the class predicted on the clean picture, on the clean and the corrupted
+    picture of every image that breaks first (into ``result.maps``): where the evidence
+    for the right class was, and where it went.  None where no map can be drawn."""
+    cfg, pre = shared.cfg, shared.pre
+    model = shared.once(cam_model)
+    if model.split is None:
+        return
+    flips = result.first_flips
+    targets = np.array([shared.pred[row] for row, *_ in flips] * 2)
+    try:
+        with shared.clock("cam"):
+            maps = compute_cam(
+                cfg.cam, model.split, np.concatenate([before, after]), targets, pre.size,
+                run_model=lambda x: model.adapter.extract(x, [])[0], batch_size=cfg.batch_size,
+                channels_last=pre.channels_last,
+            ).maps  # fmt: skip
+    except UserError:
+        return  # a graph the gradient cannot pass: the galleries say why
+    for j, (row, *_) in enumerate(flips):
+        result.maps[f"rbcam:clean:{row}"] = (to_image(before[j], pre), maps[j])
+        result.maps[f"rbcam:corrupt:{row}"] = (to_image(after[j], pre), maps[len(flips) + j])
 
 
 @dataclass
 class FlipTile:
     """An image that breaks first: right when clean, wrong under the mildest corruption."""
 
+    row: int
     file: str
     thumb: str  # the clean picture
     corrupted: str  # picture key of the corrupted one
@@ -90,6 +123,7 @@ class RobustnessView:
     found: Robustness
     flips: list[FlipTile]
     sample_note: str
+    method: str  # the CAM method of the flips' maps (``found.maps``)
 
 
 class RobustnessSection(Section):
@@ -104,6 +138,7 @@ class RobustnessSection(Section):
         files = shared.features.files
         flips = [
             FlipTile(
+                row,
                 files[row],
                 thumb_key(files[row]),
                 f"corrupt:{row}",
@@ -120,7 +155,7 @@ class RobustnessSection(Section):
             if len(found.rows) < labeled
             else f"all {labeled} labelled images"
         )
-        return RobustnessView(found, flips, sample_note)
+        return RobustnessView(found, flips, sample_note, shared.cfg.cam)
 
     def json_items(self, view: RobustnessView | None) -> dict[str, Any]:
         if view is None:
@@ -164,4 +199,5 @@ class RobustnessSection(Section):
             },
             thumbs={t.thumb for t in view.flips},
             pictures=dict(content.pictures),
+            blends=dict(content.maps),
         )
