@@ -66,7 +66,11 @@ def _audit_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "model", type=Path, metavar="MODEL", help="ONNX, TorchScript, torch.export (.pt2) or state_dict file"
     )
     p.add_argument(
-        "images", type=Path, metavar="IMAGES", help="folder with one sub-folder per class, or a flat folder of images"
+        "images",
+        type=Path,
+        metavar="IMAGES",
+        help="folder with one sub-folder per class, a flat folder of images, or a manifest (.csv, .tsv, .jsonl, "
+        ".parquet) with a path column, a label column and metadata columns",
     )
     p.add_argument(
         "-o",

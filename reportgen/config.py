@@ -49,6 +49,10 @@ class AuditConfig:
     layers: list[str] | None = None
     pool_values: int = POOL_VALUES  # per spatial layer and image: channels x grid cells (0: global mean)
     labels: Path | None = None
+    labels_file: Path | None = None  # file -> label for a flat folder (see ``reportgen.manifest``)
+    path_column: str | None = None  # of a manifest or --labels-file (default: the first of manifest.PATH_COLUMNS)
+    label_column: str | None = None  # (default: the first of manifest.LABEL_COLUMNS)
+    group_by: str | None = None  # metadata column whose groups must not share near-duplicates
     arch: str | None = None
     trust_pickle: bool = False
     device: str = "auto"

@@ -127,6 +127,12 @@ class ImageDataset:
     skipped: list[Skipped] = field(default_factory=list)
     links_not_followed: int = 0  # links out of the folder, listed in ``skipped``
     max_bytes: int = MAX_IMAGE_BYTES  # files larger than this are skipped (``--max-image-mb``)
+    # From a manifest or ``--labels-file`` (see ``reportgen.manifest``); a folder has none.
+    source: Path | None = None  # the file that lists the images and their labels
+    source_sha256: str | None = None
+    label_indices: bool = False  # ``folder_classes`` are model output indices, not names
+    metadata_columns: list[str] = field(default_factory=list)
+    metadata: dict[str, tuple[object, ...]] = field(default_factory=dict)  # file -> one value per column
 
     def path(self, record: ImageRecord | str) -> Path:
         rel = record.file if isinstance(record, ImageRecord) else record
@@ -135,6 +141,11 @@ class ImageDataset:
     def listing_key(self) -> list[tuple[str, int, int]]:
         """(file, size, mtime) of every candidate: a cheap fingerprint for the cache."""
         return [(r.file, r.size, r.mtime_ns) for r in self.records]
+
+    def labels_key(self) -> list[object]:
+        """What decides each image's label: the class folders, or the listing file's
+        digest (its labels are cached with the features)."""
+        return [self.folder_classes, self.source_sha256, self.label_indices]
 
 
 def _is_hidden(name: str) -> bool:

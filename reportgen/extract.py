@@ -274,14 +274,19 @@ def _open_rows(path: Path) -> np.ndarray:
 
 def cache_key(model_sha256: str, options: dict[str, Any], dataset: ImageDataset) -> dict[str, Any]:
     """What must match for a cached extraction to be reused: the model's bytes, the
-    options that change features, and the listing (name, size, mtime) of the images."""
+    options that change features, the listing (name, size, mtime) of the images and,
+    for a manifest, its digest (the labels it gives)."""
     listing = hashlib.sha256(json.dumps(dataset.listing_key()).encode()).hexdigest()
-    return {
+    key = {
         "model_sha256": model_sha256,
         "options": options,
         "listing_sha256": listing,
         "root": str(dataset.root.resolve()),
     }
+    if dataset.source is not None:
+        # The labels come from the listing file, and are cached with the features.
+        key["labels"] = dataset.labels_key()
+    return key
 
 
 @dataclass

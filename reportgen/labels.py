@@ -64,13 +64,19 @@ def resolve_classes(
     labels: list[str] | None = None,
     embedded: list[str] | None = None,
     embedded_from: str = "model metadata",
+    indices: bool = False,
+    noun: str = "class folder",
 ) -> ClassMap:
     """Decide the names of the model's outputs and map class folders onto them
-    (``embedded_from`` says where the model's own names came from)."""
+    (``embedded_from`` says where the model's own names came from).  With ``indices``
+    the "folders" are a manifest's labels given as output indices: each maps to its
+    output, and an index the model does not have matches nothing."""
+    if indices:
+        return _by_index(folder_classes, num_outputs, labels, embedded, embedded_from)
     if labels is not None:
         if len(labels) != num_outputs:
             raise UserError(f"--labels names {len(labels)} classes but the model has {num_outputs} outputs")
-        return _by_name(labels, "--labels", folder_classes)
+        return _by_name(labels, "--labels", folder_classes, noun)
     notes = []
     if embedded is not None and len(set(embedded)) != len(embedded):
         twice = next(name for i, name in enumerate(embedded) if name in embedded[:i])
@@ -78,27 +84,27 @@ def resolve_classes(
         notes.append(f"the {embedded_from} names the class {twice!r} more than once, so its class names are not used")
         embedded = None
     if embedded is not None and len(embedded) == num_outputs:
-        return _by_name(embedded, embedded_from, folder_classes)
-    fallback = _unnamed(folder_classes, num_outputs)
+        return _by_name(embedded, embedded_from, folder_classes, noun)
+    fallback = _unnamed(folder_classes, num_outputs, noun)
     fallback.warnings[:0] = notes
     return fallback
 
 
-def _unnamed(folder_classes: list[str], num_outputs: int) -> ClassMap:
+def _unnamed(folder_classes: list[str], num_outputs: int, noun: str = "class folder") -> ClassMap:
     """Output names without a labels file or usable metadata: the folders', or indices."""
     if not folder_classes:
         return ClassMap([str(i) for i in range(num_outputs)], "output index", [])
     if len(folder_classes) == num_outputs:
         return ClassMap(list(folder_classes), "folder names", list(range(num_outputs)))
     message = (
-        f"the image folder has {len(folder_classes)} class folders but the model has {num_outputs} outputs, "
-        "so outputs cannot be matched to folders; pass --labels FILE with one class name per output. "
+        f"the images have {len(folder_classes)} {noun}s but the model has {num_outputs} outputs, "
+        f"so outputs cannot be matched to {noun}s; pass --labels FILE with one class name per output. "
         "Accuracy and per-class metrics are left out."
     )
     return ClassMap([str(i) for i in range(num_outputs)], "output index", [-1] * len(folder_classes), [message])
 
 
-def _by_name(names: list[str], source: str, folder_classes: list[str]) -> ClassMap:
+def _by_name(names: list[str], source: str, folder_classes: list[str], noun: str = "class folder") -> ClassMap:
     index = {name: i for i, name in enumerate(names)}
     mapping = [index.get(folder, -1) for folder in folder_classes]
     warnings = []
@@ -106,6 +112,29 @@ def _by_name(names: list[str], source: str, folder_classes: list[str]) -> ClassM
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
         warnings.append(
-            f"{len(missing)} class folder(s) match no model output ({shown}); their images are left out of the metrics"
+            f"{len(missing)} {noun}(s) match no model output ({shown}); their images are left out of the metrics"
         )
     return ClassMap(list(names), source, mapping, warnings)
+
+
+def _by_index(
+    values: list[str], num_outputs: int, labels: list[str] | None, embedded: list[str] | None, embedded_from: str
+) -> ClassMap:
+    """Labels that are output indices: names from ``--labels`` or the model, else indices."""
+    if labels is not None and len(labels) != num_outputs:
+        raise UserError(f"--labels names {len(labels)} classes but the model has {num_outputs} outputs")
+    if labels is not None:
+        names, source = list(labels), "--labels"
+    elif embedded is not None and len(embedded) == num_outputs and len(set(embedded)) == num_outputs:
+        names, source = list(embedded), embedded_from
+    else:
+        names, source = [str(i) for i in range(num_outputs)], "output index"
+    mapping = [int(v) if int(v) < num_outputs else -1 for v in values]
+    warnings = []
+    beyond = [v for v, m in zip(values, mapping, strict=True) if m < 0]
+    if beyond:
+        warnings.append(
+            f"{len(beyond)} label index(es) are not outputs of the model, which has {num_outputs} "
+            f"({', '.join(beyond[:5])}{' ...' if len(beyond) > 5 else ''}); their images are left out of the metrics"
+        )
+    return ClassMap(names, source, mapping, warnings)

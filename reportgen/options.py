@@ -162,6 +162,19 @@ AUDIT_GROUPS: list[tuple[str, list[Option]]] = [
                    default=POOL_VALUES, type=int, metavar="N", check=_not_negative,
                    must="be 0 (the global mean) or more"),
             LABELS,
+            Option(("--labels-file",), "labels_file",
+                   "the label of each image of a flat IMAGES folder: a CSV, TSV, JSON Lines or Parquet table of "
+                   "path and label (other columns are metadata), or a .txt of one label per line for the images "
+                   "in sorted file order (ImageNet's validation ground truth)", type=Path, metavar="FILE"),
+            Option(("--path-column",), "path_column",
+                   "the path column of a manifest or --labels-file (default: the first of path, file, filename, "
+                   "file_name, filepath, image, image_path)", metavar="NAME"),
+            Option(("--label-column",), "label_column",
+                   "the label column, names or output indices (default: the first of label, labels, class, target, "
+                   "category; none: unlabelled)", metavar="NAME"),
+            Option(("--group-by",), "group_by",
+                   "a metadata column of the manifest (a split, a patient, a site): near-duplicate pairs across its "
+                   "values are marked and counted as leakage", metavar="COLUMN"),
             Option(("--follow-links",), "follow_links",
                    "follow symbolic links that lead out of the image folders (default: list them under Skipped)",
                    default=False, action="store_true"),

@@ -19,7 +19,7 @@ from reportgen.analyses.screen import nonfinite_rows, unusable_reason
 from reportgen.clock import Clock
 from reportgen.config import AuditConfig, source_date_epoch, timestamp
 from reportgen.data import ImageDataset, Preprocess, Skipped, discover, resolve_preprocess
-from reportgen.errors import UserError
+from reportgen.errors import UserError, printable
 from reportgen.extract import (
     CachedRun,
     CacheMiss,
@@ -33,6 +33,7 @@ from reportgen.extract import (
     scratch_folder,
 )
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
+from reportgen.manifest import is_manifest, labels_file_table, listing_from_table, read_table
 from reportgen.models import LayerInfo, ModelAdapter, ModelHandle, graph_gap, hub_hints, resolve_layers
 from reportgen.outputs import check_apart, check_replaceable
 from reportgen.pictures import build_figures
@@ -43,17 +44,23 @@ from reportgen.sections.order import REPORT
 from reportgen.util import file_sha256
 
 
-def check_outputs(cfg: AuditConfig) -> None:
+def check_outputs(cfg: AuditConfig, dataset: ImageDataset | None = None) -> None:
     """Before any work: every path the audit will write is apart from its inputs and
     free or provably reportgen's (see ``outputs``), so a refusal costs nothing."""
     report = report_outputs(cfg.output, cfg.json_path)
     caches = [(cfg.cache_path, "--features")] if cfg.use_cache else []
     if cfg.use_cache and cfg.reference is not None:
         caches.append((reference_cache_path(cfg), "the reference features cache"))
+    files = [(cfg.model, "the model file")] + ([(cfg.labels, "the --labels file")] if cfg.labels else [])
+    if dataset is not None and dataset.source is not None:
+        files.append((dataset.source, "the manifest" if dataset.source == cfg.images else "the --labels-file"))
+    # A manifest's images are under its folder (those it lists outside, with --follow-links,
+    # are still never replaced: nothing is without proof that reportgen wrote it).
+    image_folder = cfg.images.parent if dataset is not None and dataset.source == cfg.images else cfg.images
     check_apart(
         [(path, what) for path, _, what in report] + caches,
-        files=[(cfg.model, "the model file")] + ([(cfg.labels, "the --labels file")] if cfg.labels else []),
-        folders=[(cfg.images, "the image folder")]
+        files=files,
+        folders=[(image_folder, "the image folder")]
         + ([(cfg.reference, "the --reference folder")] if cfg.reference else []),
     )
     for path, proof, what in report:
@@ -104,12 +111,65 @@ def extraction_options(cfg: AuditConfig) -> dict:
     return options
 
 
-def dataset_sha256(files: list[str], digests: list[str]) -> str:
-    """SHA-256 over the sorted (path, content hash) pairs of the audited images."""
+def dataset_sha256(files: list[str], digests: list[str], source_sha256: str | None = None) -> str:
+    """SHA-256 over the sorted (path, content hash) pairs of the audited images, and the
+    digest of the manifest that labels them, when one does."""
     h = hashlib.sha256()
     for f, d in sorted(zip(files, digests, strict=True)):
         h.update(f"{f}\0{d}\n".encode())
+    if source_sha256 is not None:
+        h.update(f"manifest\0{source_sha256}\n".encode())
     return h.hexdigest()
+
+
+def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
+    """The images to audit and what their listing got wrong: a folder (class sub-folders
+    or flat), a flat folder with ``--labels-file``, or a manifest file."""
+    if is_manifest(cfg.images):
+        if cfg.labels_file is not None:
+            raise UserError("--labels-file labels a folder of images; a manifest holds its own labels")
+        table = read_table(cfg.images)
+        listing = listing_from_table(
+            table, cfg.images.parent, path_column=cfg.path_column, label_column=cfg.label_column,
+            follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=cfg.images,
+        )  # fmt: skip
+        return _usable(listing.dataset, cfg.images), listing.warnings
+    if cfg.path_column or cfg.label_column:
+        raise UserError("--path-column and --label-column name the columns of a manifest or --labels-file")
+    if cfg.labels_file is None:
+        return discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes), []
+    if not cfg.images.is_dir():
+        raise UserError(f"--labels-file labels a folder of images; {cfg.images} is not a folder")
+    folder = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
+    if folder.labeled:
+        raise UserError(
+            f"{cfg.images} has class sub-folders, which label its images already; --labels-file is for a flat folder"
+        )
+    table = labels_file_table(cfg.labels_file, cfg.images)
+    listing = listing_from_table(
+        table, cfg.images, path_column=cfg.path_column, label_column=cfg.label_column,
+        follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=cfg.labels_file,
+        option="--labels-file",
+    )  # fmt: skip
+    listed = {r.file for r in listing.dataset.records} | {s.file for s in listing.dataset.skipped}
+    unlisted = [r.file for r in folder.records if r.file not in listed]
+    if unlisted:
+        listing.warnings.append(
+            f"{len(unlisted):,} image(s) of the folder are not in --labels-file and are not audited "
+            f"(e.g. {unlisted[0]})"
+        )
+    return _usable(listing.dataset, cfg.labels_file), listing.warnings
+
+
+def _usable(dataset: ImageDataset, source: Path) -> ImageDataset:
+    """``dataset``, or a one-line error when every image it lists was refused."""
+    if not dataset.records:
+        first = dataset.skipped[0]
+        raise UserError(
+            f"no usable image in {printable(str(source))}: {len(dataset.skipped):,} listed, every one skipped "
+            f"(e.g. {printable(first.file)}: {first.reason})"
+        )
+    return dataset
 
 
 def _model_meta(adapter: ModelAdapter, pre: Preprocess) -> dict:
@@ -211,8 +271,11 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     if not cfg.model.is_file():
         raise UserError(f"model file not found: {cfg.model}")
     with clock("discover"):
-        dataset = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
-    check_outputs(cfg)
+        dataset, listing_notes = find_images(cfg)
+    if cfg.group_by is not None and cfg.group_by not in dataset.metadata_columns:
+        columns = ", ".join(printable(c) for c in dataset.metadata_columns[:20]) or "none: a folder has no metadata"
+        raise UserError(f"--group-by {printable(cfg.group_by)!r} is not a metadata column (the manifest's: {columns})")
+    check_outputs(cfg, dataset)
     with clock("hash model"):
         model_sha = file_sha256(cfg.model)
     handle = ModelHandle(cfg.model, device=cfg.device, arch=cfg.arch, trust_pickle=cfg.trust_pickle)
@@ -231,7 +294,15 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         labels=labels,
         embedded=meta.get("embedded_classes"),
         embedded_from=meta.get("embedded_classes_from", "model metadata"),
+        indices=dataset.label_indices,
+        noun="class folder" if dataset.source is None else "label",
     )
+    if dataset.label_indices:
+        # Labels given as output indices read as the classes they name from here on.
+        dataset.folder_classes = [
+            class_map.classes[o] if o >= 0 else name
+            for name, o in zip(dataset.folder_classes, class_map.folder_to_output, strict=True)
+        ]
     with clock("metrics"):
         probs, output_kind = to_probabilities(features.outputs)
         truth = class_map.truth(features.labels)
@@ -261,12 +332,21 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
             n_images=features.n,
             n_candidates=len(dataset.records) + len(dataset.skipped),
             folder_classes=dataset.folder_classes,
-            sha256=dataset_sha256(features.files, features.sha256),
+            sha256=dataset_sha256(features.files, features.sha256, dataset.source_sha256),
+            source=None if dataset.source is None else str(dataset.source),
+            source_sha256=dataset.source_sha256,
+            metadata_columns=list(dataset.metadata_columns),
         ),
         classes=class_map.classes,
         class_source=class_map.source,
         preprocessing=pre.fingerprint(),
-        warnings=[*notes, *meta.get("notes", []), *class_map.warnings, *_folder_warnings(dataset, features)],
+        warnings=[
+            *listing_notes,
+            *notes,
+            *meta.get("notes", []),
+            *class_map.warnings,
+            *_folder_warnings(dataset, features),
+        ],
         # Whether this run extracted or reused features is run metadata, like timings.
         features_from_cache=features.from_cache if epoch is None else None,
     )
@@ -316,11 +396,15 @@ def _folder_warnings(dataset: ImageDataset, features: Features) -> list[str]:
             "(listed under Skipped inputs; --follow-links follows them)"
         )
     empty = [c for i, c in enumerate(dataset.folder_classes) if not np.any(features.labels == i)]
+    noun = "class folder(s)" if dataset.source is None else "label(s)"
     if empty:
-        out.append(f"{len(empty)} class folder(s) have no usable image: {', '.join(empty[:10])}")
+        out.append(f"{len(empty)} {noun} have no usable image: {', '.join(empty[:10])}")
     if not dataset.labeled:
         out.append(
             "the image folder has no class sub-folders: images are unlabeled, so predicted classes are shown instead of accuracy"
+            if dataset.source is None
+            else "no image has a label (no label column, or every label empty): predicted classes are shown "
+            "instead of accuracy"
         )
     return out
 

@@ -85,6 +85,13 @@ _SEPARATOR = re.compile(r"([/_.\-])")
 _SHAPE_X = re.compile(r"(?<=\d)([x×])(?=\d)")
 
 
+def shorten_value(value: object, limit: int = 80) -> str:
+    """A value from the data (a metadata cell) cut to ``limit`` characters for a table;
+    the JSON and the cell's title keep it whole."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def breakable(value: object) -> Markup:
     """``value`` escaped, with a line-break opportunity after each separator (``/``,
     ``_``, ``.``, ``-``) and after the ``x`` of a shape (``24x64``): long names and paths
@@ -110,6 +117,7 @@ def environment() -> jinja2.Environment:
     env.filters["filesize"] = fmt_bytes
     env.filters["cam_name"] = lambda method: CAM_NAMES.get(method, "activation")
     env.filters["breakable"] = breakable
+    env.filters["shorten_value"] = shorten_value
     return env
 
 

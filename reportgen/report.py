@@ -54,6 +54,9 @@ class DatasetSummary:
     n_candidates: int  # image files found, decoded or not
     folder_classes: list[str]
     sha256: str
+    source: str | None = None  # the manifest or --labels-file that lists the images
+    source_sha256: str | None = None
+    metadata_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -208,6 +211,9 @@ def to_json(result: AuditResult) -> dict[str, Any]:
             "n_candidates": result.dataset.n_candidates,
             "classes": result.dataset.folder_classes,
             "sha256": result.dataset.sha256,
+            "source": result.dataset.source,
+            "source_sha256": result.dataset.source_sha256,
+            "metadata_columns": result.dataset.metadata_columns,
         },
         "classes": result.classes,
         "class_source": result.class_source,

@@ -288,6 +288,14 @@ def test_a_detector_per_class_passes_where_its_squares_are(tmp_path: Path) -> No
     assert f["class_sensitivity"]["share_different"] == 1.0
     assert [m["method"] for m in f["methods"]] == ["gradcam", "ablationcam", "scorecam"]  # 2 channels: cheap
     assert f["passed"]
+    assert "These maps pass 2 of the 2" in page_text(out)
+    # Off: no section, no line above the galleries, which still show.
+    off = tmp_path / "off" / "r.html"
+    result = run_cli("audit", path, images, "-o", off, *AUDIT, "--faithfulness-images", "0")
+    assert result.code == 0, result.err
+    data = load_json(off)
+    assert data["faithfulness"] is None and data["galleries"]
+    assert 'id="faithfulness"' not in off.read_text() and "These maps pass" not in off.read_text()
 
 
 def test_the_sample_s_section_json_and_verdicts(sample_audits: dict[str, Path]) -> None:

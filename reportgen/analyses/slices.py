@@ -51,14 +51,15 @@ SHOWN_SLICES = 6
 MIN_ERRORS = 5  # fewer errors than this among the labeled images: nothing to look for
 MIN_LABELED = 40
 DESCRIBE_EFFECT = 0.5  # a property is named in the description from this effect size up
+MAX_METADATA_VALUES = 30  # a metadata column with more distinct values is an identifier, not a description
 
 
 @dataclass
 class SliceProperty:
     """How one property of the slice's images compares with the rest's."""
 
-    name: str  # a PROPERTIES entry, "aspect", or "folder <path>"
-    slice_mean: float  # mean value, or for a folder the share of the slice's images in it
+    name: str  # a PROPERTIES entry, "aspect", "folder <path>" or "meta <column>=<value>"
+    slice_mean: float  # mean value, or for a folder or metadata value the share of the slice's images with it
     rest_mean: float
     effect: float  # Cohen's d (numbers) or h (shares); positive: higher in the slice
 
@@ -103,9 +104,10 @@ class Slice:
             true, predicted, count = self.confusion
             parts.append(f"{count} of its {self.errors} errors are {true} taken for {predicted}")
         strong = [p for p in self.properties if abs(p.effect) >= DESCRIBE_EFFECT]
-        # Folders first (the most direct answer to "which images?"), then the measurements.
-        parts += [describe_property(p) for p in strong if p.name.startswith("folder ")][:2]
-        parts += [describe_property(p) for p in strong if not p.name.startswith("folder ")][:3]
+        # Folders and metadata first (the most direct answer to "which images?"), then the
+        # measurements.
+        parts += [describe_property(p) for p in strong if p.name.startswith(("folder ", "meta "))][:2]
+        parts += [describe_property(p) for p in strong if not p.name.startswith(("folder ", "meta "))][:3]
         return "; ".join(parts) if parts else "no measured property sets it apart"
 
 
@@ -141,6 +143,9 @@ def describe_property(p: SliceProperty) -> str:
     """A property's difference in words, with the numbers and the effect size."""
     if p.name.startswith("folder "):
         return f"{p.slice_mean:.0%} from {p.name[7:]}/ (rest {p.rest_mean:.0%}, h = {p.effect:+.1f})"
+    if p.name.startswith("meta "):
+        column, _, value = p.name[5:].partition("=")
+        return f"{p.slice_mean:.0%} with {column} {value} (rest {p.rest_mean:.0%}, h = {p.effect:+.1f})"
     low, high = _WORDS.get(p.name, (f"lower {p.name}", f"higher {p.name}"))
     word = high if p.effect > 0 else low
     if p.name in ("width", "height"):
@@ -303,11 +308,13 @@ def find_slices(
     *,
     files: list[str],
     image_stats: np.ndarray | None,
+    metadata: dict[str, list[str | None]] | None = None,
     seed: int = 0,
     min_size: int | None = None,
 ) -> SliceSearch:
     """Slices among the labeled rows (``truth >= 0``) where the model errs significantly
-    more than overall (see the module's description)."""
+    more than overall (see the module's description).  ``metadata`` (column -> one value
+    per row, None where missing) describes slices by the values their members share."""
     labeled = np.flatnonzero(truth >= 0)
     n = len(labeled)
     wrong_all = pred != truth
@@ -391,7 +398,7 @@ def find_slices(
                 p_value=cand.p,
                 excess_errors=float(mistakes - rate * len(rows)),
                 classes=_class_mix(y, wrong, members, class_names),
-                properties=_properties(labeled, members, files, image_stats, set(class_names)),
+                properties=_properties(labeled, members, files, image_stats, set(class_names), metadata),
                 confusion=_commonest_mistake(y[members], pred[rows], class_names),
             )
         )
@@ -499,7 +506,12 @@ def folder_of(file: str) -> str:
 
 
 def _properties(
-    labeled: np.ndarray, members: np.ndarray, files: list[str], image_stats: np.ndarray | None, classes: set[str]
+    labeled: np.ndarray,
+    members: np.ndarray,
+    files: list[str],
+    image_stats: np.ndarray | None,
+    classes: set[str],
+    metadata: dict[str, list[str | None]] | None = None,
 ) -> list[SliceProperty]:
     inside = np.zeros(len(labeled), bool)
     inside[members] = True
@@ -520,5 +532,14 @@ def _properties(
             share_in = float((folders[inside] == value).mean())
             share_out = float((folders[~inside] == value).mean()) if (~inside).any() else 0.0
             out.append(SliceProperty(f"folder {value or '.'}", share_in, share_out, cohen_h(share_in, share_out)))
+    for column, values in (metadata or {}).items():
+        column_values = np.array([values[i] for i in labeled], dtype=object)
+        given = np.array([v is not None for v in column_values])
+        if len({v for v in column_values[given]}) > MAX_METADATA_VALUES:
+            continue  # an identifier: every value is its own tiny group
+        for value in sorted({v for v in column_values[inside & given]}):
+            share_in = float((column_values[inside] == value).mean())
+            share_out = float((column_values[~inside] == value).mean()) if (~inside).any() else 0.0
+            out.append(SliceProperty(f"meta {column}={value}", share_in, share_out, cohen_h(share_in, share_out)))
     out.sort(key=lambda p: (-abs(p.effect), p.name))
     return out

@@ -16,6 +16,7 @@ from reportgen.sections.faithfulness import FaithfulnessSection
 from reportgen.sections.galleries import GalleriesSection
 from reportgen.sections.knn import KnnSection
 from reportgen.sections.layers import LayersSection
+from reportgen.sections.metadata import MetadataSection
 from reportgen.sections.per_class import PerClassSection
 from reportgen.sections.predictions import PredictionsSection
 from reportgen.sections.robustness import RobustnessSection
@@ -35,6 +36,7 @@ REPORT: list[Section] = [
     BalanceSection(),
     CalibrationSection(),
     SlicesSection(),
+    MetadataSection(),
     RobustnessSection(),
     LayersSection(),
     TsneSection(),

@@ -16,6 +16,7 @@ from reportgen.models import INPUT_LAYER, LOGITS_LAYER
 from reportgen.report import PictureRequest, Section
 from reportgen.sections.base import Shared, load_pixels, thumb_key
 from reportgen.sections.maps import cam_model, mean_blend
+from reportgen.sections.metadata import metadata_values
 
 EXEMPLARS = 8  # errors shown per slice, most confident first
 MAPPED_ERRORS = 12  # errors whose maps are averaged per slice
@@ -56,6 +57,17 @@ def slice_layers(shared: Shared) -> list[str]:
     return list(dict.fromkeys([inner[(len(inner) - 1) // 2], inner[-1]]))
 
 
+def slice_metadata(shared: Shared) -> dict[str, list[str | None]] | None:
+    """Every audited image's metadata values as text (None where missing), per column."""
+    dataset = shared.dataset
+    if not dataset.metadata_columns:
+        return None
+    out: dict[str, list[str | None]] = {}
+    for column, values in metadata_values(shared, np.arange(shared.features.n)).items():
+        out[column] = [None if v is None or not str(v).strip() else str(v) for v in values]
+    return out
+
+
 class SlicesSection(Section):
     id = "slices"
     title = "Error slices"
@@ -76,6 +88,7 @@ class SlicesSection(Section):
                 shared.class_map.classes,
                 files=features.files,
                 image_stats=features.image_stats,
+                metadata=slice_metadata(shared),
                 seed=shared.cfg.seed,
             )
         views = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from reportgen.analyses.suspects import MIN_SCORE
+from reportgen.analyses.suspects import MIN_SCORE, DuplicatePair
 from reportgen.report import PictureRequest, Section
 from reportgen.sections.base import NeighbourEntry, Shared, label_name, neighbour_strip
 from reportgen.sections.neighbours import neighbourhood, suspicions
@@ -51,6 +51,12 @@ class DuplicateEntry:
     b_in_reference: bool
     label_a: str | None
     label_b: str | None
+    groups: tuple[str, str] | None = None  # the --group-by values of a and b, where both have one
+
+    @property
+    def across(self) -> bool:
+        """The two images belong to different --group-by groups: leakage between them."""
+        return self.groups is not None and self.groups[0] != self.groups[1]
 
 
 @dataclass
@@ -59,6 +65,24 @@ class Duplicates:
     layers: list[str]  # the layers pairs were looked for at
     ratio: float  # below this share of the median nearest-neighbour distance
     reference: bool  # pairs may join an audited image to a --reference one
+    group_by: str | None = None  # the metadata column of --group-by
+    across: int = 0  # pairs found (shown or not) across its groups
+
+
+def _groups(shared: Shared) -> dict[str, str] | None:
+    """Each audited file's --group-by value (files without one left out); None without
+    the option."""
+    column = shared.cfg.group_by
+    if column is None:
+        return None
+    dataset = shared.dataset
+    j = dataset.metadata_columns.index(column)
+    out = {}
+    for file, values in dataset.metadata.items():
+        value = values[j]
+        if value is not None and str(value).strip():
+            out[file] = str(value)
+    return out
 
 
 class MislabelsSection(Section):
@@ -131,8 +155,19 @@ class DuplicatesSection(Section):
         if found is None:
             return None
         hood = shared.once(neighbourhood)
+        group_of = _groups(shared)
+
+        def groups(d: DuplicatePair) -> tuple[str, str] | None:
+            if group_of is None or d.cross:
+                return None
+            a, b = group_of.get(hood.audited.files[d.a]), group_of.get(hood.audited.files[d.b])
+            return None if a is None or b is None else (a, b)
+
+        # Pairs across --group-by groups first (leakage), each kind closest first.
+        ordered = sorted(found.duplicates, key=lambda d: not ((g := groups(d)) is not None and g[0] != g[1]))
+        across = sum(1 for d in found.duplicates if (g := groups(d)) is not None and g[0] != g[1])
         pairs = []
-        for d in found.duplicates[:limit]:
+        for d in ordered[:limit]:
             other = hood.ref if d.cross else hood.audited
             pairs.append(
                 DuplicateEntry(
@@ -146,9 +181,17 @@ class DuplicatesSection(Section):
                     d.cross,
                     label_name(hood.vocab, int(hood.audited.labels[d.a])),
                     label_name(hood.vocab, int(other.labels[d.b])),
+                    groups(d),
                 )
             )
-        return Duplicates(pairs, found.duplicate_layers, found.ratio, shared.reference is not None)
+        if across:
+            shared.notes.append(
+                f"{across:,} near-duplicate pair(s) join images of different {shared.cfg.group_by!r} values: "
+                "the same content on both sides of that grouping is leakage (see Near-duplicates)"
+            )
+        return Duplicates(
+            pairs, found.duplicate_layers, found.ratio, shared.reference is not None, shared.cfg.group_by, across
+        )
 
     def count(self, content: Duplicates) -> int:
         return len(content.pairs)
@@ -165,9 +208,17 @@ class DuplicatesSection(Section):
                     "ratio": d.ratio,
                     "layer": d.layer,
                     "b_in_reference": d.b_in_reference,
+                    **(
+                        {"groups": list(d.groups) if d.groups else None, "across_groups": d.across}
+                        if content.group_by
+                        else {}
+                    ),
                 }
                 for d in content.pairs
-            ]
+            ],
+            "near_duplicates_across_groups": None
+            if content.group_by is None
+            else {"column": content.group_by, "pairs": content.across},
         }
 
     def pictures(self, content: Duplicates) -> PictureRequest:

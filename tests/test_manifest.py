@@ -1,0 +1,317 @@
+"""Data as users have it: manifests (CSV, TSV, JSON Lines, Parquet), a flat folder with
+--labels-file, label indices; the same numbers as the folder audit of the same images;
+hostile manifests refused or listed without reading outside the root; metadata broken
+down against direct computations; --group-by leakage."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import SAMPLE, load_json, page_text, run_cli
+from PIL import Image
+from scipy import stats
+
+from reportgen.analyses import metadata as md
+
+FAST = ["-q", "--no-tsne", "--device", "cpu", "--gallery-size", "0", "--channels", "0", "--shortcut-images", "0",
+        "--robustness-images", "0", "--faithfulness-images", "0"]  # fmt: skip
+SITES = ("north", "south", "east")
+
+
+def _rows(base: str) -> list[dict[str, Any]]:
+    """One row per sample image: its path under ``base``, its class, a site and an age
+    that depend on the file alone (seeded by its position)."""
+    rows = []
+    for i, path in enumerate(sorted((SAMPLE / "images").rglob("*.jpg"))):
+        cls = path.parent.name
+        rows.append({"path": f"{base}{cls}/{path.name}", "label": cls, "site": SITES[i % 3], "age": 20 + (i * 7) % 61})
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], delimiter: str = ",") -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a copy of the sample images (``images/<class>/``) for manifests."""
+    root = tmp_path_factory.mktemp("manifest_data")
+    shutil.copytree(SAMPLE / "images", root / "images")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_audit(tmp_path_factory: pytest.TempPathFactory, data: Path) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("folder_audit") / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", data / "images", "-o", out, *FAST, "--no-cache")
+    assert result.code == 0, result.err
+    return load_json(out)
+
+
+def _by_file(report: dict[str, Any], prefix: str = "") -> dict[str, tuple[str | None, str]]:
+    return {p["file"].removeprefix(prefix): (p["label"], p["pred"]) for p in report["predictions"]}
+
+
+def _same_numbers(got: dict[str, Any], folder: dict[str, Any], prefix: str) -> None:
+    assert _by_file(got, prefix) == _by_file(folder)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix", "per_class", "classes"):
+        assert got[key] == folder[key], key
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl", "parquet"])
+def test_a_manifest_gives_the_folder_audit_s_numbers(
+    kind: str, data: Path, folder_audit: dict[str, Any], tmp_path: Path
+) -> None:
+    rows = _rows("images/")
+    manifest = data / f"m-{kind}.{kind}"
+    if kind in ("csv", "tsv"):
+        _write_csv(manifest, rows, "," if kind == "csv" else "\t")
+    elif kind == "jsonl":
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), manifest)
+    out = tmp_path / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", manifest, "-o", out, *FAST, "--no-cache")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    _same_numbers(got, folder_audit, "images/")
+    assert got["dataset"]["source"] == str(manifest) and got["dataset"]["metadata_columns"] == ["site", "age"]
+    assert got["dataset"]["sha256"] != folder_audit["dataset"]["sha256"]  # the manifest is part of it
+    # Metadata: site accuracies equal the predictions', counted by hand.
+    site_of = {r["path"]: r["site"] for r in rows}
+    breakdown = {c["column"]: c for c in got["metadata_breakdown"]}
+    for g in breakdown["site"]["groups"]:
+        mine = [p for p in got["predictions"] if site_of[p["file"]] == g["value"]]
+        assert g["n"] == len(mine)
+        assert g["accuracy"] == pytest.approx(np.mean([p["pred"] == p["label"] for p in mine]), abs=1e-6)
+    assert breakdown["age"]["kind"] == "numeric" and sum(g["n"] for g in breakdown["age"]["groups"]) == 274
+
+
+def test_labels_as_output_indices(data: Path, folder_audit: dict[str, Any], tmp_path: Path) -> None:
+    classes = folder_audit["classes"]
+    rows = [{**r, "label": classes.index(r["label"])} for r in _rows("images/")]
+    rows[0]["label"] = 17  # no such output: unlabelled, and said so
+    manifest = _write_csv(data / "indices.csv", rows)
+    out = tmp_path / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", manifest, "-o", out, *FAST, "--no-cache")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    assert got["classes"] == classes  # names from the model's metadata, matched by index
+    labels = {p["file"]: p["label"] for p in got["predictions"]}
+    assert labels[rows[0]["path"]] == "17" and labels[rows[1]["path"]] == classes[rows[1]["label"]]
+    assert got["n_evaluated"] == 273  # the image labelled 17 is left out of the metrics
+    assert any("not outputs of the model" in w and "17" in w for w in got["warnings"])
+
+
+def test_a_flat_folder_with_a_labels_file(data: Path, folder_audit: dict[str, Any], tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = []
+    for path in sorted((data / "images").rglob("*.jpg")):
+        name = f"{path.parent.name}_{path.name}"
+        shutil.copy(path, flat / name)
+        rows.append({"filename": name, "target": path.parent.name})
+    expected = {f"{k.split('/')[0]}_{k.split('/')[1]}": v for k, v in _by_file(folder_audit).items()}
+    # A table (other column names than the defaults' first), and ImageNet's one label per line.
+    table = _write_csv(tmp_path / "labels.csv", rows)
+    txt = tmp_path / "labels.txt"
+    txt.write_text("".join(r["target"] + "\n" for r in sorted(rows, key=lambda r: r["filename"])))
+    for labels_file in (table, txt):
+        out = tmp_path / labels_file.suffix[1:] / "r.html"
+        result = run_cli("audit", SAMPLE / "model.onnx", flat, "--labels-file", labels_file, "-o", out, *FAST,
+                         "--no-cache")  # fmt: skip
+        assert result.code == 0, result.err
+        got = load_json(out)
+        assert _by_file(got) == expected
+        assert got["accuracy"] == folder_audit["accuracy"]
+    # A .txt whose count does not match the folder: refused in one line.
+    txt.write_text("circle\n")
+    bad = run_cli("audit", SAMPLE / "model.onnx", flat, "--labels-file", txt, "-o", tmp_path / "x.html", *FAST)
+    assert bad.code == 2 and "holds 1 labels for the 274 images" in bad.err and "Traceback" not in bad.err
+
+
+def test_hostile_paths_are_listed_not_read(data: Path, tmp_path: Path) -> None:
+    """``..``, absolute paths and links out of the manifest's folder are refused unless
+    --follow-links consents; the files outside are never opened."""
+    import os
+
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(outside)
+    root = tmp_path / "root"
+    shutil.copytree(data / "images" / "circle", root / "circle")
+    os.symlink(outside, root / "circle" / "link.png")
+    rows = [{"path": f"circle/{p.name}", "label": "circle"} for p in sorted((root / "circle").glob("*.jpg"))]
+    rows += [
+        {"path": "../outside.png", "label": "circle"},
+        {"path": str(outside), "label": "circle"},
+        {"path": "circle/link.png", "label": "circle"},
+    ]
+    manifest = _write_csv(root / "m.csv", rows)
+    out = tmp_path / "out" / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", manifest, "-o", out, *FAST, "--no-cache")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    files = {p["file"] for p in got["predictions"]}
+    assert not any("outside" in f or "link" in f for f in files)
+    reasons = {s["file"]: s["reason"] for s in got["skipped"]}
+    assert "not read without --follow-links" in reasons["../outside.png"]
+    assert "an absolute path outside" in reasons[str(outside)]
+    assert "not read without --follow-links" in reasons["circle/link.png"]
+    # With consent, all three are the same file, audited once under one root.
+    result = run_cli("audit", SAMPLE / "model.onnx", manifest, "-o", tmp_path / "f" / "r.html", *FAST, "--no-cache",
+                     "--follow-links")  # fmt: skip
+    assert result.code == 0, result.err
+    got = load_json(tmp_path / "f" / "r.html")
+    assert len(got["predictions"]) == len(rows) - 2
+    assert any("row(s) for a file it already listed" in w for w in got["warnings"])
+
+
+def test_a_million_rows_of_one_missing_file_and_a_huge_cell(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(root / "ok.png")
+    with open(root / "m.csv", "w") as fh:
+        fh.write("path,label\nok.png,circle\n" + "missing.jpg,circle\n" * 1_000_000)
+    out = tmp_path / "out" / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", root / "m.csv", "-o", out, *FAST, "--no-cache")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    assert [s["file"] for s in got["skipped"]] == ["missing.jpg"]
+    assert "not found" in got["skipped"][0]["reason"]
+    assert any("999,999 row(s) for a file it already listed" in w for w in got["warnings"])
+    # One cell of 100 MB: refused in one line.
+    with open(root / "big.csv", "w") as fh:
+        fh.write("path,label,note\nok.png,circle,")
+        chunk = "x" * (1 << 20)
+        for _ in range(100):
+            fh.write(chunk)
+        fh.write("\n")
+    result = run_cli("audit", SAMPLE / "model.onnx", root / "big.csv", "-o", tmp_path / "b.html", *FAST)
+    assert result.code == 2 and "65,536 characters" in result.err and "Traceback" not in result.err
+    # The same in JSON Lines: refused before the line is read whole.
+    with open(root / "big.jsonl", "w") as fh:
+        fh.write('{"path": "ok.png", "note": "' + "x" * (8 << 20) + '"}\n')
+    result = run_cli("audit", SAMPLE / "model.onnx", root / "big.jsonl", "-o", tmp_path / "j.html", *FAST)
+    assert result.code == 2 and "longer than" in result.err
+
+
+def test_duplicates_conflicts_unknown_labels_and_columns(data: Path, tmp_path: Path) -> None:
+    rows = _rows("images/")[:40]
+    rows.append({**rows[0]})  # the same row again
+    rows.append({**rows[1], "label": "square"})  # the same file, another label
+    rows.append({**rows[2], "path": rows[2]["path"], "label": rows[2]["label"]})
+    rows[3] = {**rows[3], "label": "hexagon"}  # no such class
+    manifest = _write_csv(data / "dups.csv", rows)
+    out = tmp_path / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", manifest, "-o", out, *FAST, "--no-cache")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    warnings = " | ".join(got["warnings"])
+    assert "3 row(s) for a file it already listed" in warnings
+    assert "1 file(s) are listed with different labels" in warnings
+    assert "1 label(s) match no model output ('hexagon')" in warnings
+    labels = {p["file"]: p["label"] for p in got["predictions"]}
+    assert labels[rows[1]["path"]] is None and labels[rows[3]["path"]] == "hexagon" and len(labels) == 40
+    assert got["n_evaluated"] == 38  # the conflicting file and the unknown class are left out
+    for args, message in (
+        (["--path-column", "nope"], "has no column 'nope'"),
+        (["--group-by", "nope"], "is not a metadata column"),
+    ):
+        bad = run_cli("audit", SAMPLE / "model.onnx", manifest, "-o", tmp_path / "x.html", *FAST, *args)
+        assert bad.code == 2 and message in bad.err, bad.err
+
+
+def test_group_by_marks_duplicates_across_groups(data: Path, tmp_path: Path) -> None:
+    rows = [{**r, "split": "train" if i % 2 else "test"} for i, r in enumerate(_rows("images/"))]
+    planted = []
+    for r in rows[:3]:
+        name = r["path"].replace(".jpg", "_again.png")
+        Image.open(data / r["path"]).save(data / name)
+        other = "train" if r["split"] == "test" else "test"
+        rows.append({**r, "path": name, "split": other})
+        planted.append({r["path"], name})
+    manifest = _write_csv(data / "split.csv", rows)
+    out = tmp_path / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", manifest, "-o", out, *FAST, "--no-cache", "--group-by", "split")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    pairs = got["near_duplicates"]
+    across = [p for p in pairs if p["across_groups"]]
+    assert got["near_duplicates_across_groups"] == {"column": "split", "pairs": len(across)}
+    for pair in planted:
+        assert any({p["a"], p["b"]} == pair for p in across)
+    assert pairs[: len(across)] == across  # leakage first
+    assert all(p["groups"][0] == p["groups"][1] for p in pairs[len(across) :] if p["groups"])
+    assert any("join images of different 'split' values" in w for w in got["warnings"])
+    assert "across groups" in page_text(out)
+
+
+def test_the_cache_follows_the_manifest_s_labels(data: Path, tmp_path: Path) -> None:
+    rows = _rows("images/")[:30]
+    manifest = _write_csv(data / "cached.csv", rows)
+    out = tmp_path / "r.html"
+    assert run_cli("audit", SAMPLE / "model.onnx", manifest, "-o", out, *FAST).code == 0
+    first = load_json(out)
+    rows[0]["label"] = "star" if rows[0]["label"] != "star" else "ring"
+    _write_csv(manifest, rows)
+    assert run_cli("audit", SAMPLE / "model.onnx", manifest, "-o", out, *FAST).code == 0
+    second = load_json(out)
+    assert {p["file"]: p["label"] for p in second["predictions"]}[rows[0]["path"]] == rows[0]["label"]
+    assert second["dataset"]["sha256"] != first["dataset"]["sha256"]
+
+
+def test_breakdown_against_direct_computation() -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    site = [str(rng.choice(["a", "b", "c", "rare1", "rare2"], p=[0.4, 0.3, 0.26, 0.02, 0.02])) for _ in range(n)]
+    age = list(rng.integers(18, 90, n).astype(float))
+    age[5] = None  # missing
+    ids = [f"patient-{i}" for i in range(n)]
+    correct = rng.random(n) < np.where(np.array(site) == "b", 0.4, 0.9)
+    out = {c.column: c for c in md.metadata_breakdown({"site": site, "age": age, "id": ids}, correct)}
+    s = out["site"]
+    assert s.kind == "categorical" and [g.value for g in s.groups][:3] == ["a", "b", "c"]
+    assert s.groups[-1].value == "other (2 values)"
+    for g in s.groups[:3]:
+        mask = np.array(site) == g.value
+        assert g.n == mask.sum() and g.correct == correct[mask].sum()
+        ci = stats.binomtest(int(correct[mask].sum()), int(mask.sum())).proportion_ci(method="wilson")
+        assert g.ci == pytest.approx((ci.low, ci.high), abs=1e-9)
+        table = [[correct[mask].sum(), (~correct[mask]).sum()], [correct[~mask].sum(), (~correct[~mask]).sum()]]
+        assert g.p_value == pytest.approx(stats.fisher_exact(table).pvalue)
+    assert {g.value for g in s.groups if g.worse} == {"b"}
+    a = out["age"]
+    assert a.kind == "numeric" and a.missing == 1 and sum(g.n for g in a.groups) == n - 1
+    values = np.array([x for x in age if x is not None])
+    edges = np.quantile(values, np.linspace(0, 1, 6))
+    assert a.groups[0].n == ((values >= edges[0]) & (values < edges[1])).sum()
+    assert a.groups[-1].n == ((values >= edges[-2]) & (values <= edges[-1])).sum()
+    assert out["id"].kind == "identifier" and not out["id"].groups and out["id"].distinct == n
+
+
+def test_slice_descriptions_name_the_metadata_their_members_share() -> None:
+    from reportgen.analyses.slices import _properties, describe_property
+
+    labeled = np.arange(40)
+    members = np.arange(10)  # the slice: rows 0-9, all from camera "old"
+    camera = ["old"] * 10 + ["new"] * 28 + ["old", None]
+    ids = [f"id{i}" for i in range(40)]  # an identifier: never a description
+    props = _properties(labeled, members, [f"f{i}.png" for i in range(40)], None, set(), {"camera": camera, "id": ids})
+    by_name = {p.name: p for p in props}
+    old = by_name["meta camera=old"]
+    assert old.slice_mean == 1.0 and old.rest_mean == pytest.approx(1 / 30)
+    assert describe_property(old).startswith("100% with camera old (rest 3%")
+    assert not any(name.startswith("meta id=") for name in by_name)
