@@ -32,6 +32,7 @@ import numpy as np
 
 from reportgen import __version__
 from reportgen.analyses.calibration import expected_calibration_error
+from reportgen.analyses.metadata import column_breakdown
 from reportgen.analyses.metrics import classification_metrics
 from reportgen.analyses.similarity import PairedAccuracy, knn_overlap, linear_cka, paired_bootstrap
 from reportgen.config import source_date_epoch, timestamp
@@ -54,6 +55,7 @@ COMPARE_GATES = (
     "robustness_drop",
 )
 MAX_SLICES = 100  # slices read from one audit JSON (an audit writes at most analyses.slices.SHOWN_SLICES)
+MAX_METADATA_COLUMNS = 50  # metadata columns a comparison breaks changes down by
 SHOWN_FLIPS = 60
 
 
@@ -414,6 +416,22 @@ class SliceChange:
 
 
 @dataclass
+class MetadataChange:
+    """One metadata group (a manifest column's value, or a range of it) graded under both
+    models on the labeled images both audits used."""
+
+    column: str
+    value: str
+    size: int
+    old_accuracy: float
+    new_accuracy: float
+
+    @property
+    def drop(self) -> float:
+        return self.old_accuracy - self.new_accuracy
+
+
+@dataclass
 class CompareResult:
     tool_version: str
     generated_at: str | None
@@ -449,6 +467,7 @@ class CompareResult:
     slices_searched: bool = False  # both audits searched for slices (an older audit did not)
     # (corruption, severity) -> (old, new) accuracy, where both audits measured it
     robustness: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    metadata: list[MetadataChange] = field(default_factory=list)  # largest drop first
 
     @property
     def robustness_drop(self) -> float | None:
@@ -602,6 +621,7 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
         slices=slices,
         slices_searched=old.data.get("slices") is not None and new.data.get("slices") is not None,
         robustness=_robustness_pairs(old, new),
+        metadata=_metadata_changes(old_by_file, new_by_file, common, truth, old_pred, new_pred),
     )
     result.pictures, result.pictures_note = picture_paths(result, verify=images is None)
     return result
@@ -629,6 +649,34 @@ def _slice_changes(
                     float((new_pred[rows] == truth[rows]).mean()),
                 )
             )
+    return out
+
+
+def _metadata_changes(
+    old_by_file: dict[str, dict[str, Any]],
+    new_by_file: dict[str, dict[str, Any]],
+    common: list[str],
+    truth: np.ndarray,
+    old_pred: np.ndarray,
+    new_pred: np.ndarray,
+) -> list[MetadataChange]:
+    """Accuracy by every metadata column the audits' predictions carry (a manifest's),
+    grouped as the audit groups them (``analyses.metadata``), under both models on the
+    same labeled images; the largest drops first."""
+    known = np.flatnonzero(truth >= 0)
+    rows = [new_by_file[common[i]].get("metadata") or old_by_file[common[i]].get("metadata") for i in known]
+    if not any(isinstance(r, dict) for r in rows):
+        return []
+    columns = list(dict.fromkeys(k for r in rows if isinstance(r, dict) for k in r))[:MAX_METADATA_COLUMNS]
+    right_old, right_new = old_pred[known] == truth[known], new_pred[known] == truth[known]
+    out = []
+    for column in columns:
+        values = [r.get(column) if isinstance(r, dict) else None for r in rows]
+        values = [v if isinstance(v, str | int | float) and not isinstance(v, bool) else None for v in values]
+        before, after = column_breakdown(column, values, right_old), column_breakdown(column, values, right_new)
+        for a, b in zip(before.groups, after.groups, strict=True):
+            out.append(MetadataChange(column, a.value, a.n, a.accuracy, b.accuracy))
+    out.sort(key=lambda c: (-c.drop, c.column, c.value))
     return out
 
 
@@ -906,6 +954,17 @@ def compare_json(r: CompareResult, gates: dict[str, Any]) -> dict[str, Any]:
                 "delta": -c.drop,
             }
             for c in r.slices
+        ],
+        "metadata": [
+            {
+                "column": c.column,
+                "value": c.value,
+                "size": c.size,
+                "old_accuracy": c.old_accuracy,
+                "new_accuracy": c.new_accuracy,
+                "delta": -c.drop,
+            }
+            for c in r.metadata
         ],
         "robustness": None
         if not r.robustness

@@ -53,6 +53,7 @@ class AuditConfig:
     path_column: str | None = None  # of a manifest or --labels-file (default: the first of manifest.PATH_COLUMNS)
     label_column: str | None = None  # (default: the first of manifest.LABEL_COLUMNS)
     group_by: str | None = None  # metadata column whose groups must not share near-duplicates
+    split: str | None = None  # of a saved Hugging Face DatasetDict (default: its only split)
     arch: str | None = None
     trust_pickle: bool = False
     device: str = "auto"
@@ -116,6 +117,11 @@ class AuditConfig:
     @property
     def json_path(self) -> Path:
         return self.output.with_suffix(".json")
+
+    @property
+    def dataset_path(self) -> Path:
+        """Where a saved Hugging Face dataset's pictures are written (see ``hf_dataset``)."""
+        return self.output.with_name(self.output.stem + ".dataset")
 
     @property
     def cache_path(self) -> Path:

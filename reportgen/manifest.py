@@ -61,6 +61,8 @@ def is_manifest(path: Path) -> bool:
 
 def _cell(value: object, where: str) -> object:
     """A cell as read, refused when it is too long to be a path, label or value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # a missing value (JSON, and the report's JSON, have no NaN)
     if isinstance(value, str) and len(value) > MAX_CELL:
         raise UserError(f"{where}: a cell of {len(value):,} characters (at most {MAX_CELL:,}); the manifest is refused")
     if isinstance(value, list):
@@ -395,3 +397,43 @@ def labels_file_table(path: Path, folder: Path) -> Table:
     for label in labels:
         _cell(label, f"--labels-file {where}")
     return Table(["path", "label"], [[f, label] for f, label in zip(files, labels, strict=True)], where)
+
+
+HF_METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # Hugging Face imagefolder's names
+
+
+def folder_metadata(folder: Path) -> Path | None:
+    """The metadata file of a Hugging Face ``imagefolder`` (``metadata.csv``, ``.jsonl`` or
+    ``.parquet`` at the folder's top, with a ``file_name`` column), or None."""
+    found = [folder / name for name in HF_METADATA if (folder / name).is_file()]
+    if len(found) > 1:
+        raise UserError(
+            f"{printable(str(folder))} holds {' and '.join(f.name for f in found)}: one metadata file is expected"
+        )
+    return found[0] if found else None
+
+
+def attach_metadata(dataset: ImageDataset, path: Path, *, path_column: str | None = None) -> list[str]:
+    """The columns of a labelled folder's metadata file attached to its images (the class
+    folders keep deciding the labels); warnings for rows that name no audited image."""
+    table = read_table(path)
+    p = _column(table, path_column, ("file_name", *PATH_COLUMNS), "--path-column")
+    if p is None:
+        raise UserError(f"{table.where} has no file_name column (Hugging Face imagefolder's metadata)")
+    keep = [i for i in range(len(table.columns)) if i != p]
+    files = {r.file for r in dataset.records}
+    metadata: dict[str, tuple[object, ...]] = {}
+    unknown = 0
+    for row in table.rows:
+        raw = row[p]
+        if not isinstance(raw, str) or raw.strip() not in files:
+            unknown += 1
+            continue
+        metadata.setdefault(raw.strip(), tuple(row[i] for i in keep))
+    dataset.source, dataset.source_sha256 = path, file_sha256(path)
+    dataset.metadata_columns = [table.columns[i] for i in keep]
+    dataset.metadata = metadata
+    warnings = []
+    if unknown:
+        warnings.append(f"{unknown:,} row(s) of {path.name} name no audited image; their metadata is not used")
+    return warnings

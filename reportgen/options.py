@@ -172,6 +172,9 @@ AUDIT_GROUPS: list[tuple[str, list[Option]]] = [
             Option(("--label-column",), "label_column",
                    "the label column, names or output indices (default: the first of label, labels, class, target, "
                    "category; none: unlabelled)", metavar="NAME"),
+            Option(("--split",), "split",
+                   "the split of a saved Hugging Face dataset (a DatasetDict folder) to audit (default: its only one)",
+                   metavar="NAME"),
             Option(("--group-by",), "group_by",
                    "a metadata column of the manifest (a split, a patient, a site): near-duplicate pairs across its "
                    "values are marked and counted as leakage", metavar="COLUMN"),

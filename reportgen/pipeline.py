@@ -32,8 +32,16 @@ from reportgen.extract import (
     save_cache,
     scratch_folder,
 )
+from reportgen.hf_dataset import is_dataset_folder, is_saved_dataset, materialise
 from reportgen.labels import ClassMap, read_labels_file, resolve_classes
-from reportgen.manifest import is_manifest, labels_file_table, listing_from_table, read_table
+from reportgen.manifest import (
+    attach_metadata,
+    folder_metadata,
+    is_manifest,
+    labels_file_table,
+    listing_from_table,
+    read_table,
+)
 from reportgen.models import LayerInfo, ModelAdapter, ModelHandle, graph_gap, hub_hints, resolve_layers
 from reportgen.outputs import check_apart, check_replaceable
 from reportgen.pictures import build_figures
@@ -53,7 +61,8 @@ def check_outputs(cfg: AuditConfig, dataset: ImageDataset | None = None) -> None
         caches.append((reference_cache_path(cfg), "the reference features cache"))
     files = [(cfg.model, "the model file")] + ([(cfg.labels, "the --labels file")] if cfg.labels else [])
     if dataset is not None and dataset.source is not None:
-        files.append((dataset.source, "the manifest" if dataset.source == cfg.images else "the --labels-file"))
+        what = "the --labels-file" if dataset.source == cfg.labels_file else f"the metadata file {dataset.source.name}"
+        files.append((dataset.source, "the manifest" if dataset.source == cfg.images else what))
     # A manifest's images are under its folder (those it lists outside, with --follow-links,
     # are still never replaced: nothing is without proof that reportgen wrote it).
     image_folder = cfg.images.parent if dataset is not None and dataset.source == cfg.images else cfg.images
@@ -125,6 +134,10 @@ def dataset_sha256(files: list[str], digests: list[str], source_sha256: str | No
 def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
     """The images to audit and what their listing got wrong: a folder (class sub-folders
     or flat), a flat folder with ``--labels-file``, or a manifest file."""
+    if is_saved_dataset(cfg.images):
+        return _saved_dataset(cfg)
+    if cfg.split is not None:
+        raise UserError("--split chooses a split of a saved Hugging Face dataset; IMAGES is not one")
     if is_manifest(cfg.images):
         if cfg.labels_file is not None:
             raise UserError("--labels-file labels a folder of images; a manifest holds its own labels")
@@ -134,10 +147,19 @@ def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
             follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=cfg.images,
         )  # fmt: skip
         return _usable(listing.dataset, cfg.images), listing.warnings
-    if cfg.path_column or cfg.label_column:
+    if (cfg.path_column or cfg.label_column) and not (cfg.labels_file or folder_metadata(cfg.images)):
         raise UserError("--path-column and --label-column name the columns of a manifest or --labels-file")
-    if cfg.labels_file is None:
+    metadata = folder_metadata(cfg.images) if cfg.images.is_dir() and cfg.labels_file is None else None
+    if cfg.labels_file is None and metadata is None:
         return discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes), []
+    if metadata is not None:
+        # A Hugging Face imagefolder: class folders label the images and the metadata file
+        # adds columns; in a flat folder, the metadata file is the labels file.
+        folder = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
+        if folder.labeled:
+            return folder, attach_metadata(folder, metadata, path_column=cfg.path_column)
+    labels_file = cfg.labels_file or metadata
+    assert labels_file is not None
     if not cfg.images.is_dir():
         raise UserError(f"--labels-file labels a folder of images; {cfg.images} is not a folder")
     folder = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
@@ -145,20 +167,44 @@ def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
         raise UserError(
             f"{cfg.images} has class sub-folders, which label its images already; --labels-file is for a flat folder"
         )
-    table = labels_file_table(cfg.labels_file, cfg.images)
+    option = "--labels-file" if cfg.labels_file else labels_file.name
+    table = labels_file_table(labels_file, cfg.images)
     listing = listing_from_table(
         table, cfg.images, path_column=cfg.path_column, label_column=cfg.label_column,
-        follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=cfg.labels_file,
-        option="--labels-file",
+        follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=labels_file, option=option,
     )  # fmt: skip
     listed = {r.file for r in listing.dataset.records} | {s.file for s in listing.dataset.skipped}
     unlisted = [r.file for r in folder.records if r.file not in listed]
     if unlisted:
         listing.warnings.append(
-            f"{len(unlisted):,} image(s) of the folder are not in --labels-file and are not audited "
-            f"(e.g. {unlisted[0]})"
+            f"{len(unlisted):,} image(s) of the folder are not in {option} and are not audited (e.g. {unlisted[0]})"
         )
-    return _usable(listing.dataset, cfg.labels_file), listing.warnings
+    return _usable(listing.dataset, labels_file), listing.warnings
+
+
+def _saved_dataset(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
+    """A saved Hugging Face dataset: its pictures written out (see ``hf_dataset``), then
+    read as the manifest written beside them."""
+    if cfg.labels_file is not None:
+        raise UserError("--labels-file labels a folder of images; a saved dataset holds its own labels")
+    check_apart(
+        [(cfg.dataset_path, "the dataset's pictures folder")],
+        files=[(cfg.model, "the model file")],
+        folders=[(cfg.images, "the saved dataset")],
+    )
+    check_replaceable(cfg.dataset_path, is_dataset_folder, "the dataset's pictures folder", folder=True)
+    manifest, skipped, notes = materialise(
+        cfg.images, cfg.split, cfg.dataset_path, label_column=cfg.label_column, max_bytes=cfg.max_image_bytes
+    )
+    table = read_table(manifest)
+    if not table.rows:
+        raise UserError(f"no usable picture in {printable(str(cfg.images))}: {len(skipped):,} rows, every one skipped")
+    listing = listing_from_table(
+        table, manifest.parent, path_column="path", label_column="label" if "label" in table.columns else None,
+        follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=manifest, option="the saved dataset",
+    )  # fmt: skip
+    listing.dataset.skipped = sorted(listing.dataset.skipped + skipped, key=lambda s: s.file)
+    return _usable(listing.dataset, cfg.images), notes + listing.warnings
 
 
 def _usable(dataset: ImageDataset, source: Path) -> ImageDataset:

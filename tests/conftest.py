@@ -24,6 +24,12 @@ ARTIFACTS = ROOT / "test-artifacts"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+# Options that leave out every section which runs the model again (galleries, map checks,
+# corruptions, channel view, shortcut search): for tests about something else.
+NO_RERUNS = ["--gallery-size", "0", "--faithfulness-images", "0", "--robustness-images", "0", "--channels", "0",
+             "--shortcut-images", "0"]  # fmt: skip
+
+
 def make_image(
     path: Path,
     size: tuple[int, int] = (40, 30),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, load_json, run_cli
+from conftest import NO_RERUNS, SAMPLE, load_json, run_cli
 from sklearn.neighbors import NearestNeighbors
 
 from reportgen.analyses import ann
@@ -96,19 +96,7 @@ def test_auto_is_exact_below_the_work_limit() -> None:
 @pytest.mark.slow
 def test_the_report_states_an_approximate_search(tmp_path: Path) -> None:
     out = tmp_path / "out" / "report.html"
-    fast = [
-        "--no-tsne",
-        "--shortcut-images",
-        "0",
-        "--channels",
-        "0",
-        "--gallery-size",
-        "0",
-        "--faithfulness-images",
-        "0",
-        "--robustness-images",
-        "0",
-    ]
+    fast = ["--no-tsne", *NO_RERUNS]
     result = run_cli(
         "audit", SAMPLE / "model.onnx", SAMPLE / "images", "-o", out, "-q", "--knn-search", "approximate", *fast
     )

@@ -190,21 +190,8 @@ def test_second_run_reuses_the_cache_and_skips_the_model(tmp_path: Path, copy_sa
     shutil.copy(SAMPLE / "model.onnx", model)
     out = tmp_path / "out" / "r.html"
     # No section that needs the model: a run from the cache never loads it.
-    audit = [
-        "audit",
-        model,
-        copy_sample,
-        "-o",
-        out,
-        "-q",
-        "--no-tsne",
-        "--gallery-size",
-        "0",
-        "--faithfulness-images",
-        "0",
-        "--channels",
-        "0",
-    ]
+    audit = ["audit", model, copy_sample, "-o", out, "-q", "--no-tsne", "--gallery-size", "0", "--faithfulness-images", "0",
+             "--channels", "0"]  # fmt: skip
     audit += ["--shortcut-images", "0", "--robustness-images", "0"]
     first = run_cli(*audit)
     assert first.code == 0, first.err

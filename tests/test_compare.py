@@ -18,18 +18,7 @@ from conftest import SAMPLE, assert_no_traceback, load_json, run_cli
 
 from reportgen.analyses.similarity import knn_overlap, linear_cka, paired_bootstrap
 
-FAST = [
-    "-q",
-    "--gallery-size",
-    "0",
-    "--faithfulness-images",
-    "0",
-    "--channels",
-    "0",
-    "--shortcut-images",
-    "0",
-    "--no-tsne",
-]
+FAST = ["-q", "--gallery-size", "0", "--faithfulness-images", "0", "--channels", "0", "--shortcut-images", "0", "--no-tsne"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ by hand whose maps pass or fail by construction; the sample's section and JSON."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -308,6 +309,7 @@ def test_the_sample_s_section_json_and_verdicts(sample_audits: dict[str, Path]) 
     for m in f["methods"]:
         assert 0 <= m["deletion_auc"] <= 1 and 0 <= m["insertion_auc"] <= 1 and 0 <= m["beats_random"] <= 1
     assert f["most_faithful"] == max(f["methods"], key=lambda m: m["insertion_auc"] - m["deletion_auc"])["method"]
+    assert f["randomisation"][0]["method"] == "gradcam" and f["randomisation"][0]["passed"]  # Grad-CAM passes here
     checks = [f["methods"][0]["beats_random"] > 0.5, f["randomisation"][0]["passed"], f["class_sensitivity"]["passed"]]
     assert f["passed"] == all(checks)
     text = page_text(sample_audits["onnx"])
@@ -315,3 +317,44 @@ def test_the_sample_s_section_json_and_verdicts(sample_audits: dict[str, Path]) 
     ts = load_json(sample_audits["torchscript"])["faithfulness"]
     for a, b in zip(f["methods"], ts["methods"], strict=True):
         assert a["deletion_auc"] == pytest.approx(b["deletion_auc"], abs=1e-3)
+
+
+def _pooled_linear(head: list[list[float]]) -> Any:
+    """Four fixed 1x1 detectors (red, green, blue, brightness), ReLU, global mean, then a
+    linear layer of the given weights: the layer the maps explain is the ReLU's."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.detect = torch.nn.Conv2d(3, 4, 1)
+            self.fc = torch.nn.Linear(4, len(head))
+            with torch.no_grad():
+                weights = [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, 1]]
+                self.detect.weight.copy_(torch.tensor(weights, dtype=torch.float32).reshape(4, 3, 1, 1))
+                self.detect.bias.zero_()
+                self.fc.weight.copy_(torch.tensor(head, dtype=torch.float32))
+                self.fc.bias.zero_()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.detect(x)).mean(dim=(2, 3)))
+
+    return Net().eval()
+
+
+def test_maps_that_ignore_the_weights_fail_the_randomisation_check(tmp_path: Path) -> None:
+    """Both classes weigh the four channels alike, so shuffling the weights changes nothing
+    and every map keeps its pixel order: the check fails, as it does for guided
+    backpropagation (the sample's Grad-CAM, whose maps do change, passes: see below)."""
+    import torch
+
+    path = tmp_path / "m.ts"
+    torch.jit.save(traced(_pooled_linear([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])), str(path))
+    out = tmp_path / "out" / "r.html"
+    result = run_cli("audit", path, _dots(tmp_path / "images"), "-o", out, *AUDIT, "--faithfulness-images", "8")
+    assert result.code == 0, result.err
+    f = load_json(out)["faithfulness"]
+    shown = f["randomisation"][0]
+    assert shown == {"method": "gradcam", "rank_correlation": 1.0, "passed": False}
+    assert not f["passed"]
+    assert "✗ they change when the weights past the layer are shuffled" in page_text(out)

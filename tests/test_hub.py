@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_no_traceback, load_json, make_image, run_cli
+from conftest import NO_RERUNS, assert_no_traceback, load_json, make_image, run_cli
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -222,23 +222,7 @@ def test_hub_files_beside_the_model_name_classes_and_preprocessing(tmp_path: Pat
         for j in range(3):
             make_image(images / name / f"{j}.png", (70, 50), (40 * i + 10 * j, 90, 200 - 40 * i))
     out = tmp_path / "o" / "r.html"
-    result = run_cli(
-        "audit",
-        path,
-        images,
-        "-o",
-        out,
-        "-q",
-        "--no-tsne",
-        "--gallery-size",
-        "0",
-        "--faithfulness-images",
-        "0",
-        "--robustness-images",
-        "0",
-        "--channels",
-        "0",
-    )
+    result = run_cli("audit", path, images, "-o", out, "-q", "--no-tsne", *NO_RERUNS)
     assert result.code == 0, result.err
     data = load_json(out)
     assert data["classes"] == ["cat", "dog", "fox"]
@@ -248,27 +232,11 @@ def test_hub_files_beside_the_model_name_classes_and_preprocessing(tmp_path: Pat
     assert any("crops 0.9 of the shorter side" in w for w in data["warnings"])
     assert "config.json" in data["model"]["properties"]["hints from"]
     # Options win over the hints; a changed hub file is a changed cache key.
-    again = run_cli("audit", path, images, "-o", out, "--no-tsne", "--gallery-size", "0", "--faithfulness-images", "0", "--robustness-images", "0", "--channels", "0",
-                    "--mean", "0.4", "--resize", "stretch")  # fmt: skip
+    again = run_cli("audit", path, images, "-o", out, "--no-tsne", *NO_RERUNS, "--mean", "0.4", "--resize", "stretch")
     assert again.code == 0 and load_json(out)["preprocessing"]["mean"] == [0.4] * 3
     assert load_json(out)["preprocessing"]["resize"] == "stretch"
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.3] * 3, "image_std": [0.3] * 3}))
-    third = run_cli(
-        "audit",
-        path,
-        images,
-        "-o",
-        out,
-        "--no-tsne",
-        "--gallery-size",
-        "0",
-        "--faithfulness-images",
-        "0",
-        "--robustness-images",
-        "0",
-        "--channels",
-        "0",
-    )
+    third = run_cli("audit", path, images, "-o", out, "--no-tsne", *NO_RERUNS)
     assert third.code == 0 and "not reusing the features cache" in third.err
     assert load_json(out)["preprocessing"]["mean"] == [0.3] * 3
 

@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, load_json, page_text, run_cli
+from conftest import NO_RERUNS, SAMPLE, load_json, page_text, run_cli
 from PIL import Image
 from scipy import stats
 
 from reportgen.analyses import metadata as md
 
-FAST = ["-q", "--no-tsne", "--device", "cpu", "--gallery-size", "0", "--channels", "0", "--shortcut-images", "0",
-        "--robustness-images", "0", "--faithfulness-images", "0"]  # fmt: skip
+FAST = ["-q", "--no-tsne", "--device", "cpu", *NO_RERUNS]
 SITES = ("north", "south", "east")
 
 
@@ -237,8 +236,9 @@ def test_duplicates_conflicts_unknown_labels_and_columns(data: Path, tmp_path: P
 def test_group_by_marks_duplicates_across_groups(data: Path, tmp_path: Path) -> None:
     rows = [{**r, "split": "train" if i % 2 else "test"} for i, r in enumerate(_rows("images/"))]
     planted = []
+    (data / "planted").mkdir(exist_ok=True)  # beside images/, which other tests copy whole
     for r in rows[:3]:
-        name = r["path"].replace(".jpg", "_again.png")
+        name = "planted/" + Path(r["path"]).stem + "_again.png"
         Image.open(data / r["path"]).save(data / name)
         other = "train" if r["split"] == "test" else "test"
         rows.append({**r, "path": name, "split": other})
@@ -315,3 +315,201 @@ def test_slice_descriptions_name_the_metadata_their_members_share() -> None:
     assert old.slice_mean == 1.0 and old.rest_mean == pytest.approx(1 / 30)
     assert describe_property(old).startswith("100% with camera old (rest 3%")
     assert not any(name.startswith("meta id=") for name in by_name)
+
+
+def test_compare_breaks_changes_down_by_metadata(data: Path, tmp_path: Path) -> None:
+    """Two audits of one manifest, the second model's logits biased toward one class: each
+    site's accuracy under both models equals the predictions', counted by hand."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = onnx.load(str(SAMPLE / "model.onnx"))
+    name = graph.graph.output[0].name
+    bias = np.zeros(6, np.float32)
+    bias[0] = 4.0  # toward "circle"
+    graph.graph.initializer.append(helper.make_tensor("bias", TensorProto.FLOAT, [6], bias))
+    graph.graph.node.append(helper.make_node("Add", [name, "bias"], [f"{name}_biased"]))
+    graph.graph.output[0].name = f"{name}_biased"
+    biased = tmp_path / "biased.onnx"
+    onnx.save(graph, str(biased))
+    rows = _rows("images/")
+    manifest = _write_csv(data / "compare.csv", rows)
+    reports = {}
+    for tag, model in (("old", SAMPLE / "model.onnx"), ("new", biased)):
+        reports[tag] = tmp_path / tag / "r.html"
+        result = run_cli("audit", model, manifest, "-o", reports[tag], *FAST, "--no-cache")
+        assert result.code == 0, result.err
+    diff = tmp_path / "diff.html"
+    result = run_cli("compare", reports["old"].with_suffix(".json"), reports["new"].with_suffix(".json"), "-o", diff,
+                     "-q")  # fmt: skip
+    assert result.code == 0, result.err
+    changes = {(m["column"], m["value"]): m for m in json.loads(diff.with_suffix(".json").read_text())["metadata"]}
+    site_of = {r["path"]: r["site"] for r in rows}
+    for tag in ("old", "new"):
+        preds = load_json(reports[tag])["predictions"]
+        assert preds[0]["metadata"] == {"site": site_of[preds[0]["file"]], "age": str(rows[0]["age"])}  # CSV: text
+        for site in SITES:
+            mine = [p for p in preds if site_of[p["file"]] == site]
+            m = changes[("site", site)]
+            assert m["size"] == len(mine)
+            assert m[f"{tag}_accuracy"] == pytest.approx(np.mean([p["pred"] == p["label"] for p in mine]), abs=1e-6)
+    assert all(m["delta"] <= 0 for m in changes.values() if m["column"] == "site")
+    assert "Metadata" in diff.read_text()
+
+
+def test_a_hugging_face_imagefolder_with_its_metadata_file(
+    data: Path, folder_audit: dict[str, Any], tmp_path: Path
+) -> None:
+    """Class folders plus ``metadata.csv`` (``file_name`` + columns): the folders label,
+    the file adds metadata.  A flat folder's ``metadata.jsonl`` with a label labels it."""
+    folder = tmp_path / "hf"
+    shutil.copytree(data / "images", folder)
+    rows = [{"file_name": r["path"], "site": r["site"]} for r in _rows("")]
+    rows.append({"file_name": "gone/nothing.jpg", "site": "north"})
+    _write_csv(folder / "metadata.csv", rows)
+    out = tmp_path / "a" / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", folder, "-o", out, *FAST, "--no-cache")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    _same_numbers(got, folder_audit, "")
+    assert [c["column"] for c in got["metadata_breakdown"]] == ["site"]
+    assert any("1 row(s) of metadata.csv name no audited image" in w for w in got["warnings"])
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    lines = []
+    for path in sorted((data / "images").rglob("*.jpg"))[::10]:
+        shutil.copy(path, flat / f"{path.parent.name}-{path.name}")
+        lines.append(json.dumps({"file_name": f"{path.parent.name}-{path.name}", "label": path.parent.name}))
+    (flat / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "b" / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", flat, "-o", out, *FAST, "--no-cache")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    expected = {f"{k.split('/')[0]}-{k.split('/')[1]}": v for k, v in _by_file(folder_audit).items()}
+    assert _by_file(got) == {k: expected[k] for k in _by_file(got)} and len(got["predictions"]) == len(lines)
+
+
+# ---------------------------------------------------------------- saved Hugging Face datasets
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
+    """The sample as a DatasetDict saved by ``datasets`` (a test split of every image and
+    a one-image train split), with a ClassLabel and a site column."""
+    import datasets
+
+    files = sorted((data / "images").rglob("*.jpg"))
+    classes = sorted({f.parent.name for f in files})
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=classes), "site": datasets.Value("string")}
+    )
+
+    def split(chosen: list[Path]) -> datasets.Dataset:
+        return datasets.Dataset.from_dict(
+            {
+                "image": [str(f) for f in chosen],
+                "label": [classes.index(f.parent.name) for f in chosen],
+                "site": [SITES[i % 3] for i in range(len(chosen))],
+            },
+            features=features,
+        )
+
+    folder = tmp_path_factory.mktemp("hf") / "saved"
+    datasets.DatasetDict({"test": split(files), "train": split(files[:1])}).save_to_disk(str(folder))
+    return folder
+
+
+def test_a_saved_dataset_gives_the_folder_audit_s_numbers(
+    saved: Path, folder_audit: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", saved, "--split", "test", "-o", out, *FAST)
+    assert result.code == 0, result.err
+    got = load_json(out)
+    for key in ("accuracy", "confusion_matrix", "per_class", "classes"):
+        assert got[key] == folder_audit[key], key
+    # Row i is the i-th sorted file: the same predictions, file by file.
+    original = sorted(_by_file(folder_audit).items())
+    written = sorted(_by_file(got).items())
+    assert [v for _, v in written] == [v for _, v in original]
+    assert written[0][0] == "images/00000000-" + Path(original[0][0]).stem + ".jpg"
+    assert [c["column"] for c in got["metadata_breakdown"]] == ["site"]
+    pictures = tmp_path / "r.dataset"
+    assert (pictures / "manifest.jsonl").is_file() and len(list((pictures / "images").iterdir())) == 274
+    # Again: the pictures and the features are reused.
+    stamp = (pictures / "manifest.jsonl").stat().st_mtime_ns
+    result = run_cli("audit", SAMPLE / "model.onnx", saved, "--split", "test", "-o", out, *FAST)
+    assert result.code == 0, result.err
+    assert (pictures / "manifest.jsonl").stat().st_mtime_ns == stamp
+    assert load_json(out)["features_from_cache"] is True
+
+
+def test_saved_dataset_refusals(saved: Path, tmp_path: Path) -> None:
+    for args, message in (
+        ([], "holds the splits test, train: choose one with --split"),
+        (["--split", "valid"], "is not a split of"),
+    ):
+        result = run_cli("audit", SAMPLE / "model.onnx", saved, "-o", tmp_path / "r.html", *FAST, *args)
+        assert result.code == 2 and message in result.err, result.err
+    # A folder at the pictures' place that reportgen did not write is left alone.
+    mine = tmp_path / "mine.dataset"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    result = run_cli("audit", SAMPLE / "model.onnx", saved, "--split", "train", "-o", tmp_path / "mine.html", *FAST)
+    assert result.code == 2 and "was not written by reportgen" in result.err
+    assert (mine / "notes.txt").read_text() == "keep"
+    other = run_cli("audit", SAMPLE / "model.onnx", SAMPLE / "images", "--split", "x", "-o", tmp_path / "o.html", *FAST)
+    assert other.code == 2 and "is not one" in other.err
+
+
+def test_a_hostile_saved_dataset(tmp_path: Path) -> None:
+    """Written by hand (no ``datasets``): a picture stored as a path outside, a picture too
+    large, an undecodable one, a row without a picture, a nested column."""
+    import pyarrow as pa
+
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    good = io_png((64, 64), (0, 200, 0))
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(good)
+    big = io_png((1200, 1200), None)
+    rows = [
+        {"image": {"bytes": good, "path": "ok.png"}, "label": 0, "nested": [1, 2]},
+        {"image": {"bytes": None, "path": str(secret)}, "label": 0, "nested": []},
+        {"image": {"bytes": big, "path": "big.png"}, "label": 1, "nested": []},
+        {"image": {"bytes": b"not an image", "path": "junk.png"}, "label": 1, "nested": []},
+        {"image": None, "label": 1, "nested": []},
+    ]
+    table = pa.Table.from_pylist(rows)
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    features = {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": ["circle", "cross"]},
+                "nested": {"_type": "Sequence"}}  # fmt: skip
+    (folder / "dataset_info.json").write_text(json.dumps({"features": features}))
+    out = tmp_path / "out" / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", folder, "-o", out, *FAST, "--max-image-mb", "1", "--no-cache")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    assert [p["file"] for p in got["predictions"]] == ["images/00000000-ok.png"]
+    reasons = " | ".join(f"{s['file']}: {s['reason']}" for s in got["skipped"])
+    assert f"{secret}: an absolute path outside" in reasons
+    assert "images/00000002-big (row 2): file too large: 4 MB" in reasons
+    assert "images/00000003-junk.png: not a recognised image format" in reasons
+    assert "images/00000004 (row 4): the row holds no picture" in reasons
+    assert any("nested" in w for w in got["warnings"])
+    # The state naming a file outside the folder: refused.
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "../x.arrow"}]}))
+    bad = run_cli("audit", SAMPLE / "model.onnx", folder, "-o", tmp_path / "b" / "r.html", *FAST)
+    assert bad.code == 2 and "names no data files" in bad.err
+
+
+def io_png(size: tuple[int, int], colour: tuple[int, int, int] | None) -> bytes:
+    import io
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) if colour is None else None
+    img = Image.fromarray(pixels) if pixels is not None else Image.new("RGB", size, colour)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()

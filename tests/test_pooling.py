@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from architectures import FAMILIES, SIZE, build, export
-from conftest import assert_no_traceback, load_json, run_cli
+from conftest import NO_RERUNS, assert_no_traceback, load_json, run_cli
 from onnx_models import tiny_cnn
 from PIL import Image
 
@@ -159,20 +159,7 @@ def test_a_spatial_layer_keeps_the_layout_the_pixels_have(tmp_path: Path) -> Non
     _position_classes(images)
     model = tiny_cnn(tmp_path / "m.onnx", size=(32, 32))
     out = tmp_path / "out" / "report.html"
-    fast = [
-        "--no-tsne",
-        "--shortcut-images",
-        "0",
-        "--channels",
-        "0",
-        "--gallery-size",
-        "0",
-        "--faithfulness-images",
-        "0",
-        "--robustness-images",
-        "0",
-        "--layers",
-    ]
+    fast = ["--no-tsne", *NO_RERUNS, "--layers"]
     layers = "input,relu1/out,relu2/out,logits"
     first = run_cli("audit", str(model), str(images), "-o", str(out), "-q", *fast, layers)
     assert_no_traceback(first)

@@ -11,25 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, load_json, read_cache, run_cli
+from conftest import NO_RERUNS, SAMPLE, load_json, read_cache, run_cli
 from sklearn.neighbors import NearestNeighbors
 
-FAST = [
-    "-q",
-    "--device",
-    "cpu",
-    "--gallery-size",
-    "0",
-    "--faithfulness-images",
-    "0",
-    "--robustness-images",
-    "0",
-    "--channels",
-    "0",
-    "--shortcut-images",
-    "0",
-    "--no-tsne",
-]
+FAST = ["-q", "--device", "cpu", "--no-tsne", *NO_RERUNS]
 
 
 def _floats(value: Any) -> list[float]:

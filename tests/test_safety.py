@@ -22,27 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, assert_no_traceback, default_interrupts, load_json, make_image, run_cli
+from conftest import NO_RERUNS, SAMPLE, assert_no_traceback, default_interrupts, load_json, make_image, run_cli
 from onnx_models import endless_loop_cnn, tiny_cnn
 
 from reportgen import cli, outputs
 from reportgen.data import discover
 from reportgen.thumbs import thumbnail_uri
 
-FAST = [
-    "-q",
-    "--no-tsne",
-    "--gallery-size",
-    "0",
-    "--faithfulness-images",
-    "0",
-    "--robustness-images",
-    "0",
-    "--channels",
-    "0",
-    "--shortcut-images",
-    "0",
-]
+FAST = ["-q", "--no-tsne", *NO_RERUNS]
 
 
 @pytest.fixture(scope="module")

@@ -13,29 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, load_json, read_cache, run_cli
+from conftest import NO_RERUNS, SAMPLE, load_json, read_cache, run_cli
 
 from reportgen import cli, data, extract
 from reportgen.compare import load_audit
 from reportgen.extract import FeatureStore, feature_dtype, load_cache
 from reportgen.sections import predictions
 
-FAST = [
-    "-q",
-    "--gallery-size",
-    "0",
-    "--faithfulness-images",
-    "0",
-    "--robustness-images",
-    "0",
-    "--channels",
-    "0",
-    "--shortcut-images",
-    "0",
-    "--no-tsne",
-    "--device",
-    "cpu",
-]
+FAST = ["-q", "--no-tsne", "--device", "cpu", *NO_RERUNS]
 
 
 def test_auto_precision_switches_to_float16_past_the_size() -> None:

@@ -12,27 +12,14 @@ from typing import Any
 
 import jinja2
 import pytest
-from conftest import SAMPLE, load_json
+from conftest import NO_RERUNS, SAMPLE, load_json
 
 from reportgen import cli, render
 from reportgen.report import PictureRequest, Section
 from reportgen.resources import templates_dir
 from reportgen.sections import order
 
-FAST = [
-    "-q",
-    "--no-tsne",
-    "--gallery-size",
-    "0",
-    "--faithfulness-images",
-    "0",
-    "--robustness-images",
-    "0",
-    "--channels",
-    "0",
-    "--shortcut-images",
-    "0",
-]
+FAST = ["-q", "--no-tsne", *NO_RERUNS]
 
 
 def test_every_section_has_its_partial_and_every_partial_its_section() -> None:
@@ -95,10 +82,12 @@ def test_adding_a_section_is_one_class_one_partial_one_line(
         env.loader = jinja2.ChoiceLoader([env.loader, jinja2.FileSystemLoader(str(partials))])
         return env
 
-    monkeypatch.setattr(render, "environment", environment)
-    monkeypatch.setattr(order, "REPORT", [*order.REPORT[:2], MoodSection(), *order.REPORT[2:]])
+    # The pipeline is imported before the list is patched: imported after, it would take
+    # the patched list as its own, and keep it once the test is over.
     from reportgen import pipeline
 
+    monkeypatch.setattr(render, "environment", environment)
+    monkeypatch.setattr(order, "REPORT", [*order.REPORT[:2], MoodSection(), *order.REPORT[2:]])
     monkeypatch.setattr(pipeline, "REPORT", order.REPORT)
     cache = tmp_path / "r.features"
     out = tmp_path / "r.html"

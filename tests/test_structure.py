@@ -16,7 +16,10 @@ RANKS: list[tuple[int, list[str]]] = [
     (0, ["reportgen", "reportgen.errors", "reportgen.util", "reportgen.progress", "reportgen.resources"]),
     (0, ["reportgen.clock", "reportgen.interrupts", "reportgen.outputs", "reportgen.image_stats"]),
     (1, ["reportgen.models"]),  # load: the model adapters (torch and onnxruntime live here)
-    (2, ["reportgen.data", "reportgen.labels"]),  # load: images, preprocessing, class names
+    (
+        2,
+        ["reportgen.data", "reportgen.labels", "reportgen.manifest", "reportgen.hf_dataset"],
+    ),  # load: images, lists, labels
     (3, ["reportgen.extract", "reportgen.map_model"]),  # extract; a model opened for maps
     (4, ["reportgen.analyses"]),  # analyses: arrays in, dataclasses of numbers out
     (5, ["reportgen.options", "reportgen.config"]),  # the command line's options, the audit's configuration

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE, assert_no_traceback, load_json, make_image, run_cli
+from conftest import NO_RERUNS, SAMPLE, assert_no_traceback, load_json, make_image, run_cli
 from onnx_models import tiny_cnn
 
 from reportgen import cli
@@ -23,19 +23,7 @@ from reportgen.data import discover
 from reportgen.errors import UserError
 from reportgen.util import atomic_write_bytes
 
-FAST = [
-    "-q",
-    "--gallery-size",
-    "0",
-    "--faithfulness-images",
-    "0",
-    "--robustness-images",
-    "0",
-    "--channels",
-    "0",
-    "--shortcut-images",
-    "0",
-]
+FAST = ["-q", *NO_RERUNS]
 
 
 def _folder_with_links(tmp_path: Path) -> Path:

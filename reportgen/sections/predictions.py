@@ -20,6 +20,7 @@ class Prediction:
     pred: int
     score: float  # probability of the predicted class
     sha256: str = ""  # of the file's bytes
+    metadata: dict[str, object] | None = None  # a manifest's other columns for this image
 
     @property
     def correct(self) -> bool | None:
@@ -40,7 +41,14 @@ class Predictions:
     def json_rows(self) -> list[dict[str, Any]]:
         """One entry per audited image, the keys of ``outputs.PREDICTION_COLUMNS``."""
         return [
-            {"file": p.file, "label": p.label, "pred": self.classes[p.pred], "score": p.score, "sha256": p.sha256}
+            {
+                "file": p.file,
+                "label": p.label,
+                "pred": self.classes[p.pred],
+                "score": p.score,
+                "sha256": p.sha256,
+                **({"metadata": p.metadata} if p.metadata is not None else {}),
+            }
             for p in self.rows
         ]
 
@@ -63,6 +71,7 @@ class PredictionsSection(Section):
 
     def build(self, shared: Shared) -> Predictions:
         features, probs, folder = shared.features, shared.probs, shared.result.dataset.folder_classes
+        columns, metadata = shared.dataset.metadata_columns, shared.dataset.metadata
         rows = [
             Prediction(
                 file=f,
@@ -71,6 +80,7 @@ class PredictionsSection(Section):
                 pred=int(p),
                 score=float(probs[i, p]),
                 sha256=features.sha256[i],
+                metadata=dict(zip(columns, metadata[f], strict=True)) if columns and f in metadata else None,
             )
             for i, (f, lab, t, p) in enumerate(
                 zip(features.files, features.labels, shared.truth, shared.pred, strict=True)
