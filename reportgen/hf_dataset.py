@@ -167,10 +167,9 @@ def materialise(
     image, (label, names) = _image_column(chosen.features), _label_column(chosen.features, label_column)
     print_key = fingerprint(chosen, label)
     manifest = into / "manifest.jsonl"
-    if is_dataset_folder(into):
-        marker = json.loads((into / MARKER).read_text(encoding="utf-8"))
-        if marker.get("fingerprint") == print_key and manifest.is_file():
-            return manifest, [Skipped(**s) for s in marker.get("skipped", [])], marker.get("notes", [])
+    reused = _reusable(into, print_key)
+    if reused is not None:
+        return manifest, *reused
     scratch = into.with_name(f".{into.name}.{os.getpid()}.tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "images").mkdir(parents=True)
@@ -212,6 +211,22 @@ def materialise(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return manifest, skipped, notes
+
+
+def _reusable(into: Path, print_key: str) -> tuple[list[Skipped], list[str]] | None:
+    """What an up-to-date folder written before recorded (the pictures it left out, its
+    notes); None when it must be written again (absent, out of date, or its marker not as
+    reportgen writes it)."""
+    if not is_dataset_folder(into) or not (into / "manifest.jsonl").is_file():
+        return None
+    marker = json.loads((into / MARKER).read_text(encoding="utf-8"))
+    skipped, notes = marker.get("skipped"), marker.get("notes")
+    if marker.get("fingerprint") != print_key or not isinstance(skipped, list) or not isinstance(notes, list):
+        return None
+    if not all(isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("reason"), str)
+               for e in skipped) or not all(isinstance(n, str) for n in notes):  # fmt: skip
+        return None
+    return [Skipped(e["file"], e["reason"]) for e in skipped], notes
 
 
 def _row(

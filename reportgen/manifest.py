@@ -270,6 +270,9 @@ def listing_from_table(
     duplicates = 0
     conflicts: dict[int, set[str]] = {}
     refused_rows: dict[str, int] = {}
+    seen: dict[
+        str, tuple[str | None, str | None]
+    ] = {}  # path as written -> resolved (a path repeated is resolved once)
     pathless = 0
     for number, row in enumerate(table.rows):
         raw = row[p]
@@ -277,15 +280,18 @@ def listing_from_table(
             pathless += 1
             continue
         raw = raw.strip()
-        real, why = resolver.resolve(raw)
+        if raw in refused_rows:  # a refused path again: counted, not resolved again
+            refused_rows[raw] += 1
+            continue
+        real, why = seen[raw] if raw in seen else resolver.resolve(raw)
+        seen[raw] = (real, why)
         try:
             label = _label(row[lab]) if lab is not None else None
         except UserError as exc:
             raise UserError(f"{option} {table.where}, row {number + 1}: {exc}") from None
         if real is None:
-            if raw not in refused_rows:
-                skipped.append(Skipped(_display(raw), why or "refused"))
-            refused_rows[raw] = refused_rows.get(raw, 0) + 1
+            skipped.append(Skipped(_display(raw), why or "refused"))
+            refused_rows[raw] = 1
             continue
         if real in first:
             duplicates += 1
@@ -413,11 +419,17 @@ def folder_metadata(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def attach_metadata(dataset: ImageDataset, path: Path, *, path_column: str | None = None) -> list[str]:
-    """The columns of a labelled folder's metadata file attached to its images (the class
-    folders keep deciding the labels); warnings for rows that name no audited image."""
-    table = read_table(path)
-    p = _column(table, path_column, ("file_name", *PATH_COLUMNS), "--path-column")
+def metadata_path_column(table: Table, asked: str | None = None) -> int | None:
+    """The column of a folder's metadata file that names the images: ``asked``
+    (``--path-column``), else ``file_name`` (Hugging Face's) or a manifest's usual names."""
+    return _column(table, asked, ("file_name", *PATH_COLUMNS), "--path-column")
+
+
+def attach_metadata(dataset: ImageDataset, table: Table, path: Path, *, path_column: str | None = None) -> list[str]:
+    """The columns of a labelled folder's metadata file (``table``, read from ``path``)
+    attached to its images (the class folders keep deciding the labels); warnings for rows
+    that name no audited image."""
+    p = metadata_path_column(table, path_column)
     if p is None:
         raise UserError(f"{table.where} has no file_name column (Hugging Face imagefolder's metadata)")
     keep = [i for i in range(len(table.columns)) if i != p]

@@ -40,6 +40,7 @@ from reportgen.manifest import (
     is_manifest,
     labels_file_table,
     listing_from_table,
+    metadata_path_column,
     read_table,
 )
 from reportgen.models import LayerInfo, ModelAdapter, ModelHandle, graph_gap, hub_hints, resolve_layers
@@ -150,14 +151,22 @@ def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
     if (cfg.path_column or cfg.label_column) and not (cfg.labels_file or folder_metadata(cfg.images)):
         raise UserError("--path-column and --label-column name the columns of a manifest or --labels-file")
     metadata = folder_metadata(cfg.images) if cfg.images.is_dir() and cfg.labels_file is None else None
-    if cfg.labels_file is None and metadata is None:
-        return discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes), []
+    notes: list[str] = []
+    table = None
     if metadata is not None:
+        table = read_table(metadata)
+        if metadata_path_column(table, cfg.path_column) is None:
+            # Somebody's own metadata.csv, not Hugging Face's: the folder is read as before.
+            notes.append(f"{metadata.name} has no file_name column, so it is not read as the images' metadata")
+            metadata = table = None
+    if cfg.labels_file is None and metadata is None:
+        return discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes), notes
+    if metadata is not None and table is not None:
         # A Hugging Face imagefolder: class folders label the images and the metadata file
         # adds columns; in a flat folder, the metadata file is the labels file.
         folder = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
         if folder.labeled:
-            return folder, attach_metadata(folder, metadata, path_column=cfg.path_column)
+            return folder, attach_metadata(folder, table, metadata, path_column=cfg.path_column)
     labels_file = cfg.labels_file or metadata
     assert labels_file is not None
     if not cfg.images.is_dir():
@@ -168,10 +177,12 @@ def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
             f"{cfg.images} has class sub-folders, which label its images already; --labels-file is for a flat folder"
         )
     option = "--labels-file" if cfg.labels_file else labels_file.name
-    table = labels_file_table(labels_file, cfg.images)
+    if table is None:
+        table = labels_file_table(labels_file, cfg.images)
     listing = listing_from_table(
-        table, cfg.images, path_column=cfg.path_column, label_column=cfg.label_column,
-        follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=labels_file, option=option,
+        table, cfg.images, path_column=cfg.path_column or ("file_name" if metadata else None),
+        label_column=cfg.label_column, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes,
+        source=labels_file, option=option,
     )  # fmt: skip
     listed = {r.file for r in listing.dataset.records} | {s.file for s in listing.dataset.skipped}
     unlisted = [r.file for r in folder.records if r.file not in listed]

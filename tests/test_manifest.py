@@ -513,3 +513,18 @@ def io_png(size: tuple[int, int], colour: tuple[int, int, int] | None) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_somebody_s_own_metadata_csv_is_left_alone(tmp_path: Path) -> None:
+    """A metadata.csv without a file_name column is no imagefolder metadata: the folder is
+    audited as before, and the warnings say the file was not read."""
+    folder = tmp_path / "mine"
+    shutil.copytree(SAMPLE / "images" / "circle", folder / "circle")
+    shutil.copytree(SAMPLE / "images" / "star", folder / "star")
+    (folder / "metadata.csv").write_text("camera,owner\nx,y\n")
+    out = tmp_path / "out" / "r.html"
+    result = run_cli("audit", SAMPLE / "model.onnx", folder, "-o", out, *FAST, "--no-cache")
+    assert result.code == 0, result.err
+    got = load_json(out)
+    assert got["metadata_breakdown"] is None and got["dataset"]["source"] is None
+    assert any("metadata.csv has no file_name column" in w for w in got["warnings"])
