@@ -188,7 +188,7 @@ def materialise(
                                 if entry is not None:
                                     out.write(json.dumps(entry, ensure_ascii=False) + "\n")
                                 row += 1
-                except (OSError, pa.ArrowInvalid) as exc:
+                except (OSError, pa.ArrowException) as exc:
                     raise UserError(f"cannot read {printable(str(path))}: {printable(str(exc))[:160]}") from None
         notes = []
         if dropped:

@@ -498,6 +498,10 @@ def test_a_hostile_saved_dataset(tmp_path: Path) -> None:
     assert "images/00000003-junk.png: not a recognised image format" in reasons
     assert "images/00000004 (row 4): the row holds no picture" in reasons
     assert any("nested" in w for w in got["warnings"])
+    # A data file that is no Arrow stream: refused in one line.
+    (folder / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
+    bad = run_cli("audit", SAMPLE / "model.onnx", folder, "-o", tmp_path / "c" / "r.html", *FAST)
+    assert bad.code == 2 and "cannot read" in bad.err and "Traceback" not in bad.err
     # The state naming a file outside the folder: refused.
     (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "../x.arrow"}]}))
     bad = run_cli("audit", SAMPLE / "model.onnx", folder, "-o", tmp_path / "b" / "r.html", *FAST)
