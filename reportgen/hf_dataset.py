@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,9 +171,12 @@ def materialise(
     reused = _reusable(into, print_key)
     if reused is not None:
         return manifest, *reused
-    scratch = into.with_name(f".{into.name}.{os.getpid()}.tmp")
-    shutil.rmtree(scratch, ignore_errors=True)
-    (scratch / "images").mkdir(parents=True)
+    if into.exists() and not is_dataset_folder(into):
+        raise UserError(f"{printable(str(into))} exists and was not written by reportgen; it is left alone")
+    # A new folder beside ``into`` (same file system: finishing is a rename); only it is ever removed.
+    into.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{into.name}.", suffix=".tmp", dir=into.parent))
+    (scratch / "images").mkdir()
     skipped: list[Skipped] = []
     dropped: set[str] = set()
     row = 0

@@ -148,8 +148,8 @@ def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
             follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=cfg.images,
         )  # fmt: skip
         return _usable(listing.dataset, cfg.images), listing.warnings
-    if (cfg.path_column or cfg.label_column) and not (cfg.labels_file or folder_metadata(cfg.images)):
-        raise UserError("--path-column and --label-column name the columns of a manifest or --labels-file")
+    if cfg.labels_file is not None and not cfg.images.is_dir():
+        raise UserError(f"--labels-file labels a folder of images; {cfg.images} is not a folder")
     metadata = folder_metadata(cfg.images) if cfg.images.is_dir() and cfg.labels_file is None else None
     notes: list[str] = []
     table = None
@@ -159,19 +159,16 @@ def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
             # Somebody's own metadata.csv, not Hugging Face's: the folder is read as before.
             notes.append(f"{metadata.name} has no file_name column, so it is not read as the images' metadata")
             metadata = table = None
-    if cfg.labels_file is None and metadata is None:
-        return discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes), notes
-    if metadata is not None and table is not None:
+    labels_file = cfg.labels_file or metadata
+    if (cfg.path_column or cfg.label_column) and labels_file is None:
+        raise UserError("--path-column and --label-column name the columns of a manifest or --labels-file")
+    folder = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
+    if labels_file is None:
+        return folder, notes
+    if folder.labeled and metadata is not None and table is not None:
         # A Hugging Face imagefolder: class folders label the images and the metadata file
         # adds columns; in a flat folder, the metadata file is the labels file.
-        folder = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
-        if folder.labeled:
-            return folder, attach_metadata(folder, table, metadata, path_column=cfg.path_column)
-    labels_file = cfg.labels_file or metadata
-    assert labels_file is not None
-    if not cfg.images.is_dir():
-        raise UserError(f"--labels-file labels a folder of images; {cfg.images} is not a folder")
-    folder = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
+        return folder, attach_metadata(folder, table, metadata, path_column=cfg.path_column)
     if folder.labeled:
         raise UserError(
             f"{cfg.images} has class sub-folders, which label its images already; --labels-file is for a flat folder"

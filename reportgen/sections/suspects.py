@@ -164,8 +164,9 @@ class DuplicatesSection(Section):
             return None if a is None or b is None else (a, b)
 
         # Pairs across --group-by groups first (leakage), each kind closest first.
-        ordered = sorted(found.duplicates, key=lambda d: not ((g := groups(d)) is not None and g[0] != g[1]))
-        across = sum(1 for d in found.duplicates if (g := groups(d)) is not None and g[0] != g[1])
+        crossing = [(g := groups(d)) is not None and g[0] != g[1] for d in found.duplicates]
+        ordered = [d for d, c in sorted(zip(found.duplicates, crossing, strict=True), key=lambda t: not t[1])]
+        across = sum(crossing)
         pairs = []
         for d in ordered[:limit]:
             other = hood.ref if d.cross else hood.audited
