@@ -248,13 +248,21 @@ def diagnostics(work: Path, quick: bool, output: Path) -> int:
     from benchmarks import review
 
     review_runs, recovery, review_notes = review.run(work, quick)
+    from benchmarks import multilabel
+
+    labels = multilabel.run(quick)
     elapsed = time.perf_counter() - started
     write_results(
         output,
         "Diagnostics against ground truth" + (" (quick mode: small workloads)" if quick else ""),
         "python -m benchmarks --suite diagnostics" + (" --quick" if quick else ""),
         elapsed,
-        ["", *suite.markdown(curves, comparisons, notes), *review.markdown(review_runs, recovery, review_notes)],
+        [
+            "",
+            *suite.markdown(curves, comparisons, notes),
+            *review.markdown(review_runs, recovery, review_notes),
+            *multilabel.markdown(labels),
+        ],
     )
     return 0
 

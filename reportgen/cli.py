@@ -102,12 +102,15 @@ def run_audit(cfg: AuditConfig) -> int:
     write_report(result, figures, cfg.output, cfg.json_path)
     note(f"wrote {cfg.output} and {cfg.json_path}", not cfg.quiet)
     failures = []
-    metrics = result.content("summary").metrics
+    summary = result.content("summary")
+    metrics, multi = summary.metrics, summary.multilabel
     values = {
         "accuracy": metrics.accuracy if metrics else None,
         "top5_accuracy": metrics.top5_accuracy if metrics else None,
         "balanced_accuracy": metrics.balanced_accuracy if metrics else None,
-        "macro_f1": metrics.macro_f1 if metrics else None,
+        "macro_f1": metrics.macro_f1 if metrics else (multi.macro_f1 if multi else None),
+        "mean_average_precision": multi.mean_average_precision if multi else None,
+        "micro_f1": multi.micro_f1 if multi else None,
     }
     for name, threshold in cfg.fail_under.items():
         value = values[name]

@@ -186,6 +186,7 @@ def _check_audit(data: dict[str, Any], json_path: Path, max_images: int) -> None
     if len(set(classes)) != len(classes):
         shape.fail("classes", "repeats a name")
     known = set(classes)
+    multi = dataset.get("multi_label") is True
     seen: set[str] = set()
     for i, entry in enumerate(shape.items(data["predictions"], "predictions", max_images)):
         where = f"predictions[{i}]"
@@ -200,7 +201,14 @@ def _check_audit(data: dict[str, Any], json_path: Path, max_images: int) -> None
             shape.fail(where, f"repeats the file {printable(repr(file))}")
         seen.add(file)
         shape.text(entry.get("label"), f"{where}.label", optional=True)
-        if entry.get("pred") not in known:
+        if multi:
+            for key in ("labels", "predicted"):
+                names = entry.get(key)
+                if names is None and key == "labels":
+                    continue
+                if not isinstance(names, list) or len(names) > len(classes) or not set(names) <= known:
+                    shape.fail(f"{where}.{key}", "is not a list of the audit's classes")
+        elif entry.get("pred") not in known:
             shape.fail(f"{where}.pred", "is not one of the audit's classes")
         shape.number(entry.get("score"), f"{where}.score")
         shape.text(entry.get("sha256"), f"{where}.sha256", optional=True)
@@ -264,6 +272,7 @@ def _predictions_from_csv(data: dict[str, Any], json_path: Path, max_images: int
     if not path.is_file():
         raise UserError(f"cannot read {path}, the predictions of {json_path}: not a regular file")
     rows: list[dict[str, Any]] = []
+    multi = isinstance(data.get("dataset"), dict) and data["dataset"].get("multi_label") is True
     try:
         with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
             reader = csv.reader(_capped_lines(fh, path, _CSV_FIELD * 8, JSON_BYTES_PER_IMAGE * max_images))
@@ -279,6 +288,14 @@ def _predictions_from_csv(data: dict[str, Any], json_path: Path, max_images: int
                 if len(row) != len(PREDICTION_COLUMNS):
                     raise UserError(f"{path}: row {len(rows) + 2} has {len(row)} fields, not {len(PREDICTION_COLUMNS)}")
                 file, label, pred, score, digest = row
+                if multi:
+                    # A multi-label audit's cells are JSON lists of its given and predicted labels.
+                    given, predicted = (json.loads(label) if label else None), json.loads(pred)
+                    rows.append(
+                        {"file": file, "label": None, "pred": None, "score": float(score), "sha256": digest,
+                         "labels": given, "predicted": predicted}
+                    )  # fmt: skip
+                    continue
                 label = names.setdefault(label, label) or None
                 rows.append(
                     {
@@ -291,7 +308,7 @@ def _predictions_from_csv(data: dict[str, Any], json_path: Path, max_images: int
                 )
     except UserError:
         raise
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, ValueError, RecursionError) as exc:
         raise UserError(f"cannot read {path}, the predictions of {json_path}: {one_line(exc, 160)}") from None
     return rows, path
 
@@ -468,6 +485,15 @@ class CompareResult:
     # (corruption, severity) -> (old, new) accuracy, where both audits measured it
     robustness: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     metadata: list[MetadataChange] = field(default_factory=list)  # largest drop first
+    # Multi-label audits: an image is right when its predicted label set is its given one
+    # (``accuracy`` is then the exact-set accuracy), and each audit's own mAP.
+    multi_label: bool = False
+    mean_ap: tuple[float | None, float | None] | None = None
+
+    @property
+    def criterion(self) -> str:
+        """What "right" means in this comparison, for the page's headings."""
+        return "exact-set accuracy" if self.multi_label else "accuracy"
 
     @property
     def robustness_drop(self) -> float | None:
@@ -517,17 +543,36 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
     old_by_file = {p["file"]: p for p in old.data["predictions"]}
     new_by_file = {p["file"]: p for p in new.data["predictions"]}
     common = sorted(set(old_by_file) & set(new_by_file))
-    old_pred = np.array([index[old_by_file[f]["pred"]] for f in common], np.int64)
-    new_pred = np.array([index[new_by_file[f]["pred"]] for f in common], np.int64)
-    labels = [new_by_file[f]["label"] for f in common]
-    truth = np.array([index.get(lab, -1) if lab is not None else -1 for lab in labels], np.int64)
+    multi = _multi_label(old, new)
+    if multi:
+        sets = _label_sets(old_by_file, new_by_file, common, index)
+        # Coded so that "right" is pred == truth everywhere below: truth 0 where the
+        # labels are known, a prediction 0 when its set is the given set, else 1.
+        truth = np.where(sets.known, 0, -1)
+        old_pred = np.where(sets.right(sets.old), 0, 1)
+        new_pred = np.where(sets.right(sets.new), 0, 1)
+        labels = [_set_name(sets.truth[i], classes) if sets.known[i] else None for i in range(len(common))]
+        old_names = [_set_name(row, classes) for row in sets.old]
+        new_names = [_set_name(row, classes) for row in sets.new]
+        changed_rows = np.any(sets.old != sets.new, axis=1)
+    else:
+        old_pred = np.array([index[old_by_file[f]["pred"]] for f in common], np.int64)
+        new_pred = np.array([index[new_by_file[f]["pred"]] for f in common], np.int64)
+        labels = [new_by_file[f]["label"] for f in common]
+        truth = np.array([index.get(lab, -1) if lab is not None else -1 for lab in labels], np.int64)
+        old_names = [classes[i] for i in old_pred]
+        new_names = [classes[i] for i in new_pred]
+        changed_rows = old_pred != new_pred
     known = truth >= 0
 
     accuracy = None
     macro = None
     per_class: list[ClassDelta] = []
     confusion_old = confusion_new = None
-    if known.any():
+    if multi and known.any():
+        accuracy = paired_bootstrap(old_pred[known] == 0, new_pred[known] == 0, seed=seed)
+        per_class, macro = _label_deltas(sets, classes)
+    elif known.any():
         accuracy = paired_bootstrap(old_pred[known] == truth[known], new_pred[known] == truth[known], seed=seed)
         m_old, m_new = _metrics_pair(truth, old_pred, new_pred, classes)
         assert m_old is not None and m_new is not None
@@ -541,7 +586,7 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
         per_class.sort(key=lambda d: (-abs(d.f1_delta), -abs(d.recall_delta), d.name))
 
     ece = None
-    if known.any():
+    if known.any() and not multi:
         # Top-label ECE from each audit's scores (the probability of its prediction), on the
         # same images: comparable even where the two audits saw different folders.
         labeled_files = [f for f, k in zip(common, known, strict=True) if k]
@@ -559,14 +604,14 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
     still_wrong: list[Flip] = []
     unlabeled_changes: list[Flip] = []
     for i, f in enumerate(common):
-        if old_pred[i] == new_pred[i]:
+        if not changed_rows[i]:
             continue
         flip = Flip(
             f,
             labels[i],
-            classes[old_pred[i]],
+            old_names[i],
             float(old_by_file[f]["score"]),
-            classes[new_pred[i]],
+            new_names[i],
             float(new_by_file[f]["score"]),
             "a:" + f,
         )
@@ -608,7 +653,7 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
         fixes=fixes,
         still_wrong=still_wrong,
         unlabeled_changes=unlabeled_changes,
-        changed=int((old_pred != new_pred).sum()),
+        changed=int(changed_rows.sum()),
         confusion_old=confusion_old,
         confusion_new=confusion_new,
         similarity=similarity,
@@ -622,9 +667,92 @@ def compare(old: Audit, new: Audit, *, seed: int = 0, images: Path | None = None
         slices_searched=old.data.get("slices") is not None and new.data.get("slices") is not None,
         robustness=_robustness_pairs(old, new),
         metadata=_metadata_changes(old_by_file, new_by_file, common, truth, old_pred, new_pred),
+        multi_label=multi,
+        mean_ap=_mean_ap(old, new) if multi else None,
     )
     result.pictures, result.pictures_note = picture_paths(result, verify=images is None)
     return result
+
+
+def _multi_label(old: Audit, new: Audit) -> bool:
+    """Whether the two audits are multi-label; one of each is refused (an image is right
+    by a different rule on each side)."""
+    kinds = [bool(a.data["dataset"].get("multi_label")) for a in (old, new)]
+    if kinds[0] != kinds[1]:
+        which = "old" if kinds[0] else "new"
+        raise UserError(f"the {which} audit is multi-label and the other is not: their predictions cannot be compared")
+    return kinds[0]
+
+
+def _set_name(row: np.ndarray, classes: list[str]) -> str:
+    return ", ".join(classes[j] for j in np.flatnonzero(row)) or "no label"
+
+
+@dataclass
+class _LabelSets:
+    truth: np.ndarray  # (N, K) bool given labels (rows not known are all False)
+    known: np.ndarray  # (N,) the image's labels are known
+    old: np.ndarray  # (N, K) bool labels the old model predicts
+    new: np.ndarray
+
+    def right(self, predicted: np.ndarray) -> np.ndarray:
+        return self.known & np.all(predicted == self.truth, axis=1)
+
+
+def _label_sets(
+    old_by_file: dict[str, dict[str, Any]], new_by_file: dict[str, dict[str, Any]], common: list[str], index: dict
+) -> _LabelSets:
+    """The given and predicted label sets of the common images of two multi-label audits
+    (the new audit's labels are the truth, as for one class per image)."""
+    n, k = len(common), len(index)
+    out = _LabelSets(np.zeros((n, k), bool), np.zeros(n, bool), np.zeros((n, k), bool), np.zeros((n, k), bool))
+    for i, f in enumerate(common):
+        given = new_by_file[f].get("labels")
+        if given is not None:
+            out.known[i] = True
+            out.truth[i, [index[name] for name in given]] = True
+        out.old[i, [index[name] for name in old_by_file[f]["predicted"]]] = True
+        out.new[i, [index[name] for name in new_by_file[f]["predicted"]]] = True
+    return out
+
+
+def _label_deltas(sets: _LabelSets, classes: list[str]) -> tuple[list[ClassDelta], tuple[float, float]]:
+    """Per-label precision, recall and F1 of both models on the labelled common images
+    (scikit-learn's zero_division=0), largest F1 change first, and the macro F1 pair
+    (over labels some image carries)."""
+    y = sets.truth[sets.known]
+    support = y.sum(axis=0)
+    scores = []
+    for predicted in (sets.old[sets.known], sets.new[sets.known]):
+        tp = (y & predicted).sum(axis=0).astype(np.float64)
+        given = predicted.sum(axis=0)
+        precision = np.divide(tp, given, out=np.zeros(len(classes)), where=given > 0)
+        recall = np.divide(tp, support, out=np.zeros(len(classes)), where=support > 0)
+        f1 = np.divide(
+            2 * precision * recall, precision + recall, out=np.zeros(len(classes)), where=precision + recall > 0
+        )
+        scores.append((precision, recall, f1, given))
+    (p0, r0, f0, g0), (p1, r1, f1, g1) = scores
+    deltas = [
+        ClassDelta(classes[j], int(support[j]), (p0[j], p1[j]), (r0[j], r1[j]), (f0[j], f1[j]))
+        for j in range(len(classes))
+        if support[j] or g0[j] or g1[j]
+    ]
+    deltas.sort(key=lambda d: (-abs(d.f1_delta), -abs(d.recall_delta), d.name))
+    has = support > 0
+    macro = (float(f0[has].mean()), float(f1[has].mean())) if has.any() else (0.0, 0.0)
+    return deltas, macro
+
+
+def _mean_ap(old: Audit, new: Audit) -> tuple[float | None, float | None]:
+    """Each audit's own mAP (over its own images and its probabilities, which the
+    predictions do not carry)."""
+
+    def one(audit: Audit) -> float | None:
+        value = (audit.data.get("multilabel") or {}).get("mean_average_precision")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    return one(old), one(new)
 
 
 def _slice_changes(
@@ -937,6 +1065,14 @@ def compare_json(r: CompareResult, gates: dict[str, Any]) -> dict[str, Any]:
             "fixes": flips(r.fixes),
             "still_wrong": flips(r.still_wrong),
             "unlabeled_changes": flips(r.unlabeled_changes),
+        },
+        "multi_label": r.multi_label,
+        "mean_average_precision": None
+        if r.mean_ap is None
+        else {
+            "old": r.mean_ap[0],
+            "new": r.mean_ap[1],
+            "delta": None if None in r.mean_ap else r.mean_ap[1] - r.mean_ap[0],  # type: ignore[operator]
         },
         "changed_predictions": r.changed,
         "negative_flip_rate": r.negative_flip_rate,

@@ -54,6 +54,10 @@ class AuditConfig:
     label_column: str | None = None  # (default: the first of manifest.LABEL_COLUMNS)
     group_by: str | None = None  # metadata column whose groups must not share near-duplicates
     split: str | None = None  # of a saved Hugging Face DatasetDict (default: its only split)
+    multi_label: bool = False  # several labels per image (see ``analyses.multilabel``); also found from the labels
+    label_separator: str = "|"  # between the labels of one text cell
+    threshold: float = 0.5  # a multi-label model predicts a label at p >= threshold
+    thresholds: Path | None = None  # per-label thresholds (see ``labels.read_thresholds``)
     arch: str | None = None
     trust_pickle: bool = False
     device: str = "auto"

@@ -133,6 +133,11 @@ class ImageDataset:
     label_indices: bool = False  # ``folder_classes`` are model output indices, not names
     metadata_columns: list[str] = field(default_factory=list)
     metadata: dict[str, tuple[object, ...]] = field(default_factory=dict)  # file -> one value per column
+    # Several labels per image (see ``manifest._label_set``): ``folder_classes`` is the label
+    # vocabulary, every record's ``folder_class`` is -1, and ``label_sets`` holds each
+    # file's labels as indices into it (a file absent: its labels are not known).
+    multi_label: bool = False
+    label_sets: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def path(self, record: ImageRecord | str) -> Path:
         rel = record.file if isinstance(record, ImageRecord) else record
@@ -145,7 +150,12 @@ class ImageDataset:
     def labels_key(self) -> list[object]:
         """What decides each image's label: the class folders, or the listing file's
         digest (its labels are cached with the features)."""
-        return [self.folder_classes, self.source_sha256, self.label_indices]
+        return [
+            self.folder_classes,
+            self.source_sha256,
+            self.label_indices,
+            *(["multi-label"] if self.multi_label else []),
+        ]
 
 
 def _is_hidden(name: str) -> bool:

@@ -98,6 +98,7 @@ def _class_matrix(
     limits: tuple[float, float],
     colorbar: str,
     dark: np.ndarray,
+    axes: tuple[str, str] = ("predicted class", "true class"),
 ) -> bytes:
     """A true-by-predicted class matrix coloured by ``values``; when at most 20 classes,
     the non-empty cells carry their ``labels`` (white where ``dark``). Class names are on
@@ -119,8 +120,8 @@ def _class_matrix(
     if k <= 20:
         for i, j in zip(*np.nonzero(labels != ""), strict=True):
             ax.text(j, i, labels[i, j], ha="center", va="center", fontsize=8, color="white" if dark[i, j] else INK)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
     return to_png(fig)
 
 
@@ -158,6 +159,49 @@ def balance_figure(classes: Sequence[str], true_counts: Sequence[int] | None, pr
     ax.set_yticks(y, [_short(c, 24) for c in classes], fontsize=8 if k > 20 else 9)
     ax.invert_yaxis()
     ax.set_xlabel("images")
+    ax.spines[["top", "right"]].set_visible(False)
+    return to_png(fig)
+
+
+@literal_text
+def cooccurrence_figure(cooccurrence: np.ndarray, labels: Sequence[str]) -> bytes:
+    """Of the images carrying the row's label, the share that carry the column's too
+    (the diagonal is 1 for every label with support); cells hold the counts."""
+    support = np.diag(cooccurrence).astype(np.float64)
+    share = np.divide(cooccurrence, support[:, None], out=np.zeros(cooccurrence.shape), where=support[:, None] > 0)
+    counts = np.where(cooccurrence != 0, cooccurrence.astype(str), "")
+    return _class_matrix(
+        share,
+        counts,
+        labels,
+        cmap="Purples",
+        limits=(0.0, 1.0),
+        colorbar="share of the row label's images",
+        dark=share > 0.55,
+        axes=("also carries", "images with"),
+    )
+
+
+@literal_text
+def cardinality_figure(true_counts: Sequence[int] | None, predicted_counts: Sequence[int]) -> bytes:
+    """Images by their number of labels: given, and predicted at the thresholds."""
+    width = max(len(predicted_counts), len(true_counts or []))
+    fig = _new_figure(max(4.0, 0.5 * width + 2.0), 2.8)
+    ax = fig.add_subplot()
+    x = np.arange(width)
+
+    def padded(counts: Sequence[int]) -> np.ndarray:
+        return np.pad(np.asarray(counts, float), (0, width - len(counts)))
+
+    if true_counts is not None:
+        ax.bar(x - 0.2, padded(true_counts), width=0.4, color="#2563eb", label="given")
+        ax.bar(x + 0.2, padded(predicted_counts), width=0.4, color="#f59e0b", label="predicted")
+        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, frameon=False, borderaxespad=0.2)
+    else:
+        ax.bar(x, padded(predicted_counts), width=0.6, color="#f59e0b", label="predicted")
+    ax.set_xticks(x, [str(i) for i in x])
+    ax.set_xlabel("labels per image")
+    ax.set_ylabel("images")
     ax.spines[["top", "right"]].set_visible(False)
     return to_png(fig)
 

@@ -111,17 +111,30 @@ def _image_column(features: dict[str, Any]) -> str:
     raise UserError("the saved dataset has no Image column")
 
 
+def _class_names(spec: object) -> list[str] | None:
+    """The names of a ClassLabel feature, or of a list (``Sequence``/``List``) of them:
+    several labels per image."""
+    if not isinstance(spec, dict):
+        return None
+    if spec.get("_type") in ("Sequence", "List", "LargeList"):
+        spec = spec.get("feature")
+    if isinstance(spec, dict) and spec.get("_type") == "ClassLabel":
+        names = spec.get("names")
+        return [str(n) for n in names] if isinstance(names, list) else None
+    return None
+
+
 def _label_column(features: dict[str, Any], asked: str | None) -> tuple[str | None, list[str] | None]:
-    """The label column (``--label-column``, else the first ClassLabel) and its names."""
+    """The label column (``--label-column``, else the first ClassLabel or list of them)
+    and its names."""
     if asked is not None:
         if asked not in features:
             raise UserError(f"the saved dataset has no column {printable(asked)!r} (--label-column)")
-        spec = features[asked]
-        names = spec.get("names") if isinstance(spec, dict) and spec.get("_type") == "ClassLabel" else None
-        return asked, names
+        return asked, _class_names(features[asked])
     for column, spec in features.items():
-        if isinstance(spec, dict) and spec.get("_type") == "ClassLabel":
-            return column, spec.get("names")
+        names = _class_names(spec)
+        if names is not None:
+            return column, names
     return None, None
 
 
@@ -269,6 +282,11 @@ def _row(
         value = record.get(label)
         if isinstance(value, int) and names is not None:
             entry["label"] = names[value] if 0 <= value < len(names) else None
+        elif isinstance(value, list) and all(isinstance(v, int) for v in value):
+            # Several labels (a list of ClassLabel): a list cell, read as multi-label.
+            entry["label"] = [names[v] if names is not None and 0 <= v < len(names) else v for v in value]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            entry["label"] = value
         else:
             entry["label"] = value if _scalar(value) else None
     for column, value in record.items():

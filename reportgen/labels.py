@@ -138,3 +138,99 @@ def _by_index(
             f"({', '.join(beyond[:5])}{' ...' if len(beyond) > 5 else ''}); their images are left out of the metrics"
         )
     return ClassMap(names, source, mapping, warnings)
+
+
+MAX_THRESHOLDS_BYTES = 64 << 20  # a thresholds file of label,threshold lines; larger is no such file
+
+
+def read_thresholds(path: Path, classes: list[str], default: float) -> tuple[np.ndarray, list[str]]:
+    """Per-label thresholds of a multi-label model (``--thresholds``): a JSON object
+    ``{label: threshold}`` or a CSV/TSV of ``label,threshold`` rows (a header row is
+    allowed); labels it leaves out keep ``default``.  Names that are not model classes
+    are reported, never matched by guess."""
+    import csv
+    import json
+
+    from reportgen.errors import printable
+
+    try:
+        if path.stat().st_size > MAX_THRESHOLDS_BYTES:
+            raise UserError(f"--thresholds {path}: larger than {MAX_THRESHOLDS_BYTES >> 20} MB; not a thresholds file")
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"--thresholds file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read --thresholds {path}: {exc}") from None
+    pairs: list[tuple[str, object]] = []
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"--thresholds {path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"--thresholds {path} must hold a JSON object of label: threshold")
+        pairs = [(str(k), v) for k, v in data.items()]
+    else:
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if r and any(c.strip() for c in r)]
+        for number, row in enumerate(rows):
+            if len(row) != 2:
+                raise UserError(f"--thresholds {path}, line {number + 1}: expected label{delimiter}threshold")
+            pairs.append((row[0].strip(), row[1].strip()))
+        if pairs and not _is_number(pairs[0][1]):
+            pairs = pairs[1:]  # a header row
+    out = np.full(len(classes), default, np.float64)
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = []
+    for name, value in pairs:
+        if isinstance(value, bool) or not _is_number(value):
+            raise UserError(f"--thresholds {path}: the threshold of {printable(name)!r} is not a number")
+        t = float(value)  # type: ignore[arg-type]
+        if not 0.0 < t < 1.0:
+            raise UserError(
+                f"--thresholds {path}: the threshold of {printable(name)!r} must be between 0 and 1, got {t}"
+            )
+        if name in index:
+            out[index[name]] = t
+        else:
+            unknown.append(name)
+    warnings = []
+    if unknown:
+        shown = ", ".join(repr(printable(u)) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        warnings.append(
+            f"--thresholds names {len(unknown)} label(s) the model does not have ({shown}); they are not used"
+        )
+    return out, warnings
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return bool(np.isfinite(value))
+    try:
+        return bool(np.isfinite(float(str(value))))
+    except ValueError:
+        return False
+
+
+def label_matrix(
+    label_sets: dict[str, tuple[int, ...]], files: list[str], folder_to_output: list[int], k: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The (N, K) 0/1 matrix of true labels of a multi-label dataset, which rows are
+    known, and how many given labels match no model output (left out)."""
+    truth = np.zeros((len(files), k), np.int8)
+    known = np.zeros(len(files), bool)
+    unmatched = 0
+    if not any(o >= 0 for o in folder_to_output):
+        return truth, known, 0  # no label names a model output: nothing is known (said by resolve_classes)
+    for row, f in enumerate(files):
+        labels = label_sets.get(f)
+        if labels is None:
+            continue
+        known[row] = True
+        for v in labels:
+            o = folder_to_output[v] if v < len(folder_to_output) else -1
+            if o >= 0:
+                truth[row, o] = 1
+            else:
+                unmatched += 1
+    return truth, known, unmatched

@@ -21,6 +21,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 from reportgen.data import ImageDataset, ImageRecord, Skipped, _inside, too_large
 from reportgen.errors import UserError, printable
@@ -207,11 +208,41 @@ def _label(value: object) -> str | int | None:
             return None
         return int(value) if value.is_integer() else str(value)
     if isinstance(value, list):
-        raise UserError("a label cell holds a list (several labels per image); multi-label manifests are not read yet")
+        raise UserError("a label cell holds a list: several labels per image are read with --multi-label")
     text = str(value).strip()
     if not text:
         return None
     return int(text) if text.isdigit() else text
+
+
+def _label_set(value: object, separator: str) -> tuple[str | int, ...] | None:
+    """A multi-label cell: a list (JSON Lines, Parquet, or a JSON list written in a
+    CSV cell), or text split on ``separator``; None when the cell is empty (labels not
+    known), ``()`` for an explicit empty list (known: no label)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise UserError(
+                    f"a label cell starts like a JSON list but is not one: {printable(text[:80])}"
+                ) from None
+        elif not text:
+            return None
+        else:
+            value = [part for part in text.split(separator) if part.strip()]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, list):
+            raise UserError("a label cell holds a list inside a list")
+        one = _label(item)
+        if one is not None:
+            out.append(one)
+    return tuple(sorted(set(out), key=lambda v: (isinstance(v, str), v)))
 
 
 class _Resolver:
@@ -252,9 +283,15 @@ def listing_from_table(
     max_bytes: int,
     source: Path,
     option: str = "the manifest",
+    multi_label: bool = False,
+    separator: str = "|",
 ) -> Listing:
     """The images a table lists, relative to ``base`` (the manifest's folder, or the image
-    folder of ``--labels-file``), as an :class:`ImageDataset`."""
+    folder of ``--labels-file``), as an :class:`ImageDataset`.
+
+    Several labels per image (``multi_label``, or any label cell holding a list) make a
+    multi-label dataset: each cell is a set of labels (see :func:`_label_set`), and the
+    rows of one file add up (a long table of one (path, label) row per label)."""
     p = _column(table, path_column, PATH_COLUMNS, "--path-column")
     if p is None:
         raise UserError(
@@ -263,10 +300,12 @@ def listing_from_table(
         )
     lab = _column(table, label_column, LABEL_COLUMNS, "--label-column")
     meta_idx = [i for i in range(len(table.columns)) if i not in (p, lab)]
+    multi = multi_label or (lab is not None and any(isinstance(row[lab], list) for row in table.rows))
     resolver = _Resolver(base, follow_links)
     skipped: list[Skipped] = []
     first: dict[str, int] = {}  # real path -> index into ``entries``
-    entries: list[tuple[str, str, str | int | None, tuple[object, ...]]] = []  # (real, shown, label, metadata)
+    # (real path, path as written, label -- a set of them when multi-label --, metadata)
+    entries: list[tuple[str, str, Any, tuple[object, ...]]] = []
     duplicates = 0
     conflicts: dict[int, set[str]] = {}
     refused_rows: dict[str, int] = {}
@@ -286,7 +325,8 @@ def listing_from_table(
         real, why = seen[raw] if raw in seen else resolver.resolve(raw)
         seen[raw] = (real, why)
         try:
-            label = _label(row[lab]) if lab is not None else None
+            cell = row[lab] if lab is not None else None
+            label = _label_set(cell, separator) if multi else _label(cell)
         except UserError as exc:
             raise UserError(f"{option} {table.where}, row {number + 1}: {exc}") from None
         if real is None:
@@ -296,7 +336,12 @@ def listing_from_table(
         if real in first:
             duplicates += 1
             j = first[real]
-            if entries[j][2] != label:
+            if multi:
+                if label is not None:
+                    merged = set(entries[j][2] or ()) | set(label)
+                    labels_of = tuple(sorted(merged, key=lambda v: (isinstance(v, str), v)))
+                    entries[j] = (entries[j][0], entries[j][1], labels_of, entries[j][3])
+            elif entries[j][2] != label:
                 conflicts.setdefault(j, {str(entries[j][2])}).add(str(label))
             continue
         first[real] = len(entries)
@@ -306,12 +351,13 @@ def listing_from_table(
     # One root for every file: the base folder, or (links followed) the folder that holds them all.
     roots = [os.path.realpath(base), *(os.path.dirname(e[0]) for e in entries)]
     root = Path(os.path.commonpath(roots)) if follow_links else Path(os.path.realpath(base))
-    label_values = [e[2] for e in entries if e[2] is not None]
+    label_values = [v for e in entries if e[2] is not None for v in (e[2] if multi else (e[2],))]
     indices = bool(label_values) and all(isinstance(v, int) for v in label_values)
     names = sorted({v for v in label_values}, key=lambda v: (isinstance(v, str), v)) if label_values else []
     classes = [str(v) for v in names]
     index_of = {v: i for i, v in enumerate(names)}
     records: list[ImageRecord] = []
+    label_sets: dict[str, tuple[int, ...]] = {}
     metadata: dict[str, tuple[object, ...]] = {}
     warnings: list[str] = []
     conflicted = set(conflicts)
@@ -331,10 +377,17 @@ def listing_from_table(
         if st.st_size > max_bytes:
             skipped.append(Skipped(rel, too_large(st.st_size, max_bytes)))
             continue
-        cls = -1 if label is None or j in conflicted else index_of[label]
+        if multi:
+            cls = -1
+            if label is not None:
+                label_sets[rel] = tuple(index_of[v] for v in label)
+        else:
+            cls = -1 if label is None or j in conflicted else index_of[label]
         records.append(ImageRecord(rel, cls, st.st_size, st.st_mtime_ns))
         metadata[rel] = values
-    if duplicates:
+    if duplicates and multi:
+        warnings.append(f"{option} lists {duplicates:,} more row(s) for files already listed: their labels are merged")
+    elif duplicates:
         warnings.append(
             f"{option} lists {duplicates:,} row(s) for a file it already listed; each file is audited once, "
             "with its first row's metadata"
@@ -354,6 +407,7 @@ def listing_from_table(
         warnings.append(f"{repeated:,} more row(s) name a refused path already listed under Skipped inputs")
     if not records and not skipped:
         raise UserError(f"no usable image in {option} {table.where}")
+    # ``labeled`` means one class per image; a multi-label dataset's sets are its own.
     labeled = lab is not None and any(r.folder_class >= 0 for r in records)
     dataset = ImageDataset(
         root,
@@ -367,6 +421,8 @@ def listing_from_table(
         label_indices=indices,
         metadata_columns=[table.columns[i] for i in meta_idx],
         metadata=metadata,
+        multi_label=multi,
+        label_sets=label_sets,
     )
     return Listing(dataset, warnings)
 

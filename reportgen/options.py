@@ -146,7 +146,7 @@ MODEL_OPTIONS = [SIZE, MEAN, STD, RESIZE, ARCH, TRUST_PICKLE, DEVICE, BATCH_SIZE
 
 # ------------------------------------------------------------------ audit
 
-AUDIT_GATES = ("accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1")
+AUDIT_GATES = ("accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1", "mean_average_precision", "micro_f1")
 
 AUDIT_GROUPS: list[tuple[str, list[Option]]] = [
     ("model and preprocessing", MODEL_OPTIONS),
@@ -175,6 +175,20 @@ AUDIT_GROUPS: list[tuple[str, list[Option]]] = [
             Option(("--split",), "split",
                    "the split of a saved Hugging Face dataset (a DatasetDict folder) to audit (default: its only one)",
                    metavar="NAME"),
+            Option(("--multi-label",), "multi_label",
+                   "several labels per image: a label cell of a manifest or --labels-file is a set (a list, or "
+                   "names split on --label-separator; rows of one file add up), the model's outputs are independent "
+                   "(a final sigmoid, or logits it is applied to); found alone when a label cell holds a list",
+                   default=False, action="store_true"),
+            Option(("--label-separator",), "label_separator",
+                   "what separates the labels of one text cell with --multi-label (default: |)", default="|",
+                   metavar="TEXT", check=lambda v: v != "", must="not be empty"),
+            Option(("--threshold",), "threshold",
+                   "a multi-label model predicts a label when its probability is at least this (default: 0.5)",
+                   default=0.5, type=float, metavar="P", check=lambda v: 0.0 < v < 1.0, must="be between 0 and 1"),
+            Option(("--thresholds",), "thresholds",
+                   "per-label thresholds of a multi-label model: a CSV/TSV of label,threshold or a JSON object "
+                   "{label: threshold}; labels it leaves out keep --threshold", type=Path, metavar="FILE"),
             Option(("--group-by",), "group_by",
                    "a metadata column of the manifest (a split, a patient, a site): near-duplicate pairs across its "
                    "values are marked and counted as leakage", metavar="COLUMN"),

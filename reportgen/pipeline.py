@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from reportgen.analyses.metrics import (
     log_odds_from_probabilities,
     to_probabilities,
 )
+from reportgen.analyses.multilabel import independent_probabilities, multilabel_metrics
 from reportgen.analyses.screen import nonfinite_rows, unusable_reason
 from reportgen.clock import Clock
 from reportgen.config import AuditConfig, source_date_epoch, timestamp
@@ -33,7 +35,7 @@ from reportgen.extract import (
     scratch_folder,
 )
 from reportgen.hf_dataset import is_dataset_folder, is_saved_dataset, materialise
-from reportgen.labels import ClassMap, read_labels_file, resolve_classes
+from reportgen.labels import ClassMap, label_matrix, read_labels_file, read_thresholds, resolve_classes
 from reportgen.manifest import (
     attach_metadata,
     folder_metadata,
@@ -48,7 +50,7 @@ from reportgen.outputs import check_apart, check_replaceable
 from reportgen.pictures import build_figures
 from reportgen.progress import note
 from reportgen.report import AuditResult, Built, DatasetSummary, Figures, ModelSummary, report_outputs
-from reportgen.sections.base import Shared
+from reportgen.sections.base import MultiLabelRun, Shared
 from reportgen.sections.order import REPORT
 from reportgen.util import file_sha256
 
@@ -61,6 +63,7 @@ def check_outputs(cfg: AuditConfig, dataset: ImageDataset | None = None) -> None
     if cfg.use_cache and cfg.reference is not None:
         caches.append((reference_cache_path(cfg), "the reference features cache"))
     files = [(cfg.model, "the model file")] + ([(cfg.labels, "the --labels file")] if cfg.labels else [])
+    files += [(cfg.thresholds, "the --thresholds file")] if cfg.thresholds else []
     if dataset is not None and dataset.source is not None:
         what = "the --labels-file" if dataset.source == cfg.labels_file else f"the metadata file {dataset.source.name}"
         files.append((dataset.source, "the manifest" if dataset.source == cfg.images else what))
@@ -146,6 +149,7 @@ def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
         listing = listing_from_table(
             table, cfg.images.parent, path_column=cfg.path_column, label_column=cfg.label_column,
             follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=cfg.images,
+            multi_label=cfg.multi_label, separator=cfg.label_separator,
         )  # fmt: skip
         return _usable(listing.dataset, cfg.images), listing.warnings
     if cfg.labels_file is not None and not cfg.images.is_dir():
@@ -164,11 +168,12 @@ def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
         raise UserError("--path-column and --label-column name the columns of a manifest or --labels-file")
     folder = discover(cfg.images, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes)
     if labels_file is None:
-        return folder, notes
+        return (_one_label_sets(folder) if cfg.multi_label else folder), notes
     if folder.labeled and metadata is not None and table is not None:
         # A Hugging Face imagefolder: class folders label the images and the metadata file
         # adds columns; in a flat folder, the metadata file is the labels file.
-        return folder, attach_metadata(folder, table, metadata, path_column=cfg.path_column)
+        notes = attach_metadata(folder, table, metadata, path_column=cfg.path_column)
+        return (_one_label_sets(folder) if cfg.multi_label else folder), notes
     if folder.labeled:
         raise UserError(
             f"{cfg.images} has class sub-folders, which label its images already; --labels-file is for a flat folder"
@@ -179,7 +184,7 @@ def find_images(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
     listing = listing_from_table(
         table, cfg.images, path_column=cfg.path_column or ("file_name" if metadata else None),
         label_column=cfg.label_column, follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes,
-        source=labels_file, option=option,
+        source=labels_file, option=option, multi_label=cfg.multi_label, separator=cfg.label_separator,
     )  # fmt: skip
     listed = {r.file for r in listing.dataset.records} | {s.file for s in listing.dataset.skipped}
     unlisted = [r.file for r in folder.records if r.file not in listed]
@@ -210,9 +215,19 @@ def _saved_dataset(cfg: AuditConfig) -> tuple[ImageDataset, list[str]]:
     listing = listing_from_table(
         table, manifest.parent, path_column="path", label_column="label" if "label" in table.columns else None,
         follow_links=cfg.follow_links, max_bytes=cfg.max_image_bytes, source=manifest, option="the saved dataset",
+        multi_label=cfg.multi_label, separator=cfg.label_separator,
     )  # fmt: skip
     listing.dataset.skipped = sorted(listing.dataset.skipped + skipped, key=lambda s: s.file)
     return _usable(listing.dataset, cfg.images), notes + listing.warnings
+
+
+def _one_label_sets(dataset: ImageDataset) -> ImageDataset:
+    """A folder read with ``--multi-label``: each image's set is its class folder (a
+    multi-label model audited on single-label data), an unlabeled folder's unknown."""
+    dataset.label_sets = {r.file: (r.folder_class,) for r in dataset.records if r.folder_class >= 0}
+    dataset.records = [replace(r, folder_class=-1) for r in dataset.records]
+    dataset.multi_label, dataset.labeled = True, False
+    return dataset
 
 
 def _usable(dataset: ImageDataset, source: Path) -> ImageDataset:
@@ -237,6 +252,7 @@ def _model_meta(adapter: ModelAdapter, pre: Preprocess) -> dict:
         "properties": info.properties,
         "embedded_classes": info.embedded.classes,
         "embedded_classes_from": info.embedded.classes_from,
+        "score_activation": adapter.score_activation,
         "preprocess": pre.fingerprint(),
         "notes": [*adapter.notes, *info.notes, *([gap] if (gap := graph_gap(adapter.layers())) else [])],
     }
@@ -326,6 +342,10 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         raise UserError(f"model file not found: {cfg.model}")
     with clock("discover"):
         dataset, listing_notes = find_images(cfg)
+    if not dataset.multi_label and (cfg.thresholds is not None or cfg.threshold != AuditConfig.threshold):
+        raise UserError(
+            "--threshold and --thresholds are for a multi-label run (--multi-label, or label cells holding lists)"
+        )
     if cfg.group_by is not None and cfg.group_by not in dataset.metadata_columns:
         columns = ", ".join(printable(c) for c in dataset.metadata_columns[:20]) or "none: a folder has no metadata"
         raise UserError(f"--group-by {printable(cfg.group_by)!r} is not a metadata column (the manifest's: {columns})")
@@ -357,8 +377,19 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
             class_map.classes[o] if o >= 0 else name
             for name, o in zip(dataset.folder_classes, class_map.folder_to_output, strict=True)
         ]
+    multilabel = None
     with clock("metrics"):
-        probs, output_kind = to_probabilities(features.outputs)
+        if dataset.multi_label:
+            probs, output_kind, kind_notes = independent_probabilities(features.outputs, meta.get("score_activation"))
+            notes.extend(kind_notes)
+            multilabel = multi_label_run(cfg, dataset, features, class_map, probs, notes)
+        else:
+            if meta.get("score_activation") == "sigmoid":
+                # One class per image from a sigmoid-ended model: its outputs are read as
+                # any other scores (softmax over them), so calibration and galleries rank
+                # the same values; the tap before the sigmoid serves multi-label runs.
+                features.logits = None
+            probs, output_kind = to_probabilities(features.outputs)
         truth = class_map.truth(features.labels)
         pred = probs.argmax(axis=1)
         metrics = classification_metrics(truth, probs, class_map.classes)
@@ -381,7 +412,9 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         ),
         dataset=DatasetSummary(
             root=str(cfg.images),
-            root_resolved=str(cfg.images.resolve()),
+            # The folder the audited paths are relative to (a manifest's own folder; links
+            # resolved): where compare finds the pictures, whatever the input kind.
+            root_resolved=str(Path(dataset.root).resolve()),
             labeled=dataset.labeled,
             n_images=features.n,
             n_candidates=len(dataset.records) + len(dataset.skipped),
@@ -390,6 +423,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
             source=None if dataset.source is None else str(dataset.source),
             source_sha256=dataset.source_sha256,
             metadata_columns=list(dataset.metadata_columns),
+            multi_label=dataset.multi_label,
         ),
         classes=class_map.classes,
         class_source=class_map.source,
@@ -408,7 +442,9 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
     if cfg.reference is not None:
         with clock("reference"):
             reference = reference_features(cfg, handle, pre, features.layers, model_sha)
-    odds, score_source = class_scores(features, probs, output_kind)
+    odds, score_source = class_scores(
+        features, probs, output_kind, meta.get("score_activation"), multilabel is not None
+    )
     shared = Shared(
         cfg=cfg,
         result=result,
@@ -428,6 +464,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         clock=clock,
         reference=reference,
         unusable=unusable_layers(features, *([reference[0]] if reference is not None else [])),
+        multilabel=multilabel,
     )
     result.sections = [Built(section, section.build(shared)) for section in REPORT]
     result.warnings.extend(shared.notes)
@@ -449,11 +486,17 @@ def _folder_warnings(dataset: ImageDataset, features: Features) -> list[str]:
             f"{dataset.links_not_followed} symbolic link(s) lead out of the image folder and were not followed "
             "(listed under Skipped inputs; --follow-links follows them)"
         )
-    empty = [c for i, c in enumerate(dataset.folder_classes) if not np.any(features.labels == i)]
+    # A multi-label vocabulary holds only labels some image carries; support is per label.
+    empty = [] if dataset.multi_label else [
+        c for i, c in enumerate(dataset.folder_classes) if not np.any(features.labels == i)
+    ]  # fmt: skip
     noun = "class folder(s)" if dataset.source is None else "label(s)"
     if empty:
         out.append(f"{len(empty)} {noun} have no usable image: {', '.join(empty[:10])}")
-    if not dataset.labeled:
+    if dataset.multi_label:
+        if not dataset.label_sets:
+            out.append("no image has its labels (no label column, or every cell empty): predicted labels are shown")
+    elif not dataset.labeled:
         out.append(
             "the image folder has no class sub-folders: images are unlabeled, so predicted classes are shown instead of accuracy"
             if dataset.source is None
@@ -463,18 +506,46 @@ def _folder_warnings(dataset: ImageDataset, features: Features) -> list[str]:
     return out
 
 
-def class_scores(features: Features, probs: np.ndarray, output_kind: str) -> tuple[np.ndarray, str]:
+def class_scores(
+    features: Features, probs: np.ndarray, output_kind: str, activation: str | None = None, multi_label: bool = False
+) -> tuple[np.ndarray, str]:
     """Log-odds of every class for ranking images, and which scores the maps explain.
 
-    ``logits``: the model outputs logits; ``logits before softmax``: its output is a
-    softmax and the logits were tapped before it; ``probabilities``: it outputs
-    probabilities and no softmax was found to cut before (ranks then tie where p = 1).
+    ``logits``: the model outputs logits; ``logits before softmax`` (or ``sigmoid``, in a
+    multi-label run): its output is a softmax (a sigmoid) and the logits were tapped before it;
+    ``probabilities``: it outputs probabilities and no function was found to cut before
+    (ranks then tie where p = 1).  A label's log-odds under a sigmoid are its logit
+    itself; under a softmax they weigh the class against all the others.
     """
     if features.logits is not None:
-        return log_odds(features.logits), "logits before softmax"
+        logits = features.logits.astype(np.float64)
+        if activation == "sigmoid":
+            return logits, "logits before sigmoid"
+        return log_odds(logits), "logits before softmax"
     if output_kind == "logits":
-        return log_odds(features.outputs), "logits"
+        return (features.outputs.astype(np.float64) if multi_label else log_odds(features.outputs)), "logits"
     return log_odds_from_probabilities(probs), "probabilities"
+
+
+def multi_label_run(
+    cfg: AuditConfig,
+    dataset: ImageDataset,
+    features: Features,
+    class_map: ClassMap,
+    probs: np.ndarray,
+    notes: list[str],
+) -> MultiLabelRun:
+    """The true label sets, thresholds and metrics of a multi-label audit."""
+    k = len(class_map.classes)
+    truth, known, unmatched = label_matrix(dataset.label_sets, features.files, class_map.folder_to_output, k)
+    if unmatched:
+        notes.append(f"{unmatched:,} given label(s) name no model output and are left out of the label sets")
+    thresholds = np.full(k, cfg.threshold, np.float64)
+    if cfg.thresholds is not None:
+        thresholds, said = read_thresholds(cfg.thresholds, class_map.classes, cfg.threshold)
+        notes.extend(said)
+    metrics = multilabel_metrics(truth, known, probs, thresholds, class_map.classes)
+    return MultiLabelRun(truth, known, thresholds, probs >= thresholds[None, :], metrics)
 
 
 def reference_features(

@@ -187,11 +187,17 @@ def write_report(result: AuditResult, figures: Figures, html_path: Path, json_pa
 
 def predictions_csv(rows: list[dict[str, Any]]) -> bytes:
     """The rows as gzipped CSV (header :data:`PREDICTION_COLUMNS`; an empty label for an
-    unlabeled image; scores to 6 significant digits as in the JSON), byte-stable."""
+    unlabeled image; scores to 6 significant digits as in the JSON), byte-stable.  A
+    multi-label run's label and pred cells hold JSON lists of label names."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(PREDICTION_COLUMNS)
     for row in round_floats(rows):
+        if "predicted" in row:
+            # Multi-label: the label and pred cells hold JSON lists of the given (empty:
+            # not known) and the predicted labels.
+            row = {**row, "label": None if row["labels"] is None else json.dumps(row["labels"], ensure_ascii=False),
+                   "pred": json.dumps(row["predicted"], ensure_ascii=False)}  # fmt: skip
         writer.writerow(["" if row[c] is None else row[c] for c in PREDICTION_COLUMNS])
     return gzip.compress(text.getvalue().encode("utf-8"), compresslevel=6, mtime=0)
 

@@ -48,7 +48,7 @@ class ModelSummary:
 @dataclass
 class DatasetSummary:
     root: str
-    root_resolved: str
+    root_resolved: str  # the folder the image paths are relative to, links resolved
     labeled: bool
     n_images: int  # decoded and audited
     n_candidates: int  # image files found, decoded or not
@@ -57,6 +57,7 @@ class DatasetSummary:
     source: str | None = None  # the manifest or --labels-file that lists the images
     source_sha256: str | None = None
     metadata_columns: list[str] = field(default_factory=list)
+    multi_label: bool = False  # several labels per image (``labeled`` then stays False)
 
 
 @dataclass
@@ -214,6 +215,7 @@ def to_json(result: AuditResult) -> dict[str, Any]:
             "source": result.dataset.source,
             "source_sha256": result.dataset.source_sha256,
             "metadata_columns": result.dataset.metadata_columns,
+            "multi_label": result.dataset.multi_label,
         },
         "classes": result.classes,
         "class_source": result.class_source,

@@ -57,3 +57,28 @@ def class_galleries(log_odds: np.ndarray, truth: np.ndarray, n: int, labeled: bo
         lowest = _top(own, score, n, highest=False)
         out.append(Gallery(c, highest, lowest, _top(others, score, n, highest=True)))
     return out
+
+
+def label_galleries(
+    log_odds: np.ndarray, truth: np.ndarray, known: np.ndarray, predicted: np.ndarray, n: int
+) -> list[Gallery]:
+    """The galleries of a multi-label model, per label c: **max** and **min** among the
+    images that carry c, **wrong** among the labelled images that do not (the model's
+    surest extra labels).  Without known labels, max and min are taken among the images
+    the model gives c, and there is no wrong gallery."""
+    labeled = bool(known.any())
+    out = []
+    for c in range(log_odds.shape[1]):
+        score = log_odds[:, c]
+        if labeled:
+            own = np.flatnonzero(known & (truth[:, c] == 1))
+            others = np.flatnonzero(known & (truth[:, c] == 0))
+        else:
+            own = np.flatnonzero(predicted[:, c])
+            others = np.zeros(0, np.int64)
+        out.append(
+            Gallery(
+                c, _top(own, score, n, highest=True), _top(own, score, n, highest=False), _top(others, score, n, True)
+            )
+        )
+    return out

@@ -577,6 +577,9 @@ class ModelAdapter(ABC):
     #: probability: a saturated softmax has no gradient, so the images a model is surest
     #: of would get blank maps.  Set by :meth:`prepare`.
     score_layer: str | None = None
+    #: The function after :attr:`score_layer`: "softmax" (one class: the scores compete)
+    #: or "sigmoid" (independent labels); None without a score layer.
+    score_activation: str | None = None
     #: What the user should know about how the model runs (one line each, for the
     #: report's warnings), e.g. a graph declared with a free batch size that runs only at
     #: one.  Set by :meth:`prepare`.

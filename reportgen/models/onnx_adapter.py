@@ -331,8 +331,10 @@ class OnnxAdapter(ModelAdapter):
         self._layers = annotate_layers(
             self._layers, graph_steps(graph), self._shapes, floats, self.input_name, self.info.channels_last
         )
-        score = logit_tensor(graph, self.output_name)
-        self.score_layer = score if score in self._shapes else None
+        found = logit_tensor(graph, self.output_name)
+        self.score_layer, self.score_activation = None, None
+        if found is not None and found[0] in self._shapes:
+            self.score_layer, self.score_activation = found
 
     @staticmethod
     def _batch_of(output: np.ndarray) -> int:
@@ -576,9 +578,10 @@ def graph_steps(graph: onnx.GraphProto) -> list[GraphStep]:
     return steps
 
 
-def logit_tensor(graph: onnx.GraphProto, output: str) -> str | None:
-    """The input of the Softmax (or LogSoftmax) that ends the graph, looking back from
-    ``output`` through value-preserving nodes; None when the output is no softmax."""
+def logit_tensor(graph: onnx.GraphProto, output: str) -> tuple[str, str] | None:
+    """The input of the Softmax (or LogSoftmax, or Sigmoid) that ends the graph, looking
+    back from ``output`` through value-preserving nodes, and which of the two it is
+    ("softmax" or "sigmoid"); None when the output is neither."""
     producer = {o: n for n in graph.node for o in n.output if o}
     name = output
     for _ in range(len(graph.node)):
@@ -586,7 +589,9 @@ def logit_tensor(graph: onnx.GraphProto, output: str) -> str | None:
         if node is None or not node.input:
             return None
         if node.op_type in ("Softmax", "LogSoftmax"):
-            return node.input[0]
+            return node.input[0], "softmax"
+        if node.op_type == "Sigmoid":
+            return node.input[0], "sigmoid"
         if node.op_type not in _PASSTHROUGH:
             return None
         name = node.input[0]

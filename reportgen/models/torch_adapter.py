@@ -610,9 +610,10 @@ class TorchAdapter(ModelAdapter):
         self._num_outputs = int(scores.shape[1])
         output_nodes = {n for n in self._exec.nodes if n.op == "output"}
         self._batched = {n.name for n in shapes}
-        self._score_node = _logit_node(self._exec.nodes)
-        if self._score_node is not None and self._score_node.name not in self._batched:
-            self._score_node = None
+        found = _logit_node(self._exec.nodes)
+        self._score_node, self.score_activation = None, None
+        if found is not None and found[0].name in self._batched:
+            self._score_node, self.score_activation = found
         self.score_layer = self._score_node.name if self._score_node is not None else None
         candidates = [
             LayerInfo(node.name, shape, _op_name(node), module=_module_path(node))
@@ -706,6 +707,7 @@ _PASSTHROUGH = {
     "alias", "contiguous", "detach", "dropout", "lift_fresh_copy", "to",
 }  # fmt: skip
 _SOFTMAX = {"softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax"}
+_SIGMOID = {"sigmoid"}
 
 
 def _aten_name(node: torch.fx.Node) -> str:
@@ -714,9 +716,10 @@ def _aten_name(node: torch.fx.Node) -> str:
     return name.split(".")[0]
 
 
-def _logit_node(nodes: list[torch.fx.Node]) -> torch.fx.Node | None:
-    """The input of the softmax that ends the graph, looking back from the first output
-    through value-preserving ops; None when the output is no softmax."""
+def _logit_node(nodes: list[torch.fx.Node]) -> tuple[torch.fx.Node, str] | None:
+    """The input of the softmax (or sigmoid) that ends the graph, looking back from the
+    first output through value-preserving ops, and which it is ("softmax", "sigmoid");
+    None when the output is neither."""
     outputs = [n for n in nodes if n.op == "output"]
     if not outputs:
         return None
@@ -728,7 +731,9 @@ def _logit_node(nodes: list[torch.fx.Node]) -> torch.fx.Node | None:
         if not isinstance(first, torch.fx.Node):
             return None
         if name in _SOFTMAX:
-            return first
+            return first, "softmax"
+        if name in _SIGMOID:
+            return first, "sigmoid"
         if name not in _PASSTHROUGH:
             return None
         node = first

@@ -14,8 +14,9 @@ class BalanceSection(Section):
     id = "balance"
     title = "Class balance"
 
-    def build(self, shared: Shared) -> ClassBalance:
-        return shared.balance
+    def build(self, shared: Shared) -> ClassBalance | None:
+        # Several labels per image: the label table counts each label (see ``multilabel``).
+        return None if shared.multilabel is not None else shared.balance
 
     def json_items(self, content: ClassBalance | None) -> dict[str, Any]:
         if content is None:

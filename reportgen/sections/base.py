@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from reportgen.analyses.metrics import ClassBalance, ClassificationMetrics
+from reportgen.analyses.multilabel import MultiLabelMetrics
 from reportgen.config import AuditConfig
 from reportgen.data import DecodeError, ImageDataset, Preprocess, Skipped, load_one
 from reportgen.extract import Features
@@ -26,6 +27,17 @@ if TYPE_CHECKING:
     from reportgen.models import ModelHandle
 
 T = TypeVar("T")
+
+
+@dataclass
+class MultiLabelRun:
+    """A multi-label audit's ground truth and decisions (see ``analyses.multilabel``)."""
+
+    truth: np.ndarray  # (N, K) int8, 1 where the image carries the label
+    known: np.ndarray  # (N,) bool, the image's labels are known
+    thresholds: np.ndarray  # (K,) a label is predicted at p >= its threshold
+    predicted: np.ndarray  # (N, K) bool
+    metrics: MultiLabelMetrics | None  # None when no image's labels are known
 
 
 @dataclass
@@ -54,6 +66,7 @@ class Shared:
     reference: tuple[Features, list[str]] | None = None  # ``--reference`` features and its class names
     unusable: dict[str, str] = field(default_factory=dict)  # layers no distance can use, and why
     notes: list[str] = field(default_factory=list)  # warnings sections add for the top of the report
+    multilabel: MultiLabelRun | None = None  # several labels per image: ``truth`` is -1 and ``pred`` the top label
     _memo: dict[Callable[..., Any], Any] = field(default_factory=dict, repr=False)
 
     def once(self, compute: Callable[[Shared], T]) -> T:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.analyses.cam import compute_cam
-from reportgen.analyses.galleries import class_galleries
+from reportgen.analyses.galleries import class_galleries, label_galleries
 from reportgen.errors import UserError
 from reportgen.models import ModelAdapter, SplitModel
 from reportgen.report import PictureRequest, Section
@@ -64,6 +64,13 @@ def explained_scores(source: str) -> str:
             "softmax has no gradient, so maps of the probability would be blank exactly where the model "
             "is surest); galleries are ranked by the log-odds computed from the logits (the logit margin, for two "
             "classes), so images at probability 1.0 are still ordered by how far ahead the class is."
+        )
+    if source == "logits before sigmoid":
+        return (
+            "The maps explain each label's logit, taken before the model's final sigmoid (a saturated "
+            "sigmoid has no gradient, so maps of the probability would be blank exactly where the model is "
+            "surest); galleries are ranked by that logit, the label's log-odds, so images at probability 1.0 "
+            "are still ordered."
         )
     if source == "logits":
         return (
@@ -129,7 +136,11 @@ def gallery_maps(shared: Shared) -> Galleries | None:
     note = model.note
     classes = shared.class_map.classes
     folder = shared.result.dataset.folder_classes
-    galleries = class_galleries(shared.log_odds, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
+    multi = shared.multilabel
+    if multi is not None:
+        galleries = label_galleries(shared.log_odds, multi.truth, multi.known, multi.predicted, cfg.gallery_size)
+    else:
+        galleries = class_galleries(shared.log_odds, truth, cfg.gallery_size, labeled=bool((truth >= 0).any()))
     pairs = sorted({(row, g.cls) for g in galleries for row in (*g.max, *g.min, *g.wrong)})
     maps: dict[str, np.ndarray] = {}
     keys: dict[tuple[int, int], str] = {}
@@ -148,6 +159,8 @@ def gallery_maps(shared: Shared) -> Galleries | None:
             blank.clear()
 
     def tile(row: int, cls: int) -> GalleryTile:
+        if multi is not None:
+            return _label_tile(row, cls)
         t = int(truth[row])
         return GalleryTile(
             features.files[row],
@@ -157,6 +170,22 @@ def gallery_maps(shared: Shared) -> Galleries | None:
             classes[pred[row]],
             classes[t] if t >= 0 else (folder[features.labels[row]] if features.labels[row] >= 0 else None),
             None if t < 0 else bool(pred[row] == t),
+            (row, cls) in blank,
+        )
+
+    def _label_tile(row: int, cls: int) -> GalleryTile:
+        assert multi is not None
+        given = [classes[j] for j in np.flatnonzero(multi.predicted[row])]
+        known = bool(multi.known[row])
+        true = [classes[j] for j in np.flatnonzero(multi.truth[row])] if known else None
+        return GalleryTile(
+            features.files[row],
+            thumb_key(features.files[row]),
+            keys.get((row, cls)),
+            float(probs[row, cls]),
+            ", ".join(given) or "no label",
+            None if true is None else (", ".join(true) or "no label"),
+            bool(multi.predicted[row, cls] == bool(multi.truth[row, cls])) if known else None,
             (row, cls) in blank,
         )
 

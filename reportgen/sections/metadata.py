@@ -38,10 +38,18 @@ class MetadataSection(Section):
     title = "Metadata"
 
     def build(self, shared: Shared) -> MetadataView | None:
-        if not shared.dataset.metadata_columns or shared.metrics is None:
+        if not shared.dataset.metadata_columns:
             return None
-        rows = np.flatnonzero(shared.truth >= 0)
-        correct = shared.pred[rows] == shared.truth[rows]
+        multi = shared.multilabel
+        if multi is not None and multi.metrics is not None:
+            # Several labels per image: right means the predicted set is the given set.
+            rows = np.flatnonzero(multi.known)
+            correct = np.all(multi.predicted[rows] == multi.truth[rows].astype(bool), axis=1)
+        elif shared.metrics is not None:
+            rows = np.flatnonzero(shared.truth >= 0)
+            correct = shared.pred[rows] == shared.truth[rows]
+        else:
+            return None
         with shared.clock("metadata"):
             columns = metadata_breakdown(metadata_values(shared, rows), correct)
         columns.sort(key=lambda c: (-c.spread, c.column))

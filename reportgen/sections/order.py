@@ -17,6 +17,7 @@ from reportgen.sections.galleries import GalleriesSection
 from reportgen.sections.knn import KnnSection
 from reportgen.sections.layers import LayersSection
 from reportgen.sections.metadata import MetadataSection
+from reportgen.sections.multilabel import CooccurrenceSection, LabelMetricsSection, LabelSuspectsSection
 from reportgen.sections.per_class import PerClassSection
 from reportgen.sections.predictions import PredictionsSection
 from reportgen.sections.robustness import RobustnessSection
@@ -33,6 +34,8 @@ REPORT: list[Section] = [
     ShortcutsSection(),
     ConfusionSection(),
     PerClassSection(),
+    LabelMetricsSection(),
+    CooccurrenceSection(),
     BalanceSection(),
     CalibrationSection(),
     SlicesSection(),
@@ -43,6 +46,7 @@ REPORT: list[Section] = [
     ExplorerSection(),
     KnnSection(),
     MislabelsSection(),
+    LabelSuspectsSection(),
     DuplicatesSection(),
     FaithfulnessSection(),
     GalleriesSection(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from reportgen.report import Section
 from reportgen.sections.base import Shared
 
@@ -21,9 +23,14 @@ class Prediction:
     score: float  # probability of the predicted class
     sha256: str = ""  # of the file's bytes
     metadata: dict[str, object] | None = None  # a manifest's other columns for this image
+    # Multi-label: the given labels (None: not known) and the labels at the thresholds.
+    labels: list[str] | None = None
+    predicted: list[str] | None = None
 
     @property
     def correct(self) -> bool | None:
+        if self.predicted is not None:  # multi-label: the predicted set is the given one
+            return None if self.labels is None else set(self.labels) == set(self.predicted)
         return None if self.truth < 0 else self.truth == self.pred
 
 
@@ -48,6 +55,7 @@ class Predictions:
                 "score": p.score,
                 "sha256": p.sha256,
                 **({"metadata": p.metadata} if p.metadata is not None else {}),
+                **({"labels": p.labels, "predicted": p.predicted} if p.predicted is not None else {}),
             }
             for p in self.rows
         ]
@@ -86,6 +94,12 @@ class PredictionsSection(Section):
                 zip(features.files, features.labels, shared.truth, shared.pred, strict=True)
             )
         ]
+        multi = shared.multilabel
+        if multi is not None:
+            classes = shared.class_map.classes
+            for i, p in enumerate(rows):
+                p.predicted = [classes[j] for j in np.flatnonzero(multi.predicted[i])]
+                p.labels = [classes[j] for j in np.flatnonzero(multi.truth[i])] if multi.known[i] else None
         return Predictions(rows, shared.class_map.classes, shown_rows(rows))
 
     def json_items(self, content: Predictions | None) -> dict[str, Any]:

@@ -116,8 +116,8 @@ class ShortcutsSection(Section):
 
     def build(self, shared: Shared) -> Shortcuts | None:
         cfg = shared.cfg
-        if cfg.shortcut_images <= 0:
-            return None
+        if cfg.shortcut_images <= 0 or shared.multilabel is not None:
+            return None  # the test compares one class's images with the others'; a multi-label run has no such split
         model = shared.once(cam_model)
         if model.split is None:
             return Shortcuts([], 0, 0, cfg.shortcut_images, None, model.note or "no maps")

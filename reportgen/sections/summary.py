@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reportgen.analyses.metrics import ClassificationMetrics
+from reportgen.analyses.multilabel import MultiLabelMetrics
 from reportgen.report import Section
 from reportgen.sections.base import Shared
 
@@ -15,6 +16,7 @@ class Summary:
     metrics: ClassificationMetrics | None  # None without labels that match the model's classes
     skipped: int  # inputs left out
     reference: tuple[str, int, list[str]] | None  # --reference: its folder, images and classes
+    multilabel: MultiLabelMetrics | None = None  # a multi-label run with given labels
 
 
 class SummarySection(Section):
@@ -26,7 +28,8 @@ class SummarySection(Section):
         if shared.reference is not None:
             ref_features, ref_classes = shared.reference
             reference = (str(shared.cfg.reference), ref_features.n, ref_classes)
-        return Summary(shared.metrics, len(shared.skipped), reference)
+        multi = shared.multilabel.metrics if shared.multilabel is not None else None
+        return Summary(shared.metrics, len(shared.skipped), reference, multi)
 
     def json_items(self, content: Summary | None) -> dict[str, Any]:
         m = content.metrics if content is not None else None
@@ -39,6 +42,10 @@ class SummarySection(Section):
                 "macro_f1": m.macro_f1,
                 "n_evaluated": m.n,
             }
+        if content is not None and content.multilabel is not None:
+            # The headline of a multi-label run (the rest is under ``multilabel``).
+            out["mean_average_precision"] = content.multilabel.mean_average_precision
+            out["micro_f1"] = content.multilabel.micro_f1
         if content is not None and content.reference is not None:
             root, n, classes = content.reference
             out["reference"] = {"root": root, "n_images": n, "classes": classes}

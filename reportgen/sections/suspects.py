@@ -90,6 +90,8 @@ class MislabelsSection(Section):
     title = "Suspected mislabels"
 
     def build(self, shared: Shared, limit: int = SHOWN_SUSPECTS) -> Mislabels | None:
+        if shared.multilabel is not None:
+            return None  # missing and extra labels instead (``sections.multilabel``)
         found = shared.once(suspicions)
         if found is None:
             return None
