@@ -1,5 +1,6 @@
 """Models from the hubs: timm and Hugging Face transformers, exported as their users export
-them (ONNX by torch's TorchScript-based exporter, a TorchScript trace, ``torch.export``).
+them (ONNX by both of torch's exporters, named as optimum names them; a TorchScript trace;
+``torch.export``).
 
 Small seeded members of each family, built here (no download): the default layers are
 few and of known layout, one module path names the same layer on every format, and the
@@ -29,8 +30,8 @@ from reportgen.models import INPUT_LAYER, LOGITS_LAYER, default_cam_layer, defau
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
 
-FORMATS = ["onnx", "torchscript", "torch.export"]
-SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "torch.export": ".pt2"}
+FORMATS = ["onnx", "onnx-dynamo", "torchscript", "torch.export"]
+SUFFIX = {"onnx": ".onnx", "onnx-dynamo": ".onnx", "torchscript": ".ts", "torch.export": ".pt2"}
 
 
 def _tokens(prefix: int, side: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -68,6 +69,10 @@ class Hub:
     size: int
     target: Callable[[torch.nn.Module], torch.nn.Module]  # grad-cam's recommended target
     reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # The dynamo exporter's graph holds an op whose axes reportgen cannot follow (e.g. a
+    # pooling decomposed into a Gather of computed indices): it must say so and pick no
+    # default map there, instead of guessing.
+    dynamo_gap: bool = False
 
 
 FAMILIES = [
@@ -87,7 +92,13 @@ FAMILIES = [
         lambda m: m.blocks[-1].norm1,
         _tokens(5, 4),
     ),
-    Hub("convnext", lambda: timm.create_model("convnext_atto", num_classes=3), 64, lambda m: m.stages[-1]),
+    Hub(
+        "convnext",
+        lambda: timm.create_model("convnext_atto", num_classes=3),
+        64,
+        lambda m: m.stages[-1],
+        dynamo_gap=True,
+    ),
     Hub(
         "swin",
         lambda: timm.create_model(
@@ -97,7 +108,17 @@ FAMILIES = [
         lambda m: m.norm,
         lambda t: t.permute(0, 3, 1, 2),
     ),
+    Hub(
+        "convnext-v2",
+        lambda: timm.create_model("convnextv2_atto", num_classes=3),
+        64,
+        lambda m: m.stages[-1],
+        dynamo_gap=True,
+    ),
     Hub("efficientnet", lambda: timm.create_model("efficientnet_b0", num_classes=3), 64, lambda m: m.bn2),
+    # RegNet strides in each stage's first block's second convolution: the stage ends
+    # before that block, not at its first 1x1 convolution (still at the old resolution).
+    Hub("regnet", lambda: timm.create_model("regnetx_002", num_classes=3), 64, lambda m: m.s4),
     Hub("resnet-d", lambda: timm.create_model("resnet18d", num_classes=3), 64, lambda m: m.layer4[-1]),
     Hub("hf-vit", _hf_vit, 64, lambda m: m.model.vit.layers[-1].layernorm_before, _tokens(1, 4)),
 ]
@@ -124,9 +145,14 @@ def _export(model: torch.nn.Module, fmt: str, size: int, folder: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "onnx":
+            # Named as optimum names them: ``pixel_values`` in, ``logits`` out.
             torch.onnx.export(inner, (x,), str(path), dynamo=False, input_names=["pixel_values"],
                               output_names=["logits"], dynamic_axes={"pixel_values": {0: "n"}, "logits": {0: "n"}},
                               opset_version=17)  # fmt: skip
+        elif fmt == "onnx-dynamo":
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            torch.onnx.export(inner, (x,), str(path), dynamo=True, input_names=["pixel_values"],
+                              output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)  # fmt: skip
         elif fmt == "torchscript":
             # transformers' models trace to a tuple of outputs (their ``torchscript`` mode).
             traced = torch.jit.trace(inner, x, strict=False, check_trace=False)
@@ -150,7 +176,7 @@ def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         reference = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(int(t)) for t in targets])
     readings = {}
     for fmt in FORMATS:
-        folder = tmp_path_factory.mktemp(f"{hub.name}-{fmt}")
+        folder = tmp_path_factory.mktemp(f"{hub.name}-{fmt.replace('.', '-')}")
         adapter = load_model(_export(model, fmt, hub.size, folder), device="cpu")
         adapter.prepare((hub.size, hub.size))
         layers = adapter.layers()
@@ -176,7 +202,11 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.slow
 def test_the_family_reads_the_same_on_every_format(family: dict) -> None:
-    readings = family["readings"]
+    readings = dict(family["readings"])
+    if family["hub"].dynamo_gap:
+        lost = readings.pop("onnx-dynamo")
+        assert "could not follow" in lost["gap"] and lost["target"] is None, lost["gap"]
+        assert all(layout for _, _, layout in lost["defaults"]), lost["defaults"]  # stopped, not guessed
     for fmt, r in readings.items():
         assert r["gap"] == "", (fmt, r["gap"])
         assert r["ends"] == (INPUT_LAYER, LOGITS_LAYER)
@@ -193,7 +223,8 @@ def test_the_family_reads_the_same_on_every_format(family: dict) -> None:
         for (_, ma, _), (_, mb, _), fa, fb in zip(
             a["defaults"], b["defaults"], a["features"], b["features"], strict=True
         ):
-            assert ma == mb or ("onnx" in (first, fmt) and ma.rpartition(".")[0] == mb.rpartition(".")[0]), (ma, mb)
+            folded = any(f.startswith("onnx") for f in (first, fmt)) and ma.rpartition(".")[0] == mb.rpartition(".")[0]
+            assert ma == mb or folded, (ma, mb)
             assert np.allclose(fa, fb, rtol=1e-3, atol=1e-3 * np.abs(fb).max()), (ma, fmt)
     assert len({r["target"] for r in readings.values()}) == 1, {f: r["target"] for f, r in readings.items()}
 
@@ -201,7 +232,9 @@ def test_the_family_reads_the_same_on_every_format(family: dict) -> None:
 @pytest.mark.slow
 def test_the_default_map_is_the_grad_cam_package_s(family: dict) -> None:
     for fmt, r in family["readings"].items():
-        assert _corr(r["maps"], family["reference"]) >= (0.98 if fmt == "onnx" else 0.99), fmt
+        if fmt == "onnx-dynamo" and family["hub"].dynamo_gap:
+            continue  # no default map there (see above)
+        assert _corr(r["maps"], family["reference"]) >= (0.98 if fmt.startswith("onnx") else 0.99), fmt
 
 
 def test_hub_files_beside_the_model_name_classes_and_preprocessing(tmp_path: Path) -> None:

@@ -405,20 +405,37 @@ def _stage_end(grid: list[LayerInfo], name: str) -> str:
     that changes the resolution (the next stage's downsampling norm in timm's and
     torchvision's ConvNeXt, the expansion of EfficientNet's next block): those are left
     to the next stage, and the stage ends at the tensor before them.  Told by module
-    paths: such a tensor and the first one at the new resolution are siblings inside one
-    container (``stages.1.downsample.0`` and ``stages.1.downsample.1``)."""
+    paths: such a tensor and the first one at the new resolution lie inside one container
+    (``stages.1.downsample.0`` and ``stages.1.downsample.1``; RegNet's ``s2.b1.conv1`` and
+    ``s2.b1.conv2.conv``, the block whose second convolution strides)."""
     end = next(i for i, layer in enumerate(grid) if layer.name == name)
-    if end + 1 >= len(grid) or not grid[end + 1].module:
+    if end + 1 >= len(grid) or not grid[end + 1].module or not grid[end].module:
         return name
-    # The container of the module that changes the resolution, when it is a block of its
-    # own (two parts at least: ``stages.1.downsample``, not ``features``, which holds every stage).
-    container = grid[end + 1].module.rsplit(".", 1)[0]
+    # The deepest container of both, when it is a block of its own (two parts at least:
+    # ``stages.1.downsample``, not ``features``, which holds every stage).
+    container = _common_module(grid[end].module, grid[end + 1].module)
     if "." not in container:
         return name
+    # Back over the container's tensors (a shortcut branch already at the new resolution
+    # among them, as in MaxViT's MBConv), to the tensor before it: the stage's end when it
+    # is still at the stage's resolution.
     i = end
-    while i > 0 and grid[i - 1].resolution == grid[end].resolution and grid[i].module.startswith(container + "."):
+    while i > 0 and grid[i].module.startswith(container + "."):
         i -= 1
+    if grid[i].module.startswith(container + ".") or grid[i].resolution != grid[end].resolution:
+        return name
     return grid[i].name
+
+
+def _common_module(a: str, b: str) -> str:
+    """The deepest module path that holds both (``s2.b1`` for ``s2.b1.conv1.bn`` and
+    ``s2.b1.conv2.conv``); "" when they share none."""
+    common = []
+    for x, y in zip(a.split("."), b.split("."), strict=False):
+        if x != y:
+            break
+        common.append(x)
+    return ".".join(common)
 
 
 def block_ends(layers: list[LayerInfo]) -> list[str]:
