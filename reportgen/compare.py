@@ -206,7 +206,11 @@ def _check_audit(data: dict[str, Any], json_path: Path, max_images: int) -> None
                 names = entry.get(key)
                 if names is None and key == "labels":
                     continue
-                if not isinstance(names, list) or len(names) > len(classes) or not set(names) <= known:
+                if (
+                    not isinstance(names, list)
+                    or len(names) > len(classes)
+                    or not all(isinstance(n, str) and n in known for n in names)
+                ):
                     shape.fail(f"{where}.{key}", "is not a list of the audit's classes")
         elif entry.get("pred") not in known:
             shape.fail(f"{where}.pred", "is not one of the audit's classes")

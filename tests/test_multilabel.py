@@ -444,3 +444,26 @@ def test_compare_reads_label_sets_from_the_json_and_from_the_csv(
     refused = run_cli("compare", old, single, "-o", tmp_path / "d.html")
     assert refused.code == 2 and "multi-label and the other is not" in refused.err
     assert_no_traceback(refused)
+
+
+def test_a_hostile_multi_label_audit_json_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Label lists that hold objects, unknown names or too many entries: refused by
+    compare in one line, never a traceback."""
+    from reportgen.compare import load_audit
+    from reportgen.errors import UserError
+
+    base = {
+        "schema_version": 2,
+        "model": {"path": "m.onnx", "format": "onnx", "sha256": "0" * 64},
+        "dataset": {"root": "/data", "n_images": 1, "multi_label": True},
+        "classes": ["a", "b"],
+        "skipped": [],
+        "preprocessing": {},
+    }
+    for bad in ([{}], ["c"], ["a", "b", "a"], "a"):
+        data = {**base, "predictions": [{"file": "x.png", "label": None, "pred": "a", "score": 0.5, "labels": None,
+                                         "predicted": bad}]}  # fmt: skip
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(UserError, match="predicted"):
+            load_audit(path)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from reportgen import figures
-from reportgen.analyses.multilabel import LabelSuspicions, MultiLabelMetrics, label_suspects
+from reportgen.analyses.multilabel import LabelSuspicions, MultiLabelMetrics, cooccurrence, label_suspects
 from reportgen.report import PictureRequest, Section
 from reportgen.sections.base import MultiLabelRun, Shared, thumb_key
 from reportgen.sections.neighbours import deep_layers, neighbourhood
@@ -108,8 +108,8 @@ class CooccurrenceSection(Section):
         if multi is None:
             return None
         m = multi.metrics
-        pred = multi.predicted.astype(np.int64)
-        predicted_co = pred.T @ pred
+        per_image = multi.predicted.sum(axis=1)  # every audited image, labelled or not
+        predicted_co = cooccurrence(multi.predicted)
         given = m.cooccurrence if m is not None else None
         base = given if given is not None else predicted_co
         order = np.lexsort((np.arange(len(base)), -np.diag(base)))
@@ -123,10 +123,10 @@ class CooccurrenceSection(Section):
              int(predicted_co[iu[0][t], iu[1][t]]))
             for t in top if pair_counts[t] > 0
         ]  # fmt: skip
-        counts = np.bincount(pred.sum(axis=1), minlength=1)
+        counts = np.bincount(per_image, minlength=1)
         return CooccurrenceView(
             m.true_cardinality if m is not None else None,
-            float(pred.sum(axis=1).mean()),
+            float(per_image.mean()),
             m.true_counts if m is not None else None,
             [int(c) for c in counts],
             classes,
