@@ -71,8 +71,9 @@ def figure_table(rows: list[Any]) -> list[str]:
     return table
 
 
-def write_results(output: Path, title: str, command: str, elapsed: float, body: list[str]) -> None:
-    """One results file: title, when, on what, by which command, then ``body``; printed too."""
+def write_results(output: Path, title: str, command: str, elapsed: float, body: list[str], echo: bool = True) -> None:
+    """One results file: title, when, on what, by which command, then ``body``; printed too
+    (unless ``echo`` is false)."""
     text = "\n".join(
         [
             f"# {title}",
@@ -84,7 +85,8 @@ def write_results(output: Path, title: str, command: str, elapsed: float, body: 
             "",
         ]
     )
-    print(text)
+    if echo:
+        print(text)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
 
@@ -202,20 +204,29 @@ def gpu(work: Path, quick: bool, device: str, output: Path) -> int:
     from benchmarks import gpu as suite
 
     started = time.perf_counter()
-    rows, notes = suite.run(work, quick, device)
-    write_results(
-        output,
-        "Benchmark results: GPU" + (" (quick mode: tiny workloads, timings meaningless)" if quick else ""),
-        f"python -m benchmarks --suite gpu{' --quick' if quick else ''}{' --device cpu' if device == 'cpu' else ''}",
-        time.perf_counter() - started,
-        [
-            "- workload: torchvision ResNet-18, seeded random weights, 10 outputs, as TorchScript and state_dict; "
-            "seeded synthetic 400x300 JPEGs; kNN on seeded manifold features (`benchmarks/workload.py`)",
-            *notes,
-            "",
-            *figure_table(rows),
-        ],
+    title = "Benchmark results: GPU" + (" (quick mode: tiny workloads, timings meaningless)" if quick else "")
+    command = (
+        f"python -m benchmarks --suite gpu{' --quick' if quick else ''}{' --device cpu' if device == 'cpu' else ''}"
     )
+    workload = (
+        "- workload: torchvision ResNet-18, seeded random weights, 10 outputs, as TorchScript, ONNX and state_dict; "
+        "ResNet-50 likewise as TorchScript; seeded synthetic 400x300 JPEGs; kNN on seeded manifold features "
+        "(`benchmarks/workload.py`)"
+    )
+
+    def partial(rows: list[Any]) -> None:
+        # Device time is short: what is measured is on disk at once, should the run be cut off.
+        write_results(
+            output,
+            f"{title} (partial: the run was still going)",
+            command,
+            time.perf_counter() - started,
+            [workload, "", *figure_table(rows)],
+            echo=False,
+        )
+
+    rows, notes = suite.run(work, quick, device, partial)
+    write_results(output, title, command, time.perf_counter() - started, [workload, *notes, "", *figure_table(rows)])
     return 0
 
 

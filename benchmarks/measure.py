@@ -54,7 +54,8 @@ def bare_forward(kind: str, path: Path, pixels: np.ndarray, batch: int, device: 
     if kind == "onnx":
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        sess = ort.InferenceSession(str(path), providers=providers)
         name = sess.get_inputs()[0].name
 
         def run() -> None:

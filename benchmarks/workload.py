@@ -42,6 +42,22 @@ def build_models(folder: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+def build_resnet50(folder: Path, seed: int = 0) -> Path:
+    """ResNet-50 (10 outputs, seeded weights) as traced TorchScript; reused if present."""
+    import torch
+    import torchvision
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "resnet50.ts"
+    if not path.exists():
+        torch.manual_seed(seed)
+        model = torchvision.models.resnet50(num_classes=10).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.trace(model, torch.zeros(2, 3, 224, 224), check_trace=False), str(path))
+    return path
+
+
 def _export_files(model: Any, example: Any, onnx_path: Path, ts_path: Path) -> None:
     """ONNX (opset 17, TorchScript-based exporter, dynamic batch) and traced TorchScript."""
     import torch

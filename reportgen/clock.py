@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +22,10 @@ class Clock:
         self.show = show
 
     def bar(self, desc: str, total: int, unit: str) -> tqdm:
-        """A progress bar for one phase; close it when the phase ends."""
-        return progress(total=total, desc=desc, unit=unit, enabled=self.show)
+        """A progress bar for one phase; close it when the phase ends.  Work on a
+        background thread gets none: two bars at once would garble the terminal."""
+        shown = self.show and threading.current_thread() is threading.main_thread()
+        return progress(total=total, desc=desc, unit=unit, enabled=shown)
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from reportgen.overlay import blend_uri, overlay_thumbnail
 from reportgen.report import AuditResult, Figures, PictureRequest
-from reportgen.thumbs import sprite_sheets, sprite_side, thumbnails
+from reportgen.thumbs import in_parallel, sprite_sheets, sprite_side, thumbnails
 from reportgen.util import data_uri
 
 
@@ -58,9 +58,10 @@ def build_figures(
             figs.thumbs[key] = picture_uri(picture)
             tick.update()
         resize = str(result.preprocessing.get("resize", "stretch"))
-        for key, cam in sorted(wanted.overlays.items()):
-            file = key.split(":", 2)[2]
-            figs.thumbs[key] = overlay_thumbnail(root / file, cam, resize)
+        overlays = sorted(wanted.overlays.items())
+        made = in_parallel(lambda item: overlay_thumbnail(root / item[0].split(":", 2)[2], item[1], resize), overlays)
+        for (key, _), uri in zip(overlays, made, strict=True):
+            figs.thumbs[key] = uri
             tick.update()
         for key, (picture, cam) in sorted(wanted.blends.items()):
             figs.thumbs[key] = blend_uri(picture, cam)

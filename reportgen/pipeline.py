@@ -51,6 +51,7 @@ from reportgen.pictures import build_figures
 from reportgen.progress import note
 from reportgen.report import AuditResult, Built, DatasetSummary, Figures, ModelSummary, report_outputs
 from reportgen.sections.base import MultiLabelRun, Shared
+from reportgen.sections.neighbours import embedding
 from reportgen.sections.order import REPORT
 from reportgen.util import file_sha256
 
@@ -466,6 +467,11 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         unusable=unusable_layers(features, *([reference[0]] if reference is not None else [])),
         multilabel=multilabel,
     )
+    if result.model.device != "cpu":
+        # The sections before the t-SNE keep the accelerator busy (maps, corruptions, map
+        # checks) and leave the CPU idle: the t-SNE, which needs only the features and the
+        # CPU, runs beside them.  On a CPU-only run they would compete for the same cores.
+        shared.ahead(embedding)
     result.sections = [Built(section, section.build(shared)) for section in REPORT]
     result.warnings.extend(shared.notes)
     with clock("figures"):

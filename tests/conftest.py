@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,10 @@ SAMPLE = ROOT / "sample_data"
 ARTIFACTS = ROOT / "test-artifacts"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Every test converts its torch models afresh (and writes nothing under the home folder):
+# the converted-program cache is tested on its own, in test_program_cache.py.
+os.environ["REPORTGEN_PROGRAM_CACHE"] = "off"
 
 
 # Options that leave out every section which runs the model again (galleries, map checks,

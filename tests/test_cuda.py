@@ -23,6 +23,17 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 TORCH_FORMATS = ["model.ts", "model.pt2"]
 
 
+def _ort_cuda() -> bool:
+    import onnxruntime
+
+    from reportgen.models.onnx_adapter import cuda_provider_problem
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and cuda_provider_problem() is None
+
+
+ORT_CUDA = pytest.mark.skipif(not _ort_cuda(), reason="ONNX Runtime's CUDA provider is not installed or cannot run")
+
+
 def audit(tmp_path: Path, model: str, device: str) -> tuple[dict, Path]:
     out = tmp_path / device / "report.html"
     result = run_cli("audit", SAMPLE / model, SAMPLE / "images", "-o", out, "-q", "--device", device)
@@ -30,11 +41,14 @@ def audit(tmp_path: Path, model: str, device: str) -> tuple[dict, Path]:
     return json.loads(out.with_suffix(".json").read_text()), out.with_suffix(".features")
 
 
-@pytest.mark.parametrize("model", TORCH_FORMATS)
+@pytest.mark.parametrize("model", [*TORCH_FORMATS, pytest.param("model.onnx", marks=ORT_CUDA)])
 def test_cuda_report_matches_cpu(tmp_path: Path, model: str) -> None:
     gpu, gpu_cache = audit(tmp_path, model, "cuda")
     cpu, cpu_cache = audit(tmp_path, model, "cpu")
     assert gpu["model"]["device"] == "cuda" and cpu["model"]["device"] == "cpu"
+    if model.endswith(".onnx"):
+        assert "CUDAExecutionProvider" in gpu["model"]["runtime"], gpu["model"]["runtime"]
+        assert not any("CPU" in w and "CUDA" in w for w in gpu["warnings"]), gpu["warnings"]
 
     # Predictions: the same class for every image except where the CPU's top two scores
     # are within the features' tolerance of each other.
@@ -62,8 +76,11 @@ def test_cuda_report_matches_cpu(tmp_path: Path, model: str) -> None:
             assert abs(la["knn_accuracy"] - lb["knn_accuracy"]) <= 3 / cpu["dataset"]["n_images"] + 1e-9, la["name"]
 
 
-@pytest.mark.parametrize("method", ["gradcam", "ablationcam"])
-def test_cuda_cam_maps_match_cpu(method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "model"),
+    [("gradcam", "model.ts"), ("ablationcam", "model.ts"), pytest.param("gradcam", "model.onnx", marks=ORT_CUDA)],
+)
+def test_cuda_cam_maps_match_cpu(method: str, model: str) -> None:
     from reportgen.analyses.cam import compute_cam
     from reportgen.data import Preprocess, discover, load_one
     from reportgen.models import last_spatial_layer, load_model
@@ -74,8 +91,9 @@ def test_cuda_cam_maps_match_cpu(method: str) -> None:
     targets = np.arange(len(x)) % 6
     maps = {}
     for device in ("cpu", "cuda"):
-        adapter = load_model(SAMPLE / "model.ts", device=device)
+        adapter = load_model(SAMPLE / model, device=device)
         adapter.prepare(pre.size)
+        assert adapter.info.device == device
         split = adapter.split(last_spatial_layer(adapter.layers()))
         maps[device] = np.asarray(compute_cam(method, split, x, targets, pre.size).maps, np.float64)
     a, b = maps["cpu"].reshape(len(x), -1), maps["cuda"].reshape(len(x), -1)
@@ -114,3 +132,21 @@ def test_cuda_decoding_worker_processes_match_threads(tmp_path: Path, monkeypatc
         x = np.asarray(a.arrays[layer.name], np.float64)
         y = np.asarray(b.arrays[layer.name], np.float64)
         assert float(np.abs(x - y).max()) <= 1e-4 * (float(np.abs(x).max()) or 1.0), layer.name
+
+
+def test_cuda_program_cache_gives_the_converted_run(tmp_path: Path) -> None:
+    """The converted graph read back from the program cache runs on the GPU as the fresh
+    conversion does (the cache holds a CPU graph; it is moved to the device after)."""
+    env = {"REPORTGEN_PROGRAM_CACHE": str(tmp_path / "programs"), "SOURCE_DATE_EPOCH": "0"}
+    reports = []
+    for run in ("first", "second"):
+        out = tmp_path / run / "report.html"
+        args = ["audit", SAMPLE / "model.ts", SAMPLE / "images", "-o", out, "-q", "--device", "cuda", "--no-cache"]
+        result = run_cli(*args, "--faithfulness-images", "0", "--robustness-images", "0", env=env)
+        assert result.code == 0, result.err
+        reports.append(json.loads(out.with_suffix(".json").read_text()))
+    assert len(list((tmp_path / "programs").glob("*.pt2"))) == 1
+    first, second = reports
+    assert [p["pred"] for p in first["predictions"]] == [p["pred"] for p in second["predictions"]]
+    for a, b in zip(first["predictions"], second["predictions"], strict=True):
+        assert abs(a["score"] - b["score"]) < 1e-4

@@ -12,10 +12,13 @@ This is the only module that imports onnxruntime.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
+import io
 import os
 import re
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,14 +65,53 @@ _DTYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, Tenso
 _BATCH_PARAM = "reportgen_batch"
 
 
-def resolve_providers(requested: str) -> tuple[str, list[str]]:
+def resolve_providers(requested: str) -> tuple[str, list[str], str | None]:
+    """The device and ONNX Runtime providers for ``--device`` (auto, cuda or cpu), and why
+    a CUDA provider that is installed cannot be used (None when it can, or is absent).
+
+    A listed ``CUDAExecutionProvider`` only says the GPU build is installed: its library
+    still has to find CUDA, cuDNN and a driver, and when it cannot ONNX Runtime quietly
+    runs the session on the CPU.  The library is loaded here first so that the reason
+    (the missing library, in the loader's words) can be said in one line."""
     available = ort.get_available_providers()
     has_cuda = "CUDAExecutionProvider" in available
     if requested == "cuda" and not has_cuda:
-        raise UserError("--device cuda was asked for, but ONNX Runtime has no CUDA provider (install onnxruntime-gpu)")
-    if requested in ("cuda", "auto") and has_cuda:
-        return "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return "cpu", ["CPUExecutionProvider"]
+        raise UserError(
+            "--device cuda was asked for, but ONNX Runtime has no CUDA provider "
+            "(install the GPU build: pip install 'reportgen[gpu]')"
+        )
+    if requested not in ("cuda", "auto") or not has_cuda:
+        return "cpu", ["CPUExecutionProvider"], None
+    why = cuda_provider_problem()
+    if why is not None:
+        if requested == "cuda":
+            raise UserError(f"--device cuda was asked for, but ONNX Runtime's CUDA provider cannot start: {why}")
+        return "cpu", ["CPUExecutionProvider"], why
+    return "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], None
+
+
+def cuda_provider_problem() -> str | None:
+    """Why ONNX Runtime's CUDA provider library cannot load here, or None when it loads."""
+    import ctypes
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        # CUDA and cuDNN from their pip packages (torch's CUDA build brings them), where
+        # the system's library path has none.
+        try:
+            # It prints its warnings: they go nowhere, the library load below says what is missing.
+            with contextlib.redirect_stdout(io.StringIO()):
+                preload(cuda=True, cudnn=True, msvc=False, directory="")
+        except Exception:  # noqa: BLE001
+            pass
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not library.exists():
+        return None  # not a Linux wheel layout: the session check in OnnxAdapter.session decides
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        return one_line(exc)
+    return None
 
 
 def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
@@ -118,7 +160,7 @@ def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
     for key, value in props.items():
         if key != METADATA_KEY:
             properties[f"metadata.{key}"] = value[:500]
-    dev, providers = resolve_providers(device)
+    dev, providers, unusable = resolve_providers(device)
     info = ModelInfo(
         path=path,
         format="onnx",
@@ -132,7 +174,11 @@ def load_onnx_model(path: Path, *, device: str) -> OnnxAdapter:
         embedded=embedded,
         properties=properties,
     )
-    return OnnxAdapter(info, model, inp.name, np.dtype(_DTYPES[elem]), providers)
+    if unusable is not None:
+        info.notes.append(
+            f"ONNX Runtime's CUDA provider is installed but cannot start ({unusable}); the model ran on the CPU"
+        )
+    return OnnxAdapter(info, model, inp.name, np.dtype(_DTYPES[elem]), providers, requested=device)
 
 
 def run_session(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -181,8 +227,17 @@ def ort_message(exc: BaseException) -> str:
 class OnnxAdapter(ModelAdapter):
     """An ONNX model with its extraction session."""
 
-    def __init__(self, info: ModelInfo, model: onnx.ModelProto, input_name: str, dtype: np.dtype, providers: list[str]):
+    def __init__(
+        self,
+        info: ModelInfo,
+        model: onnx.ModelProto,
+        input_name: str,
+        dtype: np.dtype,
+        providers: list[str],
+        requested: str = "auto",
+    ):
         self.info = info
+        self._requested = requested  # --device: "cuda" makes a provider that cannot start an error
         self.model = model
         self.input_name = input_name
         # Exports with several outputs (logits beside hidden states) are read by "logits".
@@ -229,9 +284,24 @@ class OnnxAdapter(ModelAdapter):
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
+            with warnings.catch_warnings():
+                # A provider it cannot start is a Python warning on stderr; said below instead.
+                warnings.simplefilter("ignore")
+                session = ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"ONNX Runtime cannot load the model: {one_line(exc)}") from None
+        if self.providers[0] != "CPUExecutionProvider" and self.providers[0] not in session.get_providers():
+            # The provider's library loaded but it could not take the session (no device,
+            # a driver older than its CUDA): ONNX Runtime fell back to the CPU by itself.
+            # Every later session and the torch twin follow it there, and the report says so.
+            wanted = self.providers[0]
+            if self._requested == "cuda":
+                raise UserError(f"--device cuda was asked for, but ONNX Runtime could not start {wanted} here")
+            self.providers = ["CPUExecutionProvider"]
+            self.info.device = "cpu"
+            self.info.runtime = f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
+            self.info.notes.append(f"ONNX Runtime could not start {wanted} here; the model ran on the CPU")
+        return session
 
     def prepare(self, size: tuple[int, int]) -> None:
         self.size = size
@@ -514,14 +584,17 @@ class OnnxAdapter(ModelAdapter):
         forward pass).  Past a channels-last map or a token sequence the head holds
         transformer blocks, where finite differences would need 2C head runs per image:
         there the gradient is exact, by autograd through the graph's torch twin (checked
-        against ONNX Runtime), where the twin can run the graph.
+        against ONNX Runtime), where the twin can run the graph.  On a GPU the twin takes
+        every cut: the 2C perturbed copies per image would each cross to the device (128
+        images at ResNet-18's layer4: 13 GB, 5 s on an H200), where one backward pass
+        there needs none.
         """
         self._check(layer)
         info = next((item for item in self._layers if item.name == layer), None)
         if info is None or len(self._shapes[layer]) not in (2, 3):
             raise UserError(f"layer {layer!r} has shape {self._shapes[layer]}; a CAM needs a feature map or token grid")
         split: SplitModel = OnnxSplit(self, layer)
-        if info.layout in (HWC, TOKENS):
+        if info.layout in (HWC, TOKENS) or self.info.device != "cpu":
             try:
                 twin = self.differentiable()
             except UserError:

@@ -45,6 +45,7 @@ from reportgen.models.base import (
     run_in_batches_of,
 )
 from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep
+from reportgen.models.program_cache import ProgramCache
 from reportgen.models.torch_archive import load_exported_program
 from reportgen.models.torch_grad import GuidedRelu, unit_gradients
 from reportgen.models.torchscript import MODULE_KEY
@@ -162,7 +163,9 @@ def load_torch_model(
     )
     if arch:
         info.properties["architecture"] = arch
-    return TorchAdapter(info, build)
+    # A torch.export file is already the program; the others are converted, once per file.
+    cache = ProgramCache.for_model(path, {"format": fmt, "arch": arch}) if fmt != "torch.export" else None
+    return TorchAdapter(info, build, cache)
 
 
 @contextmanager
@@ -511,9 +514,15 @@ def _as_scores(out: torch.Tensor) -> torch.Tensor:
 class TorchAdapter(ModelAdapter):
     """Any torch model, run from its functional ATen graph."""
 
-    def __init__(self, info: ModelInfo, build: Callable[[tuple[int, int], int], torch.export.ExportedProgram]):
+    def __init__(
+        self,
+        info: ModelInfo,
+        build: Callable[[tuple[int, int], int], torch.export.ExportedProgram],
+        cache: ProgramCache | None = None,
+    ):
         self.info = info
         self._build = build
+        self._cache = cache  # the converted, decomposed program of earlier runs (see program_cache)
         self._layers: list[LayerInfo] = []
         self._batched: set[str] = set()
         self._num_outputs = 0
@@ -525,6 +534,33 @@ class TorchAdapter(ModelAdapter):
     # -- preparation
 
     def prepare(self, size: tuple[int, int]) -> None:
+        cached = self._cache.load(size, self.info.channels) if self._cache is not None else None
+        program = cached if cached is not None else self._converted(size)
+        try:
+            with warnings.catch_warnings(), _quiet_torch():
+                warnings.simplefilter("ignore")
+                if self.device.type != "cpu":
+                    from torch.export.passes import move_to_device_pass
+
+                    program = move_to_device_pass(program, self.device)
+                gm = program.module()
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"cannot prepare the model graph: {one_line(exc)}") from None
+        for p in gm.parameters():
+            p.requires_grad_(False)
+        _keep_logits_output(gm, program.call_spec.out_spec)
+        self._exec = _Executor(gm)
+        placeholders = [n for n in self._exec.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise UserError(f"the model takes {len(placeholders)} inputs; reportgen needs exactly one image input")
+        self._by_name = {n.name: n for n in self._exec.nodes}
+        self._discover(placeholders[0], size)
+
+    def _converted(self, size: tuple[int, int]) -> torch.export.ExportedProgram:
+        """The model as a functional ATen program at ``size``, converted now (and kept in
+        the program cache for the next run)."""
         try:
             with _quiet_torch():
                 program = self._build(size, self.info.channels)
@@ -544,24 +580,11 @@ class TorchAdapter(ModelAdapter):
                 warnings.simplefilter("ignore")
                 # Functional ATen: a tapped tensor is never changed in place afterwards.
                 program = program.run_decompositions({})
-                if self.device.type != "cpu":
-                    from torch.export.passes import move_to_device_pass
-
-                    program = move_to_device_pass(program, self.device)
-                gm = program.module()
-        except UserError:
-            raise
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"cannot prepare the model graph: {one_line(exc)}") from None
-        for p in gm.parameters():
-            p.requires_grad_(False)
-        _keep_logits_output(gm, program.call_spec.out_spec)
-        self._exec = _Executor(gm)
-        placeholders = [n for n in self._exec.nodes if n.op == "placeholder"]
-        if len(placeholders) != 1:
-            raise UserError(f"the model takes {len(placeholders)} inputs; reportgen needs exactly one image input")
-        self._by_name = {n.name: n for n in self._exec.nodes}
-        self._discover(placeholders[0], size)
+        if self._cache is not None:
+            self._cache.store(size, self.info.channels, program)
+        return program
 
     def _discover(self, placeholder: torch.fx.Node, size: tuple[int, int]) -> None:
         assert self._exec is not None

@@ -8,6 +8,7 @@ pictures a section makes; the picture step turns every key into one embedded ima
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -68,12 +69,51 @@ class Shared:
     notes: list[str] = field(default_factory=list)  # warnings sections add for the top of the report
     multilabel: MultiLabelRun | None = None  # several labels per image: ``truth`` is -1 and ``pred`` the top label
     _memo: dict[Callable[..., Any], Any] = field(default_factory=dict, repr=False)
+    _ahead: dict[Callable[..., Any], _Background] = field(default_factory=dict, repr=False)
 
     def once(self, compute: Callable[[Shared], T]) -> T:
-        """``compute(self)``, computed on the first call and remembered."""
+        """``compute(self)``, computed on the first call and remembered (when it was
+        started :meth:`ahead`, its result is waited for)."""
         if compute not in self._memo:
-            self._memo[compute] = compute(self)
+            running = self._ahead.pop(compute, None)
+            if running is not None:
+                with self.clock("waiting for background work"):
+                    self._memo[compute] = running.result()
+            else:
+                self._memo[compute] = compute(self)
         return self._memo[compute]
+
+    def ahead(self, compute: Callable[[Shared], Any]) -> None:
+        """Start ``compute(self)`` now on a background thread, for :meth:`once` to collect.
+
+        For work that needs only the features and the CPU (t-SNE) while the sections
+        before it keep a GPU busy: the result is the same as computed in turn.  The
+        thread is a daemon, so an error or an interrupt elsewhere does not wait for it."""
+        if compute in self._memo or compute in self._ahead:
+            return
+        self._ahead[compute] = _Background(lambda: compute(self))
+
+
+class _Background:
+    """One computation on a daemon thread; :meth:`result` waits and re-raises its error."""
+
+    def __init__(self, work: Callable[[], Any]):
+        self._outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self._outcome["value"] = work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the thread that collects it
+                self._outcome["error"] = exc
+
+        self._thread = threading.Thread(target=run, name="reportgen-background", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
 
 
 def thumb_key(file: str, reference: bool = False) -> str:
