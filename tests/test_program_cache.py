@@ -74,6 +74,13 @@ def test_unreadable_or_foreign_entries_are_converted_again(tmp_path: Path, monke
     snapshot(prepared(SAMPLE / "model.ts"))
     assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
 
+    # An empty folder named for it is adopted.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv(program_cache.ENV, str(empty))
+    snapshot(prepared(SAMPLE / "model.ts"))
+    assert (empty / TAG_NAME).read_text() == TAG and len(list(empty.glob("*.pt2"))) == 1
+
     monkeypatch.setenv(program_cache.ENV, "off")
     assert program_cache.cache_folder() is None
 

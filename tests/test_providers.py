@@ -106,4 +106,4 @@ def test_twin_gradient_at_a_cnn_cut_equals_central_differences() -> None:
     np.testing.assert_allclose(b.weights, a.weights, rtol=1e-2, atol=1e-4 * float(np.abs(a.weights).max()))
     np.testing.assert_array_equal(a.targets, b.targets)
     for p, q in zip(a.maps, b.maps, strict=True):
-        assert np.ptp(p) == 0 and np.ptp(q) == 0 or np.corrcoef(p.ravel(), q.ravel())[0, 1] > 0.999
+        assert (np.ptp(p) == 0 and np.ptp(q) == 0) or np.corrcoef(p.ravel(), q.ravel())[0, 1] > 0.999

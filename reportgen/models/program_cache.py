@@ -4,13 +4,13 @@ into a functional ``ExportedProgram`` once, not at every audit.
 The conversion (``torchscript.convert`` or ``torch.export``, then ``run_decompositions``)
 takes seconds -- on a GPU machine it was the longest phase of a whole report.  Its
 result is a pure function of the model file's bytes, the input size and channels, and
-the torch and reportgen versions, which together name the entry.
+the torch, torchvision and reportgen versions, which together name the entry.
 
 Where: ``$REPORTGEN_PROGRAM_CACHE`` (``off`` turns the cache off), else
 ``$XDG_CACHE_HOME/reportgen/programs``, else ``~/.cache/reportgen/programs``.  The folder
-is reportgen's own: it is made with a ``CACHEDIR.TAG`` naming reportgen, and only a
-folder holding that tag is written to or pruned, and only entries named as this module
-names them (``<64 hex>.pt2``).  At most :data:`KEEP` entries stay, the least recently
+is reportgen's own: it is made (or, found empty, adopted) with a ``CACHEDIR.TAG`` naming
+reportgen, and only a folder holding that tag is written to or pruned, and only entries
+named as this module names them (``<64 hex>.pt2``).  At most :data:`KEEP` entries stay, the least recently
 used go first.
 
 An entry is read back with :func:`torch_archive.load_exported_program` without
@@ -27,6 +27,7 @@ import os
 import re
 import tempfile
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -57,12 +58,26 @@ def cache_folder() -> Path | None:
     return (Path(base) if base else Path.home() / ".cache") / "reportgen" / "programs"
 
 
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 class ProgramCache:
     """The cache entries of one model file (see the module's docstring)."""
 
     def __init__(self, folder: Path, model_sha256: str, recipe: dict[str, object]):
         self.folder = folder
-        self.base = {"model": model_sha256, "torch": torch.__version__, "reportgen": __version__, **recipe}
+        # torchvision builds the module a state_dict is loaded into: its version is part of the graph.
+        self.base = {
+            "model": model_sha256,
+            "torch": torch.__version__,
+            "torchvision": _version("torchvision"),
+            "reportgen": __version__,
+            **recipe,
+        }
 
     @classmethod
     def for_model(cls, path: Path, recipe: dict[str, object]) -> ProgramCache | None:
@@ -106,6 +121,8 @@ class ProgramCache:
         try:
             if not self.folder.exists():
                 self.folder.mkdir(parents=True, exist_ok=True)
+            if not any(self.folder.iterdir()):
+                # A folder reportgen made just now, or an empty one named for it: adopted.
                 (self.folder / TAG_NAME).write_text(TAG, encoding="utf-8")
             if not self._ours():
                 return  # a folder reportgen did not make: nothing is written there
