@@ -74,7 +74,7 @@ def extraction(
         decode = (time.perf_counter() - start, pixels)
     decode_s, pixels = decode
     ours, bare, adapter, layers = _extraction_seconds(
-        kind, model, dataset, pixels, pre, batch, repeats=2, device=device
+        kind, model, dataset, pixels, pre, batch, repeats=2, device=device, decode_processes=True
     )
     n = len(files)
     ratio = (decode_s + bare) / ours
@@ -97,7 +97,7 @@ def throughput(model: Path, images: Path, batch: int, device: str, decode: tuple
     pre = Preprocess((224, 224))
     decode_s, pixels = decode
     ours, bare, _, layers = _extraction_seconds(
-        "torchscript", model, dataset, pixels, pre, batch, repeats=2, device=device
+        "torchscript", model, dataset, pixels, pre, batch, repeats=2, device=device, decode_processes=True
     )
     n = len(pixels)
     return [

@@ -84,6 +84,7 @@ def _extraction_seconds(
     batch: int,
     repeats: int,
     device: str = "cpu",
+    decode_processes: bool = False,
 ) -> tuple[float, float, ModelAdapter, list[LayerInfo]]:
     """Seconds for reportgen to extract ``dataset`` (decode included, default layers) and
     for the bare runtime to run the pre-decoded ``pixels``; the prepared adapter and the
@@ -94,7 +95,10 @@ def _extraction_seconds(
 
     def once() -> None:
         with tempfile.TemporaryDirectory() as folder:
-            extract(dataset, adapter, layers, pre, Path(folder), batch_size=batch, show_progress=False)
+            extract(
+                dataset, adapter, layers, pre, Path(folder), batch_size=batch, show_progress=False,
+                decode_processes=decode_processes,
+            )  # fmt: skip
 
     ours = _best_of(once, repeats=repeats)
     return ours, bare_forward(kind, path, pixels, batch, device), adapter, layers

@@ -82,7 +82,7 @@ def test_metrics_equal_scikit_learn_s(seed: int) -> None:
     assert m.samples_f1 == pytest.approx(f1_score(y, pred, average="samples", zero_division=1.0))
     assert m.subset_accuracy == pytest.approx(accuracy_score(y, pred))
     assert m.hamming_loss == pytest.approx(hamming_loss(y, pred))
-    assert np.array_equal(m.cooccurrence, y.T.astype(int) @ y.astype(int))
+    assert np.array_equal(m.cooccurrence.toarray(), y.T.astype(int) @ y.astype(int))
     assert m.true_counts == np.bincount(y.sum(axis=1)).tolist()
     assert m.true_cardinality == pytest.approx(y.sum(axis=1).mean())
 
@@ -364,15 +364,19 @@ def test_thresholds_without_several_labels_are_refused(tmp_path: Path) -> None:
     assert_no_traceback(result)
 
 
-def test_chunked_counts_equal_a_direct_computation() -> None:
+def test_chunked_counts_equal_a_direct_computation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Co-occurrence summed over row chunks, and suspects read in chunks of 4,096 rows,
     equal the whole-matrix computation (5,000 rows, every label, unknown neighbours)."""
+    from reportgen.analyses import multilabel
     from reportgen.analyses.multilabel import MAX_LABEL_SUSPECTS, cooccurrence
 
     rng = np.random.default_rng(5)
     n, k = 5000, 4
     truth = (rng.random((n, k)) < 0.3).astype(np.int8)
-    assert np.array_equal(cooccurrence(truth, chunk=7), truth.T.astype(int) @ truth.astype(int))
+    assert np.array_equal(cooccurrence(truth, chunk=7).toarray(), truth.T.astype(int) @ truth.astype(int))
+    # Past DENSE_LABELS the sparse route: the same counts.
+    monkeypatch.setattr(multilabel, "DENSE_LABELS", 3)
+    assert np.array_equal(cooccurrence(truth, chunk=7).toarray(), truth.T.astype(int) @ truth.astype(int))
     probs = rng.random((n, k))
     known = rng.random(n) < 0.9
     neighbours = rng.integers(-1, n, (n, 5))

@@ -94,6 +94,46 @@ def test_decoding_worker_processes_store_the_same_features(
         np.testing.assert_array_equal(mine.arrays[name], values, err_msg=name)
 
 
+def test_a_model_on_an_accelerator_is_fed_by_processes_on_every_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the model on a GPU, decoding is all the CPU does: a few hundred images are
+    enough for worker processes, one per core, and they decode what threads decode.
+    (The adapter runs on the CPU here; only its device says "cuda".)"""
+    from reportgen.models import load_model, resolve_layers
+
+    pools: list[tuple[int, bool]] = []
+    real = data._decode_pool
+
+    def watched(workers: int, processes: bool) -> object:
+        pools.append((workers, processes))
+        return real(workers, processes)
+
+    monkeypatch.setattr(data, "_decode_pool", watched)
+    monkeypatch.setattr(extract, "GPU_PROCESS_DECODE_MIN", 10)
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    dataset = data.discover(SAMPLE / "images")
+    adapter = load_model(SAMPLE / "model.onnx", device="cpu")
+    pre = data.resolve_preprocess(adapter.info)
+    adapter.prepare(pre.size)
+    layers = resolve_layers(None, adapter, pre.channels, pre.size)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        adapter.info.device = device
+        folder = tmp_path / device
+        folder.mkdir()
+        runs[device] = extract.extract(
+            dataset, adapter, layers, pre, folder, batch_size=16, show_progress=False, decode_processes=True
+        )
+    adapter.info.device = "cpu"
+    assert pools == [(3, False), (3, True)]  # threads below PROCESS_DECODE_MIN on the CPU; 3 processes on a GPU
+    a, b = runs["cpu"], runs["cuda"]
+    assert a.files == b.files and a.sha256 == b.sha256
+    np.testing.assert_array_equal(a.outputs, b.outputs)
+    for name, values in a.arrays.items():
+        np.testing.assert_array_equal(np.asarray(b.arrays[name]), np.asarray(values), err_msg=name)
+
+
 def test_a_single_file_cache_from_an_older_version_is_named_and_replaced(tmp_path: Path) -> None:
     old = tmp_path / "old.features"
     np.savez(old.with_suffix(".npz"), meta=np.array(json.dumps({"format": 3, "tool_version": "0.9"})))

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 # A label is suspected missing when the model says it is there (p >= threshold) and at
 # least this share of the image's neighbours carry it; extra when the model says it is
@@ -70,8 +71,8 @@ class MultiLabelMetrics:
     predicted_cardinality: float
     true_counts: list[int]  # images with 0, 1, 2, ... true labels
     predicted_counts: list[int]  # the same for predicted labels
-    cooccurrence: np.ndarray  # (K, K) images carrying both labels; the diagonal is the support
-    predicted_cooccurrence: np.ndarray  # (K, K) images given both labels
+    cooccurrence: sparse.csr_matrix  # (K, K) images carrying both labels; the diagonal is the support
+    predicted_cooccurrence: sparse.csr_matrix  # (K, K) images given both labels
 
 
 @dataclass
@@ -141,7 +142,10 @@ def multilabel_metrics(
     if not np.any(known):
         return None
     y = truth[known].astype(bool)
-    p = probs[known].astype(np.float64)
+    # As given (float32 from ``independent_probabilities``): ranks, ties and threshold
+    # decisions are those of the values themselves, and a float64 copy of a million
+    # images of 600 labels would be 4.8 GB.
+    p = probs[known]
     pred = p >= thresholds[None, :]
     n, k = y.shape
     tp = (y & pred).sum(axis=0).astype(np.float64)
@@ -197,17 +201,32 @@ def multilabel_metrics(
     )
 
 
-def cooccurrence(labels: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """(K, K) counts of images carrying both labels, from an (N, K) 0/1 matrix, summed
-    over row chunks (a million images of 600 labels never become one float copy)."""
+DENSE_LABELS = 2048  # up to this many labels the K x K counts are computed dense (32 MB)
+
+
+def cooccurrence(labels: np.ndarray, chunk: int = 65536) -> sparse.csr_matrix:
+    """(K, K) counts of images carrying both labels, from an (N, K) 0/1 matrix, as a
+    sparse matrix (the diagonal is each label's count).
+
+    Up to :data:`DENSE_LABELS` labels the counts are summed densely over row chunks (a
+    million images of 600 labels never become one float copy).  Past that -- a tagger of
+    ImageNet-21k's 21,843 labels -- a dense K x K table would be 3.8 GB, so the chunks
+    are multiplied as sparse matrices and only the pairs that occur are kept."""
     k = labels.shape[1]
-    out = np.zeros((k, k), np.int64)
-    for start in range(0, len(labels), chunk):
-        part = labels[start : start + chunk].astype(np.float32)
-        # Exact: float32 holds every count of a chunk (at most 65,536) without rounding;
-        # einsum's own loop measured 3-10x faster here than BLAS on the transposed view.
-        out += np.rint(np.einsum("ij,ik->jk", part, part)).astype(np.int64)
-    return out
+    if k <= DENSE_LABELS:
+        out = np.zeros((k, k), np.int64)
+        for start in range(0, len(labels), chunk):
+            part = labels[start : start + chunk].astype(np.float32)
+            # Exact: float32 holds every count of a chunk (at most 65,536) without rounding;
+            # einsum's own loop measured 3-10x faster here than BLAS on the transposed view.
+            out += np.rint(np.einsum("ij,ik->jk", part, part)).astype(np.int64)
+        return sparse.csr_matrix(out)
+    total = sparse.csr_matrix((k, k), dtype=np.int64)
+    step = max(1, min(chunk, (1 << 26) // k))  # dense rows converted at a time: 64 M cells
+    for start in range(0, len(labels), step):
+        part = sparse.csr_matrix(labels[start : start + step] != 0).astype(np.int64)
+        total = total + (part.T @ part).tocsr()
+    return total
 
 
 @dataclass

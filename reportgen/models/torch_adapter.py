@@ -575,6 +575,14 @@ class TorchAdapter(ModelAdapter):
             raise UserError(
                 f"cannot turn the model into a graph reportgen can run{hint}: {one_line(exc, 200)}"
             ) from None
+        # Each node's module, stamped where the decomposition carries it along: its own
+        # ``nn_module_stack`` is not always (functionalisation replays a view -- timm
+        # MobileNetV3's ``flatten`` -- where the next module uses it, and records it there).
+        for node in program.graph.nodes:
+            if node.op == "call_function" and MODULE_KEY not in (node.meta.get("custom") or {}):
+                path = _module_path(node)
+                if path:
+                    node.meta.setdefault("custom", {})[MODULE_KEY] = path
         try:
             with warnings.catch_warnings(), _quiet_torch():
                 warnings.simplefilter("ignore")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from reportgen import figures
 from reportgen.analyses.multilabel import LabelSuspicions, MultiLabelMetrics, cooccurrence, label_suspects
@@ -93,8 +94,8 @@ class CooccurrenceView:
     true_counts: list[int] | None  # images with 0, 1, 2, ... labels
     predicted_counts: list[int]
     labels: list[str]  # every label
-    cooccurrence: np.ndarray | None  # (K, K) images carrying both
-    predicted_cooccurrence: np.ndarray  # (K, K) images given both
+    cooccurrence: sparse.csr_matrix | None  # (K, K) images carrying both
+    predicted_cooccurrence: sparse.csr_matrix  # (K, K) images given both
     shown: list[int] = field(default_factory=list)  # labels the picture shows, most frequent first
     pairs: list[tuple[str, str, int, int]] = field(default_factory=list)  # (a, b, given, predicted), commonest
 
@@ -112,16 +113,18 @@ class CooccurrenceSection(Section):
         predicted_co = cooccurrence(multi.predicted)
         given = m.cooccurrence if m is not None else None
         base = given if given is not None else predicted_co
-        order = np.lexsort((np.arange(len(base)), -np.diag(base)))
-        shown = [int(i) for i in order[:SHOWN_LABELS] if base[i, i] > 0]
+        support = base.diagonal()
+        order = np.lexsort((np.arange(len(support)), -support))
+        shown = [int(i) for i in order[:SHOWN_LABELS] if support[i] > 0]
         classes = shared.class_map.classes
-        iu = np.triu_indices(len(base), 1)
-        pair_counts = base[iu]
-        top = np.lexsort((iu[1], iu[0], -pair_counts))[:20]
+        # The pairs that occur (a sparse matrix keeps no others), commonest first.
+        upper = sparse.triu(base, 1).tocoo()
+        top = np.lexsort((upper.col, upper.row, -upper.data))[:20]
         pairs = [
-            (classes[iu[0][t]], classes[iu[1][t]], int(given[iu[0][t], iu[1][t]]) if given is not None else -1,
-             int(predicted_co[iu[0][t], iu[1][t]]))
-            for t in top if pair_counts[t] > 0
+            (classes[upper.row[t]], classes[upper.col[t]],
+             int(given[upper.row[t], upper.col[t]]) if given is not None else -1,
+             int(predicted_co[upper.row[t], upper.col[t]]))
+            for t in top if upper.data[t] > 0
         ]  # fmt: skip
         counts = np.bincount(per_image, minlength=1)
         return CooccurrenceView(
@@ -146,8 +149,10 @@ class CooccurrenceSection(Section):
                 "predicted_cardinality": content.predicted_cardinality,
                 "true_counts": content.true_counts,
                 "predicted_counts": content.predicted_counts,
-                "cooccurrence": content.cooccurrence.tolist() if small and content.cooccurrence is not None else None,
-                "predicted_cooccurrence": content.predicted_cooccurrence.tolist() if small else None,
+                "cooccurrence": (
+                    content.cooccurrence.toarray().tolist() if small and content.cooccurrence is not None else None
+                ),
+                "predicted_cooccurrence": content.predicted_cooccurrence.toarray().tolist() if small else None,
                 "pairs": [
                     {"a": a, "b": b, "given": g if g >= 0 else None, "predicted": n} for a, b, g, n in content.pairs
                 ],
@@ -160,7 +165,7 @@ class CooccurrenceSection(Section):
             matrix = content.cooccurrence if content.cooccurrence is not None else content.predicted_cooccurrence
             idx = np.array(content.shown)
             charts["cooccurrence"] = lambda: figures.cooccurrence_figure(
-                matrix[np.ix_(idx, idx)], [content.labels[i] for i in idx]
+                matrix[idx][:, idx].toarray(), [content.labels[i] for i in idx]
             )
         return PictureRequest(charts=charts)
 
