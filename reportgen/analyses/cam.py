@@ -61,7 +61,14 @@ def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     x0, x1, wx = axis(w, out_w)
     m = maps.astype(np.float32)
     rows = m[:, y0, :] * (1 - wy)[None, :, None] + m[:, y1, :] * wy[None, :, None]
-    return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
+    # The full-size pass in place: the same products and sums, element by element (so
+    # the same bits on every CPU), without three more full-size temporaries.
+    out = rows[:, :, x0]
+    out *= (1 - wx)[None, None, :]
+    right = rows[:, :, x1]
+    right *= wx[None, None, :]
+    out += right
+    return out
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:
@@ -69,7 +76,11 @@ def normalise(maps: np.ndarray) -> np.ndarray:
     low = maps.min(axis=(1, 2), keepdims=True)
     shifted = maps - low
     high = shifted.max(axis=(1, 2), keepdims=True)
-    return np.divide(shifted, high, out=np.zeros_like(shifted), where=high > 0).astype(np.float32)
+    flat = ~(high > 0).ravel()  # not positive, or NaN: zeros, as before
+    # In place: a report's maps are millions of pixels, and each temporary was a copy.
+    np.divide(shifted, high, out=shifted, where=high > 0)
+    shifted[flat] = 0.0
+    return shifted.astype(np.float32, copy=False)
 
 
 def combine(activations: np.ndarray, weights: np.ndarray, size: tuple[int, int]) -> np.ndarray:
