@@ -63,8 +63,9 @@ def ort_cuda_problem() -> str | None:
 def extraction(
     kind: str, label: str, model: Path, images: Path, batch: int, device: str, decode: tuple[float, np.ndarray] | None
 ) -> tuple[list[Figure], tuple[float, np.ndarray]]:
-    """reportgen's extraction (all default layers, decode on its threads) over the bare
-    forward pass, and over decoding alone in one thread (measured once, then reused)."""
+    """reportgen's extraction (all default layers, decoded as the command line decodes:
+    worker processes on a GPU) over the bare forward pass, and over decoding alone in one
+    thread (measured once, then reused)."""
     dataset = discover(images, follow_links=True)
     pre = Preprocess((224, 224))
     files = [dataset.root / r.file for r in dataset.records]

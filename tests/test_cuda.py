@@ -119,6 +119,7 @@ def test_cuda_decoding_worker_processes_match_threads(tmp_path: Path, monkeypatc
     runs = {}
     for name, smallest in (("threads", 10**9), ("processes", 0)):
         monkeypatch.setattr(extract, "PROCESS_DECODE_MIN", smallest)
+        monkeypatch.setattr(extract, "GPU_PROCESS_DECODE_MIN", smallest)  # the model is on the GPU here
         monkeypatch.setattr(data, "_decode_pool", watched)
         out, cache = tmp_path / name / "report.html", tmp_path / name / "features"
         args = ["audit", str(SAMPLE / "model.ts"), str(SAMPLE / "images"), "-o", str(out), "-q"]
