@@ -40,6 +40,7 @@ from benchmarks.measure import (
 )
 from reportgen.data import Preprocess, discover
 from reportgen.models import program_cache
+from reportgen.models.onnx_adapter import cuda_unavailable
 
 
 def _sync(device: str) -> None:
@@ -47,17 +48,6 @@ def _sync(device: str) -> None:
 
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def ort_cuda_problem() -> str | None:
-    """None when ONNX Runtime's CUDA provider can run here; otherwise why it cannot."""
-    import onnxruntime
-
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        return "this onnxruntime has no CUDA provider"
-    from reportgen.models.onnx_adapter import cuda_provider_problem
-
-    return cuda_provider_problem()
 
 
 def extraction(
@@ -284,7 +274,7 @@ def run(
     models = build_models(work / "models")
     resnet50 = build_resnet50(work / "models")
     images = subset_folder(build_images(work / "images", n_images), work / f"subset-{n_images}", n_images)
-    why_not_onnx = ort_cuda_problem() if device == "cuda" else None
+    why_not_onnx = cuda_unavailable() if device == "cuda" else None
     onnx = why_not_onnx is None
     started = time.perf_counter()
 

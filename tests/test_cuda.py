@@ -17,21 +17,16 @@ import torch
 from conftest import SAMPLE, read_cache, run_cli
 
 from reportgen.extract import load_cache
+from reportgen.models.onnx_adapter import cuda_unavailable
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 TORCH_FORMATS = ["model.ts", "model.pt2"]
 
 
-def _ort_cuda() -> bool:
-    import onnxruntime
-
-    from reportgen.models.onnx_adapter import cuda_provider_problem
-
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and cuda_provider_problem() is None
-
-
-ORT_CUDA = pytest.mark.skipif(not _ort_cuda(), reason="ONNX Runtime's CUDA provider is not installed or cannot run")
+ORT_CUDA = pytest.mark.skipif(
+    cuda_unavailable() is not None, reason="ONNX Runtime's CUDA provider is not installed or cannot run"
+)
 
 
 def audit(tmp_path: Path, model: str, device: str) -> tuple[dict, Path]:

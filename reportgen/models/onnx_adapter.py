@@ -90,6 +90,14 @@ def resolve_providers(requested: str) -> tuple[str, list[str], str | None]:
     return "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], None
 
 
+def cuda_unavailable() -> str | None:
+    """None when ONNX Runtime's CUDA provider can run here; otherwise why not (not
+    installed, or installed but its library cannot load)."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this onnxruntime has no CUDA provider (pip install 'reportgen[gpu]')"
+    return cuda_provider_problem()
+
+
 def cuda_provider_problem() -> str | None:
     """Why ONNX Runtime's CUDA provider library cannot load here, or None when it loads."""
     import ctypes
