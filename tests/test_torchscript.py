@@ -57,6 +57,17 @@ def test_scope_to_module_path() -> None:
     assert module_path_of_scope(scope) == "layer4.1.conv2"
     assert module_path_of_scope("ResNet::") == ""
     assert module_path_of_scope("") == ""
+    # ModuleLists iterated in Python leave no scope: ``stages.1``'s block ``0`` is in
+    # ``layers``, not in ``downsampling_layer`` (transformers' ConvNeXt); the scope's class
+    # says which, and the rest of the chain when the classes agree.
+    paths = {
+        "stages": "ModuleList", "stages.1": "Stage", "stages.1.downsampling_layer": "ModuleList",
+        "stages.1.downsampling_layer.0": "LayerNorm", "stages.1.layers": "ModuleList",
+        "stages.1.layers.0": "Layer", "stages.1.layers.0.conv": "Conv2d",
+    }  # fmt: skip
+    assert module_path_of_scope("Net::/a.Stage::1/a.Layer::0", paths) == "stages.1.layers.0"
+    assert module_path_of_scope("Net::/a.Stage::1/a.LayerNorm::0", paths) == "stages.1.downsampling_layer.0"
+    assert module_path_of_scope("Net::/a.Stage::1/Other::0/Conv2d::conv", paths) == "stages.1.layers.0.conv"
 
 
 def test_traced_padding_runs_at_every_batch_with_module_names(tmp_path: Path) -> None:

@@ -76,6 +76,10 @@ class LayerInfo:
     # attention: projections, a window's padded copy), or ""
     role: str = ""
     cells: tuple[int, int] | None = None  # grid of means kept per channel (see pool_cells)
+    # Axes followed from the input although they are none of the layouts above (tokens
+    # transposed to (C, T) for a 1-D pooling, as transformers' Swin pools): not offered
+    # as a layer of its own, but not a place where the thread was lost either.
+    followed: bool = False
 
     @property
     def spatial(self) -> bool:
@@ -214,10 +218,12 @@ def annotate_layers(
     floats: set[str],
     input_name: str,
     channels_last: bool,
+    copies: dict[str, str] | None = None,
 ) -> list[LayerInfo]:
-    """The candidate layers with their layouts and roles, recognised from the graph."""
-    layouts = infer_layouts(steps, shapes, input_name, channels_last)
-    feeding = attention_inputs(steps, shapes, layouts, floats)
+    """The candidate layers with their layouts and roles, recognised from the graph
+    (``copies``: see :func:`~reportgen.models.layouts.infer_layouts`)."""
+    layouts = infer_layouts(steps, shapes, input_name, channels_last, copies)
+    feeding = attention_inputs(steps, shapes, layouts, floats, copies)
     entries = set(attention_entries(steps, shapes, layouts, feeding))
     attention = set(feeding)
     is_residual = residual_test(shapes)
@@ -237,8 +243,8 @@ def annotate_layers(
         if lay is None and len(layer.shape) == 1:
             # One axis per image: whatever the ops on the way, a feature vector.
             out.append(replace(layer, layout=VECTOR, role=""))
-        elif lay is None:
-            out.append(replace(layer, layout="", role=""))
+        elif lay is None or not lay.kind:
+            out.append(replace(layer, layout="", role="", followed=lay is not None))
         else:
             out.append(replace(layer, layout=lay.kind, prefix=lay.prefix, grid=lay.grid, role=role))
     return out
@@ -483,7 +489,7 @@ def graph_gap(layers: list[LayerInfo]) -> str:
     if not labelled:
         return ""
     last = labelled[-1]
-    lost = [layer for layer in ranked[last + 1 :] if not layer.layout]
+    lost = [layer for layer in ranked[last + 1 :] if not layer.layout and not layer.followed]
     if not lost:
         return ""
     where = ranked[last].module or ranked[last].name
@@ -496,17 +502,22 @@ def graph_gap(layers: list[LayerInfo]) -> str:
 
 
 def last_spatial_layer(layers: list[LayerInfo]) -> str | None:
-    """Grad-CAM's default target, the one the field uses for each family.
+    """Grad-CAM's default target, the one the grad-cam package recommends for each family.
 
-    For a transformer on tokens (a ViT): the input of its last block's attention
-    (``encoder.layers[-1].ln_1`` in torchvision, ``blocks[-1].norm1`` in timm), marked
-    ``attention_input`` by the adapter.  For everything else (CNNs, ConvNeXt, Swin): the
-    last feature map -- for a CNN the input of its global pooling, channels-last maps
-    included.
+    For a transformer on tokens (a ViT, transformers' Swin): the input of its last
+    block's attention (``encoder.layers[-1].ln_1`` in torchvision, ``blocks[-1].norm1``
+    in timm), marked ``attention_input`` by the adapter.  For everything else (CNNs,
+    ConvNeXt, timm's channels-last Swin): the last feature map of the main stream -- for
+    a CNN the input of its global pooling, channels-last maps included; an attention's
+    detours (a Swin window's padded copy) never count.  Tokens without attention
+    (MLP-Mixer): the last token grid.
     """
-    tokens = [layer for layer in layers if layer.layout == TOKENS and layer.spatial]
-    maps = [layer for layer in layers if layer.layout in (CHW, HWC) and layer.spatial]
-    attention = [layer for layer in tokens if layer.role == "attention_input"]
+    spatial = [layer for layer in layers if layer.spatial and not layer.role.startswith("attention")]
+    tokens = [layer for layer in spatial if layer.layout == TOKENS]
+    maps = [layer for layer in spatial if layer.layout in (CHW, HWC)]
+    attention = [
+        layer for layer in layers if layer.layout == TOKENS and layer.spatial and layer.role == "attention_input"
+    ]
     if attention and (not maps or layers.index(attention[-1]) > layers.index(maps[-1])):
         return attention[-1].name
     if maps:

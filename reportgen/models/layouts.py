@@ -18,6 +18,11 @@ whatever the runtime:
 * a node that only changes channel or spatial sizes keeps its labels (convolutions,
   pooling, linear layers over channels, patch merging), and one that removes the
   spatial or token axes leaves a **vector** (C,);
+* axes pooled to size one, or of size one put in or taken out, read ``1``; what is left
+  of a pooling once they go is a **vector**;
+* a tensor the rules cannot follow that held, bit for bit, the values of an earlier one
+  when the graph was probed is that tensor (the dynamo exporter's identity
+  ``as_strided``), and takes its labels;
 * anything else -- a product of two per-image tensors (attention scores), a reshape into
   heads, a tensor that is not per-image at all -- is **unknown**, and unknown tensors are
   never offered as default layers or Grad-CAM targets.
@@ -29,8 +34,12 @@ own name) and the per-image shapes it measured; this module does the rest.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 CHW = "chw"
 HWC = "hwc"
@@ -87,6 +96,10 @@ def _same_rank_change(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -
         t = out[lay.axes.index("T")]
         if t == lay.grid[0] * lay.grid[1]:  # the prefix tokens sliced off
             return Layout(lay.axes, 0, lay.grid)
+    if changed == {"T"} and out[lay.axes.index("T")] == 1:
+        # Tokens pooled to one, or one picked (a 1-D average pooling of (C, T) tokens in
+        # transformers' Swin; ``x[:, :1]``): the axis is left, of size one.
+        return Layout(tuple("1" if a == "T" else a for a in lay.axes))
     return None
 
 
@@ -103,7 +116,20 @@ def _reshaped(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout
         return Layout(("H", "W", "C"))
     if kind in (CHW, HWC) and out == (src[0] if kind == CHW else src[2],) and src[0] * src[1] * src[2] == out[0]:
         return Layout(("C",))
-    return _split_or_merged(lay, src, out)
+    if "C" in lay.axes and set(lay.axes) <= {"C", "1"} and out == (src[lay.axes.index("C")],):
+        return Layout(("C",))  # a pooled axis of size one flattened away
+    return _split_or_merged(lay, src, out) or _unit_axes(lay, src, out)
+
+
+def _unit_axes(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout | None:
+    """Axes of size one put in or taken out (an ``unsqueeze`` before a pooling, a
+    ``squeeze`` after it): the other axes keep their labels, the new ones read ``1``."""
+    core = [(label, size) for label, size in zip(lay.axes, src, strict=True) if size != 1]
+    if [size for _, size in core] != [size for size in out if size != 1] or src == out:
+        return None
+    labels = iter(label for label, _ in core)
+    axes = tuple("1" if size == 1 else next(labels) for size in out)
+    return Layout(axes, lay.prefix, lay.grid) if "T" in axes else Layout(axes)
 
 
 def _groups(src: tuple[int, ...], out: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
@@ -176,7 +202,8 @@ def _reduced(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout 
         kept.append(i)
         i += 1
     labels = tuple(lay.axes[k] for k in kept)
-    return Layout(labels) if labels == ("C",) else None
+    # What is left of a pooling: the channels, with axes of size one or without.
+    return Layout(labels) if "C" in labels and set(labels) <= {"C", "1"} else None
 
 
 def _concatenated(lay: Layout, index: int, shapes: list[tuple[int, ...] | None], out: tuple[int, ...]) -> Layout | None:
@@ -196,50 +223,91 @@ def _concatenated(lay: Layout, index: int, shapes: list[tuple[int, ...] | None],
 
 
 def infer_layouts(
-    steps: list[GraphStep], shapes: dict[str, tuple[int, ...]], input_name: str, channels_last: bool = False
+    steps: list[GraphStep],
+    shapes: dict[str, tuple[int, ...]],
+    input_name: str,
+    channels_last: bool = False,
+    copies: dict[str, str] | None = None,
 ) -> dict[str, Layout]:
     """The layout of every per-image tensor whose axes the rules can follow (see the module
-    docstring); ``shapes`` holds the per-image shapes (batch removed) of per-image tensors."""
+    docstring); ``shapes`` holds the per-image shapes (batch removed) of per-image tensors.
+    ``copies`` maps a tensor to an earlier one that held the very same values when the
+    graph was probed (see :func:`identical_copies`): where the rules cannot follow it, it
+    takes that one's labels."""
     layouts: dict[str, Layout] = {input_name: Layout(("H", "W", "C") if channels_last else ("C", "H", "W"))}
+    copies = copies or {}
     for step in steps:
-        if len(step.outputs) != 1 or step.outputs[0] not in shapes:
-            continue
-        out_name = step.outputs[0]
-        out = shapes[out_name]
-        per_image = [(i, name) for i, name in enumerate(step.inputs) if name in shapes]
-        if not per_image:
-            continue  # computed from what is not per-image: unknown
-        known = [(i, name) for i, name in per_image if name in layouts]
-        if not known:
-            continue
-        result: Layout | None = None
-        if step.op == "matmul" and len(per_image) >= 2:
-            continue  # a product of two per-image tensors: attention scores or their use
-        if step.op == "permute" and step.perm is not None and step.perm[0] == 0:
-            lay = layouts[known[0][1]]
-            order = [p - 1 for p in step.perm[1:]]
-            if sorted(order) == list(range(len(lay.axes))):
-                result = Layout(tuple(lay.axes[p] for p in order), lay.prefix, lay.grid)
-        else:
-            for _, name in known:  # the shape of a labelled input: same labels
-                if shapes[name] == out:
-                    result = layouts[name]
-                    break
-            if result is None and (len(known) == 1 or step.op == "concat"):
-                index, name = known[-1] if step.op == "concat" else known[0]
-                lay, src = layouts[name], shapes[name]
-                if step.op == "concat":
-                    all_shapes = [shapes.get(n) for n in step.inputs]
-                    result = _concatenated(lay, index, all_shapes, out) if len(src) == len(out) else None
-                elif step.op == "reshape":
-                    result = _reshaped(lay, src, out)
-                elif len(src) == len(out):
-                    result = _same_rank_change(lay, src, out)
-                else:
-                    result = _reduced(lay, src, out)
-        if result is not None:
-            layouts[out_name] = result
+        # A step of several outputs (ONNX's Split of a SwiGLU MLP's fc1 into its two
+        # halves): each output by the same rules.
+        for out_name in step.outputs:
+            if out_name in shapes:
+                _infer_output(step, out_name, shapes, layouts)
+            if out_name not in layouts and copies.get(out_name) in layouts:
+                layouts[out_name] = layouts[copies[out_name]]
     return layouts
+
+
+def identical_copies(values: dict[str, np.ndarray], order: list[str]) -> dict[str, str]:
+    """Tensors (in graph ``order``) whose probed values equal, bit for bit and in shape, an
+    earlier tensor's: the dynamo ONNX exporter writes an identity ``as_strided`` as a
+    Gather from the flattened batch at computed indices, which no rule can follow, but
+    its result is the same tensor.  Tensors of one value throughout are left out: two of
+    them agree by chance."""
+    first: dict[tuple[Any, ...], str] = {}
+    copies: dict[str, str] = {}
+    for name in order:
+        value = values.get(name)
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.size < 2:
+            continue
+        flat = np.ascontiguousarray(value)
+        if flat.min() == flat.max():
+            continue
+        key = (value.shape, value.dtype.str, hashlib.blake2b(memoryview(flat).cast("B"), digest_size=16).digest())
+        if key in first:
+            copies[name] = first[key]
+        else:
+            first[key] = name
+    return copies
+
+
+def _infer_output(
+    step: GraphStep, out_name: str, shapes: dict[str, tuple[int, ...]], layouts: dict[str, Layout]
+) -> None:
+    """Label ``out_name``, one output of ``step``, in ``layouts`` when the rules follow it."""
+    out = shapes[out_name]
+    per_image = [(i, name) for i, name in enumerate(step.inputs) if name in shapes]
+    if not per_image:
+        return  # computed from what is not per-image: unknown
+    known = [(i, name) for i, name in per_image if name in layouts]
+    if not known:
+        return
+    result: Layout | None = None
+    if step.op == "matmul" and len(per_image) >= 2:
+        return  # a product of two per-image tensors: attention scores or their use
+    if step.op == "permute" and step.perm is not None and step.perm[0] == 0:
+        lay = layouts[known[0][1]]
+        order = [p - 1 for p in step.perm[1:]]
+        if sorted(order) == list(range(len(lay.axes))):
+            result = Layout(tuple(lay.axes[p] for p in order), lay.prefix, lay.grid)
+    else:
+        for _, name in known:  # the shape of a labelled input: same labels
+            if shapes[name] == out:
+                result = layouts[name]
+                break
+        if result is None and (len(known) == 1 or step.op == "concat"):
+            index, name = known[-1] if step.op == "concat" else known[0]
+            lay, src = layouts[name], shapes[name]
+            if step.op == "concat":
+                all_shapes = [shapes.get(n) for n in step.inputs]
+                result = _concatenated(lay, index, all_shapes, out) if len(src) == len(out) else None
+            elif step.op == "reshape":
+                result = _reshaped(lay, src, out)
+            elif len(src) == len(out):
+                result = _same_rank_change(lay, src, out)
+            else:
+                result = _reduced(lay, src, out)
+    if result is not None:
+        layouts[out_name] = result
 
 
 def _consumers(steps: list[GraphStep]) -> dict[str, list[GraphStep]]:
@@ -262,7 +330,11 @@ def residual_test(shapes: dict[str, tuple[int, ...]]) -> Callable[[GraphStep], b
 
 
 def attention_inputs(
-    steps: list[GraphStep], shapes: dict[str, tuple[int, ...]], layouts: dict[str, Layout], floats: set[str]
+    steps: list[GraphStep],
+    shapes: dict[str, tuple[int, ...]],
+    layouts: dict[str, Layout],
+    floats: set[str],
+    copies: dict[str, str] | None = None,
 ) -> list[str]:
     """Grid and token tensors that feed an attention computation, in graph order.
 
@@ -272,10 +344,17 @@ def attention_inputs(
     add.  In a pre-norm transformer block that is the normalised input of the attention
     (``ln_1`` in torchvision, ``norm1`` in timm): the tensor Grad-CAM explains in a ViT.
     ``floats`` names every floating-point tensor the graph computed (per-image or not);
-    other outputs (shapes, indices) are arithmetic on sizes and lead nowhere.
+    other outputs (shapes, indices) are arithmetic on sizes and lead nowhere; nor does a
+    tensor read only to make a copy of another (``copies``, see :func:`identical_copies`:
+    the dynamo exporter's flattened batch behind its identity ``as_strided``).
     """
     consumers = _consumers(steps)
     is_residual = residual_test(shapes)
+    copies = copies or {}
+
+    def only_copied(name: str) -> bool:
+        readers = consumers.get(name, [])
+        return bool(readers) and all(o in copies for step in readers for o in step.outputs)
 
     def reaches_unknown(name: str) -> bool:
         stack, seen = [name], {name}
@@ -286,7 +365,7 @@ def attention_inputs(
                 for out in step.outputs:
                     if out not in floats:
                         continue
-                    if out not in layouts:
+                    if out not in layouts and not only_copied(out):
                         return True
                     if out not in seen:
                         seen.add(out)
@@ -324,6 +403,17 @@ def attention_entries(
         return seen
 
     joins = {out for step in steps if is_residual(step) for out in step.outputs}
+    skips = {name for step in steps if is_residual(step) for name in step.inputs}
     starts = [n for n in feeding if n not in joins]
-    inside = set().union(*(below(n) for n in starts)) if starts else set()
+    # A stage's first tensors, before its first residual add (transformers' Swin: the
+    # patch merging; a ViT: the embedded patches), are the stream itself: they feed the
+    # block's skip connection, and the block's norm below them is the entry.  Where no
+    # such norm lies below (a post-norm block reads the stream itself), the tensor the
+    # skip connection carries is the entry, not the ones before it.
+    reach = {n: below(n) for n in starts}
+    proper = {n for n in starts if n not in skips and not reach[n] & skips}
+    starts = [n for n in starts if n in proper or not reach[n] & proper]
+    carried = skips & set(starts)
+    starts = [n for n in starts if n in proper or n in carried or not reach[n] & carried]
+    inside = set().union(*(reach[n] for n in starts)) if starts else set()
     return [n for n in starts if n not in inside]

@@ -49,7 +49,7 @@ from reportgen.models.base import (
     shuffled,
     shuffles,
 )
-from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep
+from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep, identical_copies
 
 if TYPE_CHECKING:
     from reportgen.models.onnx_torch import OnnxTwinDifferentiable
@@ -406,8 +406,15 @@ class OnnxAdapter(ModelAdapter):
         self._shapes[self.input_name] = tuple(int(s) for s in example.shape[1:])
         self._dtypes[self.input_name] = self.dtype
         floats = {n for n, v in values.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+        per_image = {name: values[name] for name in self._shapes if name in values}
         self._layers = annotate_layers(
-            self._layers, graph_steps(graph), self._shapes, floats, self.input_name, self.info.channels_last
+            self._layers,
+            graph_steps(graph),
+            self._shapes,
+            floats,
+            self.input_name,
+            self.info.channels_last,
+            identical_copies(per_image, [name for name, _ in order]),
         )
         found = logit_tensor(graph, self.output_name)
         self.score_layer, self.score_activation = None, None

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -407,7 +407,14 @@ class _Executor:
 
     ``torch.fx.Interpreter`` would do, but recomputes nothing we can skip and frees
     nothing early; this keeps a per-node list of values that die after it.
+
+    Every ``view`` runs as ``reshape``: the decomposition wrote a reshape as a view where
+    the traced tensor was contiguous, and with gradients on (Grad-CAM's head) an
+    attention kernel may hand back other strides (timm's BEiT traced to TorchScript).
+    The graph is functional, so a copy where a view cannot be made gives the same values.
     """
+
+    ALWAYS: ClassVar[dict[Any, Any]] = {torch.ops.aten.view.default: torch.ops.aten.reshape.default}
 
     def __init__(self, gm: torch.fx.GraphModule):
         self.gm = gm
@@ -449,6 +456,7 @@ class _Executor:
                 kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
                 if op == "call_function":
                     fn = replace.get(node.target, node.target) if replace else node.target
+                    fn = self.ALWAYS.get(fn, fn)
                     value = fn(*args, **kwargs)
                 elif op == "call_method":
                     obj, *rest = args

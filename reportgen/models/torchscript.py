@@ -35,20 +35,21 @@ import torch.fx
 MODULE_KEY = "reportgen.module"  # where the module path lives in node.meta["custom"]
 
 
-def module_path_of_scope(scope: str, paths: set[str] | None = None) -> str:
+def module_path_of_scope(scope: str, paths: dict[str, str] | None = None) -> str:
     """``ResNet::/Sequential::layer4/BasicBlock::1/Conv2d::conv2`` -> ``layer4.1.conv2``.
 
     Each segment is ``type::attribute``; the first is the root module (no attribute).
-    With the model's module ``paths``, a container the trace left out is put back: a
-    ``ModuleList`` iterated in Python (``for blk in self.blocks``, as timm's EVA does) is
-    never called, so its blocks' scopes read ``2.norm1`` where the module is
-    ``blocks.2.norm1``, the name every other format gives it.
+    With the model's module ``paths`` (path -> class name), a container the trace left
+    out is put back: a ``ModuleList`` iterated in Python (``for blk in self.blocks``, as
+    timm's EVA does) is never called, so its blocks' scopes read ``2.norm1`` where the
+    module is ``blocks.2.norm1``, the name every other format gives it.
     """
-    names = [name for name in (segment.rpartition("::")[2] for segment in scope.split("/")[1:]) if name]
+    segments = [segment.rpartition("::") for segment in scope.split("/")[1:]]
+    chain = [(kind.rpartition(".")[2], name) for kind, _, name in segments if name]
     if paths is None:
-        return ".".join(names)
+        return ".".join(name for _, name in chain)
     path = ""
-    for i, name in enumerate(names):
+    for i, (kind, name) in enumerate(chain):
         direct = f"{path}.{name}" if path else name
         if direct not in paths:
             prefix = f"{path}." if path else ""
@@ -57,10 +58,13 @@ def module_path_of_scope(scope: str, paths: set[str] | None = None) -> str:
                 for p in paths
                 if p.startswith(prefix) and p.endswith(f".{name}") and p.count(".") == direct.count(".") + 1
             ]
-            if len(inside) > 1 and i + 1 < len(names):
-                # ``0`` may sit in several containers (``stem.0``, ``stages.0``): the one
-                # that holds the rest of the chain.
-                inside = [p for p in inside if f"{p}.{names[i + 1]}" in paths]
+            # ``0`` may sit in several containers (``stem.0``, ``stages.0``; transformers'
+            # ConvNeXt stage holds ``downsampling_layer.0`` and ``layers.0``): the one of
+            # the scope's class, then the one that holds the rest of the chain.
+            if len(inside) > 1:
+                inside = [p for p in inside if paths[p] == kind] or inside
+            if len(inside) > 1 and i + 1 < len(chain):
+                inside = [p for p in inside if f"{p}.{chain[i + 1][1]}" in paths]
             if len(inside) == 1:
                 direct = inside[0]
         path = direct
@@ -79,14 +83,19 @@ def convert(load: Callable[[], torch.jit.ScriptModule], example: torch.Tensor) -
     from torch._export import converter as ts_converter
 
     module = load()
-    paths = {name for name, _ in module.named_modules() if name}
+    paths = {name: _class_name(child) for name, child in module.named_modules() if name}
     with warnings.catch_warnings(), _scoped_graph_converter(ts_converter, paths):
         warnings.simplefilter("ignore")
         return _size_folding(ts_converter)(module, (example,)).convert()
 
 
+def _class_name(module: torch.nn.Module) -> str:
+    """The class a scope names: a loaded ScriptModule keeps it as ``original_name``."""
+    return str(getattr(module, "original_name", None) or type(module).__name__)
+
+
 @contextmanager
-def _scoped_graph_converter(ts_converter: Any, paths: set[str]) -> Iterator[None]:
+def _scoped_graph_converter(ts_converter: Any, paths: dict[str, str]) -> Iterator[None]:
     """Make ``TS2EPConverter`` build its FX graph with :class:`_ScopedGraphConverter`.
 
     ``TS2EPConverter.convert`` names the graph-converter class through the module, so the
