@@ -234,6 +234,18 @@ FAMILIES = [
         lambda m: m.model.convnext.encoder.stages[-1],
     ),
     Hub(
+        "hf-convnext-v2",
+        _hf("ConvNextV2ForImageClassification", "ConvNextV2Config", **_HF_STAGES),
+        64,
+        lambda m: m.model.convnextv2.encoder.stages[-1],
+    ),
+    Hub(
+        "hf-regnet",
+        _hf("RegNetForImageClassification", "RegNetConfig", embedding_size=16, groups_width=8, **_HF_STAGES),
+        64,
+        lambda m: m.model.regnet.encoder.stages[-1],
+    ),
+    Hub(
         "hf-resnet",
         _hf("ResNetForImageClassification", "ResNetConfig", embedding_size=16, **_HF_STAGES),
         64,
@@ -255,6 +267,24 @@ FAMILIES = [
         ),
         64,
         lambda m: m.model.swin.encoder.layers[-1].blocks[-1].layernorm_before,
+        lambda t: t.reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2),
+    ),
+    # Swin V2 normalises after the attention (post-norm): the attention reads the residual
+    # stream itself, so there is no attention input of its own; the target is the final
+    # layernorm over the last stage's tokens.
+    Hub(
+        "hf-swin-v2",
+        _hf(
+            "Swinv2ForImageClassification",
+            "Swinv2Config",
+            image_size=64,
+            embed_dim=16,
+            depths=[1, 1, 1],
+            num_heads=[1, 2, 2],
+            window_size=2,
+        ),
+        64,
+        lambda m: m.model.swinv2.layernorm,
         lambda t: t.reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2),
     ),
 ]
