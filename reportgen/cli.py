@@ -165,7 +165,10 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     chosen = set(default_layers(layers, adapter.num_outputs))
     cam = default_cam_layer(adapter)
     print(f"# {printable(str(args.model))} ({info.format}), input {size[0]}x{size[1]}, {adapter.num_outputs} outputs")
-    print("# * audited by default   c Grad-CAM's default target   ? axes not recognised (attention internals)")
+    print(
+        "# * audited by default   c Grad-CAM's default target   ? axes not recognised (attention internals)   "
+        "~ axes followed, neither map, tokens nor vector (tokens transposed for a pooling)"
+    )
     gap = graph_gap(layers)
     if gap:
         print(f"# warning: {printable(gap)}")
@@ -174,7 +177,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     rows = [("* ", "", INPUT_LAYER, "", "pixels, downsampled")]
     for layer in layers:
         mark = ("*" if layer.name in chosen else " ") + (
-            "c" if layer.name == cam else ("?" if not layer.layout else " ")
+            "c" if layer.name == cam else ("~" if layer.followed else "?" if not layer.layout else " ")
         )
         cells = pool_cells(layer)
         grid = f" [{cells[0]}x{cells[1]}]" if cells else ""
