@@ -10,7 +10,7 @@ import numpy as np
 
 from reportgen.models import graph_gap
 from reportgen.models.base import LayerInfo, annotate_layers
-from reportgen.models.layouts import TOKENS, GraphStep, attention_entries, attention_inputs, identical_copies
+from reportgen.models.layouts import TOKENS, GraphStep, ProbedCopies, attention_entries, attention_inputs
 from reportgen.models.layouts import infer_layouts as infer
 
 C, SIDE = 12, 4  # channels differ from the token count, so no axis is taken for another
@@ -28,10 +28,12 @@ def _tokens_from_pixels() -> tuple[list[GraphStep], dict[str, tuple[int, ...]]]:
     return steps, shapes
 
 
-def _annotated(steps: list[GraphStep], shapes: dict[str, tuple[int, ...]], copies=None) -> list[LayerInfo]:
+def _annotated(
+    steps: list[GraphStep], shapes: dict[str, tuple[int, ...]], copy_of: ProbedCopies | None = None
+) -> list[LayerInfo]:
     names = [o for step in steps for o in step.outputs if o in shapes]
     candidates = [LayerInfo(name, shapes[name]) for name in names]
-    return annotate_layers(candidates, steps, shapes, set(shapes) | {"flat"}, "x", False, copies)
+    return annotate_layers(candidates, steps, shapes, set(shapes) | {"flat"}, "x", False, copy_of)
 
 
 def test_tokens_pooled_through_a_transpose_are_followed_to_a_vector() -> None:
@@ -95,10 +97,14 @@ def test_a_copy_the_rules_cannot_follow_takes_the_labels_of_its_original() -> No
     mean = rng.standard_normal((2, C, 1, 1)).astype(np.float32)
     values = {"map": rng.standard_normal((2, C, SIDE, SIDE)).astype(np.float32), "mean": mean}
     values |= {"strided": mean.copy(), "vec": mean.reshape(2, C), "zeros": np.zeros((2, C)), "zeros2": np.zeros((2, C))}
-    copies = identical_copies(values, ["map", "mean", "strided", "vec", "zeros", "zeros2"])
-    assert copies == {"strided": "mean"}  # the flattened view has another shape; zeros never count
+    copy_of = ProbedCopies(values, ["map", "mean", "strided", "vec", "zeros", "zeros2"])
+    assert copy_of("strided") == "mean"
+    assert copy_of("mean") is None and copy_of("vec") is None  # the first of its values; another shape
+    assert copy_of("zeros2") is None  # one value throughout: equal by chance
+    values["other"] = mean + np.float32(1e-3)
+    assert ProbedCopies(values, ["mean", "other"])("other") is None
     assert "could not follow" in graph_gap(_annotated(steps, shapes))
-    layers = _annotated(steps, shapes, copies)
+    layers = _annotated(steps, shapes, copy_of)
     assert graph_gap(layers) == ""
     assert {layer.name: layer.layout for layer in layers}["strided"] == "chw"
     # The flattened batch feeds nothing but the copy: the map is no attention input.

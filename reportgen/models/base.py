@@ -218,12 +218,12 @@ def annotate_layers(
     floats: set[str],
     input_name: str,
     channels_last: bool,
-    copies: dict[str, str] | None = None,
+    copy_of: Callable[[str], str | None] | None = None,
 ) -> list[LayerInfo]:
     """The candidate layers with their layouts and roles, recognised from the graph
-    (``copies``: see :func:`~reportgen.models.layouts.infer_layouts`)."""
-    layouts = infer_layouts(steps, shapes, input_name, channels_last, copies)
-    feeding = attention_inputs(steps, shapes, layouts, floats, copies)
+    (``copy_of``: see :class:`~reportgen.models.layouts.ProbedCopies`)."""
+    layouts = infer_layouts(steps, shapes, input_name, channels_last, copy_of)
+    feeding = attention_inputs(steps, shapes, layouts, floats, copy_of)
     entries = set(attention_entries(steps, shapes, layouts, feeding))
     attention = set(feeding)
     is_residual = residual_test(shapes)

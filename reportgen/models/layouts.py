@@ -34,7 +34,6 @@ own name) and the per-image shapes it measured; this module does the rest.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -227,47 +226,68 @@ def infer_layouts(
     shapes: dict[str, tuple[int, ...]],
     input_name: str,
     channels_last: bool = False,
-    copies: dict[str, str] | None = None,
+    copy_of: Callable[[str], str | None] | None = None,
 ) -> dict[str, Layout]:
     """The layout of every per-image tensor whose axes the rules can follow (see the module
     docstring); ``shapes`` holds the per-image shapes (batch removed) of per-image tensors.
-    ``copies`` maps a tensor to an earlier one that held the very same values when the
-    graph was probed (see :func:`identical_copies`): where the rules cannot follow it, it
-    takes that one's labels."""
+    ``copy_of`` names the earlier tensor one held the very same values as when the graph
+    was probed (:class:`ProbedCopies`): where the rules cannot follow a tensor, it takes
+    that one's labels."""
     layouts: dict[str, Layout] = {input_name: Layout(("H", "W", "C") if channels_last else ("C", "H", "W"))}
-    copies = copies or {}
     for step in steps:
         # A step of several outputs (ONNX's Split of a SwiGLU MLP's fc1 into its two
         # halves): each output by the same rules.
         for out_name in step.outputs:
-            if out_name in shapes:
-                _infer_output(step, out_name, shapes, layouts)
-            if out_name not in layouts and copies.get(out_name) in layouts:
-                layouts[out_name] = layouts[copies[out_name]]
+            if out_name not in shapes:
+                continue
+            _infer_output(step, out_name, shapes, layouts)
+            if out_name not in layouts and copy_of is not None:
+                original = copy_of(out_name)
+                if original in layouts:
+                    layouts[out_name] = layouts[original]
     return layouts
 
 
-def identical_copies(values: dict[str, np.ndarray], order: list[str]) -> dict[str, str]:
-    """Tensors (in graph ``order``) whose probed values equal, bit for bit and in shape, an
-    earlier tensor's: the dynamo ONNX exporter writes an identity ``as_strided`` as a
-    Gather from the flattened batch at computed indices, which no rule can follow, but
-    its result is the same tensor.  Tensors of one value throughout are left out: two of
-    them agree by chance."""
-    first: dict[tuple[Any, ...], str] = {}
-    copies: dict[str, str] = {}
-    for name in order:
-        value = values.get(name)
-        if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.size < 2:
-            continue
-        flat = np.ascontiguousarray(value)
-        if flat.min() == flat.max():
-            continue
-        key = (value.shape, value.dtype.str, hashlib.blake2b(memoryview(flat).cast("B"), digest_size=16).digest())
-        if key in first:
-            copies[name] = first[key]
-        else:
-            first[key] = name
-    return copies
+class ProbedCopies:
+    """Which tensor, of those the graph computed when it was probed, another one is a copy
+    of: the same shape and the very same values, bit for bit.  The dynamo ONNX exporter
+    writes an identity ``as_strided`` as a Gather from the flattened batch at computed
+    indices, which no rule can follow, but its result is the tensor it started from.
+
+    Asked lazily, only of the tensors the rules cannot follow, and compared only with
+    earlier tensors of the same shape (a few values first): a graph's probe values run to
+    gigabytes for a large ViT, too many to hash whole.  A tensor of one value throughout
+    is nobody's copy: two of them agree by chance.
+    """
+
+    def __init__(self, values: dict[str, np.ndarray], order: list[str]):
+        self._values = values
+        self._rank = {name: i for i, name in enumerate(order)}
+        self._by_shape: dict[tuple[Any, ...], list[str]] = {}
+        for name in order:
+            value = values.get(name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size >= 2:
+                self._by_shape.setdefault((value.shape, value.dtype.str), []).append(name)
+        self._found: dict[str, str | None] = {}
+
+    def __call__(self, name: str) -> str | None:
+        """The earlier tensor ``name`` is a copy of, or None."""
+        if name not in self._found:
+            self._found[name] = self._original(name)
+        return self._found[name]
+
+    def _original(self, name: str) -> str | None:
+        value = self._values.get(name)
+        if not isinstance(value, np.ndarray) or name not in self._rank:
+            return None
+        head = value.reshape(-1)[:64]
+        for other in self._by_shape.get((value.shape, value.dtype.str), []):
+            if self._rank[other] >= self._rank[name]:
+                break
+            candidate = self._values[other]
+            if np.array_equal(candidate.reshape(-1)[:64], head) and np.array_equal(candidate, value):
+                return None if np.all(value == head[0]) else other
+        return None
 
 
 def _infer_output(
@@ -334,7 +354,7 @@ def attention_inputs(
     shapes: dict[str, tuple[int, ...]],
     layouts: dict[str, Layout],
     floats: set[str],
-    copies: dict[str, str] | None = None,
+    copy_of: Callable[[str], str | None] | None = None,
 ) -> list[str]:
     """Grid and token tensors that feed an attention computation, in graph order.
 
@@ -345,16 +365,19 @@ def attention_inputs(
     (``ln_1`` in torchvision, ``norm1`` in timm): the tensor Grad-CAM explains in a ViT.
     ``floats`` names every floating-point tensor the graph computed (per-image or not);
     other outputs (shapes, indices) are arithmetic on sizes and lead nowhere; nor does a
-    tensor read only to make a copy of another (``copies``, see :func:`identical_copies`:
+    tensor read only to make a copy of another (``copy_of``, see :class:`ProbedCopies`:
     the dynamo exporter's flattened batch behind its identity ``as_strided``).
     """
     consumers = _consumers(steps)
     is_residual = residual_test(shapes)
-    copies = copies or {}
 
     def only_copied(name: str) -> bool:
         readers = consumers.get(name, [])
-        return bool(readers) and all(o in copies for step in readers for o in step.outputs)
+        return (
+            copy_of is not None
+            and bool(readers)
+            and all(copy_of(o) is not None for step in readers for o in step.outputs)
+        )
 
     def reaches_unknown(name: str) -> bool:
         stack, seen = [name], {name}

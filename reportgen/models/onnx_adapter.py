@@ -49,7 +49,7 @@ from reportgen.models.base import (
     shuffled,
     shuffles,
 )
-from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep, identical_copies
+from reportgen.models.layouts import CHW, HWC, TOKENS, GraphStep, ProbedCopies
 
 if TYPE_CHECKING:
     from reportgen.models.onnx_torch import OnnxTwinDifferentiable
@@ -414,7 +414,7 @@ class OnnxAdapter(ModelAdapter):
             floats,
             self.input_name,
             self.info.channels_last,
-            identical_copies(per_image, [name for name, _ in order]),
+            ProbedCopies(per_image, [name for name, _ in order]),
         )
         found = logit_tensor(graph, self.output_name)
         self.score_layer, self.score_activation = None, None
