@@ -490,19 +490,22 @@ def test_a_transformers_model_is_read_by_its_logits(tmp_path: Path, fmt: str) ->
 
 
 class _Unfollowable(torch.nn.Module):
-    """A CNN whose feature map goes through a reshape the layout rules do not follow
-    ((C, H, W) -> (C*H, W) -> back): every tensor after it has unknown axes."""
+    """A CNN whose feature map goes through reshapes the layout rules do not follow
+    ((C, H, W) -> (C*H, W), transposed, -> (C, H, W) again: the values scrambled, so not
+    even a copy of the map): every tensor after it has unknown axes."""
 
-    def __init__(self) -> None:
+    def __init__(self, scramble: bool = True) -> None:
         super().__init__()
         self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
         self.body = torch.nn.Conv2d(8, 16, 3, padding=1, stride=2)
         self.head = torch.nn.Linear(16, 3)
+        self.scramble = scramble
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = torch.relu(self.stem(x))
         n, c, h, w = a.shape
-        a = a.reshape(n, c * h, w).reshape(n, c, h, w)
+        a = a.reshape(n, c * h, w)
+        a = (a.transpose(1, 2) if self.scramble else a).reshape(n, c, h, w)
         return self.head(torch.relu(self.body(a)).mean(dim=(2, 3)))
 
 
@@ -530,6 +533,14 @@ def test_a_graph_whose_thread_is_lost_says_so(tmp_path: Path) -> None:
     assert named.code == 0, named.err
     plain = run_cli("cam", path, next(images.rglob("*.png")), "-o", tmp_path / "n.npy")
     assert plain.code == 2 and "--layer" in plain.err
+    # Without the transpose the round trip gives the map back bit for bit: the probe shows
+    # it, and the tensor after it is that map (no gap; the body's map is the target).
+    torch.manual_seed(0)
+    adapter = load_model(_export(_Unfollowable(scramble=False).eval(), "onnx", 32, tmp_path / "same"), device="cpu")
+    adapter.prepare((32, 32))
+    assert graph_gap(adapter.layers()) == ""
+    target = default_cam_layer(adapter)
+    assert target is not None and {layer.name: layer.shape for layer in adapter.layers()}[target] == (16, 16, 16)
 
 
 class _ConvBn(torch.nn.Module):
