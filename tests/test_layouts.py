@@ -10,7 +10,7 @@ import numpy as np
 
 from reportgen.models import graph_gap
 from reportgen.models.base import LayerInfo, annotate_layers
-from reportgen.models.layouts import TOKENS, GraphStep, ProbedCopies, attention_entries, attention_inputs, main_stream
+from reportgen.models.layouts import TOKENS, GraphStep, ProbedCopies, attention_entries, attention_inputs
 from reportgen.models.layouts import infer_layouts as infer
 
 C, SIDE = 12, 4  # channels differ from the token count, so no axis is taken for another
@@ -137,54 +137,3 @@ def test_the_entry_of_a_stage_s_first_attention_is_its_norm_not_the_stream() -> 
     post = [GraphStep(s.op, ["merged" if i == "ln" else i for i in s.inputs], s.outputs, s.perm) for s in post]
     layouts = infer(post, shapes, "x")
     assert attention_entries(post, shapes, layouts, attention_inputs(post, shapes, layouts, set(shapes))) == ["merged"]
-
-
-def test_the_main_stream_is_what_every_path_goes_through() -> None:
-    """A MobileViT block: the map is unfolded into patches for an attention and folded
-    back, then concatenated with the block's input and fused -- no residual add.  The
-    block's input and the fusion are on every path (stage ends, no detour; past the first
-    residual add, before which a transformer embeds its patches); the unfolded branch is
-    not.  A shape read early for a reshape late (integers) is no way around."""
-    steps = [
-        GraphStep("Conv", ["x", "w"], ["a0"]),
-        GraphStep("Conv", ["a0", "w1"], ["a1"]),
-        GraphStep("add", ["a0", "a1"], ["a"]),  # a residual block before it
-        GraphStep("Shape", ["a"], ["size"]),
-        GraphStep("Conv", ["a", "w2"], ["local"]),
-        GraphStep("reshape", ["local"], ["patches"]),  # (C, H, W) -> patches: unknown
-        GraphStep("matmul", ["patches", "patches"], ["mixed"]),
-        GraphStep("reshape", ["mixed"], ["folded"]),
-        GraphStep("concat", ["a", "folded"], ["both"]),
-        GraphStep("Conv", ["both", "w3"], ["fused"]),
-        GraphStep("Conv", ["fused", "w5"], ["local2"]),  # the next block, the same way
-        GraphStep("reshape", ["local2"], ["patches2"]),
-        GraphStep("matmul", ["patches2", "patches2"], ["mixed2"]),
-        GraphStep("reshape", ["mixed2"], ["folded2"]),
-        GraphStep("concat", ["fused", "folded2"], ["both2"]),
-        GraphStep("Conv", ["both2", "w6"], ["fused2"]),
-        GraphStep("ReduceMean", ["fused2"], ["pooled"]),
-        GraphStep("reshape", ["pooled", "size"], ["vec"]),
-        GraphStep("MatMul", ["vec", "w4"], ["logits"]),
-    ]
-    shapes = {
-        "x": (3, 8, 8),
-        "a0": (C, 8, 8),
-        "a1": (C, 8, 8),
-        "a": (C, 8, 8),
-        "local": (C, 8, 8),
-        "patches": (4, 16, C),
-        "mixed": (4, 16, C),
-    }
-    shapes |= {"folded": (C, 8, 8), "both": (2 * C, 8, 8), "fused": (C, 8, 8), "pooled": (C, 1, 1)}
-    shapes |= {"vec": (C,), "logits": (3,), "local2": (C, 8, 8), "patches2": (4, 16, C), "mixed2": (4, 16, C)}
-    shapes |= {"folded2": (C, 8, 8), "both2": (2 * C, 8, 8), "fused2": (C, 8, 8)}
-    floats = set(shapes)
-    stream = {"x", "a0", "a", "both", "fused", "both2", "fused2", "pooled", "vec", "logits"}
-    assert main_stream(steps, "x", floats) == stream
-    # The size read is an integer: counted as a path, it would jump over the whole block.
-    assert main_stream(steps, "x", floats | {"size"}) == {"x", "a0", "a", "vec", "logits"}
-    layers = {layer.name: layer for layer in _annotated(steps, shapes)}
-    # The stream: stage ends, though the fusion leads into the next block's attention
-    # before any residual add.
-    assert layers["a"].role == "residual" and layers["fused"].role == ""
-    assert layers["local"].role.startswith("attention")  # the branch into the patches

@@ -33,7 +33,6 @@ from reportgen.models.layouts import (
     attention_entries,
     attention_inputs,
     infer_layouts,
-    main_stream,
     residual_test,
 )
 from reportgen.util import ROW_BLOCK, release
@@ -225,16 +224,9 @@ def annotate_layers(
     (``copy_of``: see :class:`~reportgen.models.layouts.ProbedCopies`)."""
     layouts = infer_layouts(steps, shapes, input_name, channels_last, copy_of)
     feeding = attention_inputs(steps, shapes, layouts, floats, copy_of)
-    # What the whole model flows through is no detour, even where it reaches an attention
-    # with no residual add around it (MobileViT's blocks fold their tokens back and
-    # concat) -- past the first residual add: before it lies the embedding of a
-    # transformer (the pixels cast, the patches), which leads into its first attention.
+    entries = set(attention_entries(steps, shapes, layouts, feeding))
+    attention = set(feeding)
     is_residual = residual_test(shapes)
-    first_join = next((i for i, step in enumerate(steps) if is_residual(step)), len(steps))
-    embedding = {o for step in steps[:first_join] for o in step.outputs}
-    stream = main_stream(steps, input_name, floats) - embedding - {input_name}
-    entries = set(attention_entries(steps, shapes, layouts, feeding)) - stream
-    attention = set(feeding) - stream
     residual = {o for step in steps if is_residual(step) for o in step.outputs if o in layouts}
     out = []
     for layer in candidates:

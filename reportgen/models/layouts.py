@@ -34,7 +34,6 @@ own name) and the per-image shapes it measured; this module does the rest.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -399,47 +398,6 @@ def attention_inputs(
     order = [o for step in steps for o in step.outputs]
     grids = (CHW, HWC, TOKENS)
     return [n for n in order if n in layouts and layouts[n].kind in grids and reaches_unknown(n)]
-
-
-def main_stream(steps: list[GraphStep], input_name: str, floats: set[str]) -> set[str]:
-    """The tensors every path from the input to the graph's output goes through: the
-    stream a model is a chain of (a CNN's stage ends, a transformer's residual adds, a
-    MobileViT block's fusion).  What attention reads from them but the skip connection
-    bypasses (a block's norm, a window's padded copy) is not in it.
-
-    Only floating-point tensors (``floats``) make paths: a shape read early for a reshape
-    late is arithmetic on sizes, not a way around what lies between.  The output is the
-    last tensor computed that the input leads to.  In the graph order
-    (a topological order) of the tensors on input-to-output paths, a tensor is on every
-    path exactly when no edge jumps over it: a path moves forward in that order, and an
-    edge from before it to after it gives a path around it.
-    """
-    consumers = _consumers(steps)
-    reached = {input_name}
-    for step in steps:
-        if any(name in reached for name in step.inputs):
-            reached.update(o for o in step.outputs if o in floats)
-    produced = [o for step in steps for o in step.outputs if o in reached]
-    if not produced:
-        return set()
-    output = produced[-1]
-    leads = {output}
-    for step in reversed(steps):
-        if any(o in leads for o in step.outputs):
-            leads.update(name for name in step.inputs if name in reached)
-    on_path = reached & leads
-    position = {input_name: 0}
-    for name in produced:
-        position.setdefault(name, len(position))
-    jumps = [0] * (len(position) + 1)  # edges over each position, as differences
-    for name in on_path:
-        for step in consumers.get(name, []):
-            for out in step.outputs:
-                if out in on_path and position[out] > position[name] + 1:
-                    jumps[position[name] + 1] += 1
-                    jumps[position[out]] -= 1
-    over = list(itertools.accumulate(jumps))
-    return {name for name in on_path if over[position[name]] == 0}
 
 
 def attention_entries(
