@@ -115,8 +115,6 @@ def _reshaped(lay: Layout, src: tuple[int, ...], out: tuple[int, ...]) -> Layout
         return Layout(("H", "W", "C"))
     if kind in (CHW, HWC) and out == (src[0] if kind == CHW else src[2],) and src[0] * src[1] * src[2] == out[0]:
         return Layout(("C",))
-    if "C" in lay.axes and set(lay.axes) <= {"C", "1"} and out == (src[lay.axes.index("C")],):
-        return Layout(("C",))  # a pooled axis of size one flattened away
     return _split_or_merged(lay, src, out) or _unit_axes(lay, src, out)
 
 
