@@ -101,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--suite",
-        choices=("core", "architectures", "diagnostics", "scale", "gpu"),
+        choices=("core", "architectures", "diagnostics", "scale", "ray", "gpu"),
         default="core",
         help="core: the ResNet-18 figures (RESULTS.md); architectures: ViT-B/16 and ConvNeXt-T "
         "(RESULTS-architectures.md); diagnostics: layer pooling and suspected mislabels against ground truth "
         "and cleanlab (RESULTS-diagnostics.md); scale: whole audits from 50,000 to 1,000,000 images, from the "
-        "features cache at the largest (RESULTS-scale.md); gpu: the CUDA path on a GPU machine (RESULTS-gpu.md)",
+        "features cache at the largest (RESULTS-scale.md); ray: the local and the Ray route at 200,000 images "
+        "(RESULTS-ray.md); gpu: the CUDA path on a GPU machine (RESULTS-gpu.md)",
     )
     parser.add_argument(
         "--device", choices=("cuda", "cpu"), default="cuda", help="gpu suite only: cpu runs its code on the CPU"
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "gpu":
         output = args.output if args.output != HERE / "RESULTS.md" else HERE / "RESULTS-gpu.md"
         return gpu(args.work / ("quick" if quick else "full") / "gpu", quick, args.device, output)
+    if args.suite == "ray":
+        output = args.output if args.output != HERE / "RESULTS.md" else HERE / "RESULTS-ray.md"
+        return ray_suite(args.work / ("quick" if quick else "full") / "scale", quick, output)
     if args.suite == "scale":
         output = args.output if args.output != HERE / "RESULTS.md" else HERE / "RESULTS-scale.md"
         return scale(args.work / ("quick" if quick else "full") / "scale", quick, output)
@@ -230,6 +234,13 @@ def gpu(work: Path, quick: bool, device: str, output: Path) -> int:
     return 0
 
 
+SCALE_WORKLOAD = (
+    "- workload: scikit-learn's digits at 32x32 (each copy shifted up to 2 px, gain 0.7-1.15, Gaussian "
+    "noise sd 8, seeded), PNG in 10 class folders; the 3-conv digits CNN of the diagnostics suite (ONNX); "
+    "`reportgen audit --device cpu --batch-size 256` with every default (6 layers, ~4,700 values per image)"
+)
+
+
 def scale(work: Path, quick: bool, output: Path) -> int:
     from benchmarks import scale as suite
 
@@ -240,12 +251,29 @@ def scale(work: Path, quick: bool, output: Path) -> int:
         "Dataset scale" + (" (quick mode: tiny workloads, timings meaningless)" if quick else ""),
         "python -m benchmarks --suite scale" + (" --quick" if quick else ""),
         time.perf_counter() - started,
+        [SCALE_WORKLOAD, gpu_line(), *suite.markdown(runs, baseline, notes)],
+    )
+    return 0
+
+
+def ray_suite(work: Path, quick: bool, output: Path) -> int:
+    from benchmarks import scale as suite
+
+    if not suite.ray_installed():
+        print("the ray suite needs Ray: pip install 'reportgen[ray]'", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    runs, notes = suite.run_ray(work, quick)
+    write_results(
+        output,
+        "Extraction on Ray" + (" (quick mode: tiny workloads, timings meaningless)" if quick else ""),
+        "python -m benchmarks --suite ray" + (" --quick" if quick else ""),
+        time.perf_counter() - started,
         [
-            "- workload: scikit-learn's digits at 32x32 (each copy shifted up to 2 px, gain 0.7-1.15, Gaussian "
-            "noise sd 8, seeded), PNG in 10 class folders; the 3-conv digits CNN of the diagnostics suite (ONNX); "
-            "`reportgen audit --device cpu --batch-size 256` with every default (6 layers, ~4,700 values per image)",
+            SCALE_WORKLOAD + "; then the same with `--engine ray` (a Ray started by the run on this machine, "
+            "default workers and shards), each into a fresh features cache",
             gpu_line(),
-            *suite.markdown(runs, baseline, notes),
+            *suite.markdown(runs, {}, notes),
         ],
     )
     return 0

@@ -98,6 +98,16 @@ class Run:
     csv: int
     recall: dict[str, float]  # layer -> recall@k of the approximate search (approximate layers only)
     methods: list[str]
+    engine: dict | None = None  # the JSON's ``engine`` of a Ray run
+
+    @property
+    def label(self) -> str:
+        if self.from_cache:
+            return "cache"
+        if self.engine is None:
+            return "extracted"
+        e = self.engine
+        return f"extracted on Ray ({e['workers']} {e['worker_kind']} worker x {e['cpus_per_worker']} CPUs, {e['shards']} shards)"
 
 
 def audit(model: Path, images: Path, out: Path, cache: Path, *extra: str) -> Run:
@@ -122,6 +132,7 @@ def audit(model: Path, images: Path, out: Path, cache: Path, *extra: str) -> Run
         csv=csv.stat().st_size if csv.is_file() else 0,
         recall={k: v["recall_at_k"] for k, v in searches.items() if v["method"] == "approximate"},
         methods=sorted({v["method"] for v in searches.values()}),
+        engine=data.get("engine"),
     )
 
 
@@ -164,6 +175,10 @@ def run(work: Path, quick: bool) -> tuple[list[Run], dict[int, float], list[str]
         shutil.rmtree(out.parent, ignore_errors=True)
         runs.append(audit(onnx, folder, out, out.with_name("report.features"), *extra))
     baseline[scratch[-1]] = decode_and_forward(onnx, work / f"images-{scratch[-1]}")
+    if ray_installed():
+        runs.append(ray_audit(onnx, work / f"images-{scratch[-1]}", work, *extra))
+    else:
+        notes.append("no Ray row: Ray is not installed (pip install 'reportgen[ray]')")
     out = work / f"run-{largest}" / "report.html"
     cache = out.with_name("report.features")
     first = audit(onnx, images, out, cache, *extra)
@@ -177,6 +192,56 @@ def run(work: Path, quick: bool) -> tuple[list[Run], dict[int, float], list[str]
     return runs, baseline, notes
 
 
+def ray_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def ray_audit(onnx: Path, images: Path, work: Path, *extra: str) -> Run:
+    """The same audit with ``--engine ray`` (a Ray started on this machine by the run,
+    its default workers and shards), into a fresh cache."""
+    out = work / f"run-ray-{images.name}" / "report.html"
+    shutil.rmtree(out.parent, ignore_errors=True)
+    env_address = os.environ.pop("RAY_ADDRESS", None)
+    try:
+        return audit(onnx, images, out, out.with_name("report.features"), *extra, "--engine", "ray")
+    finally:
+        if env_address is not None:
+            os.environ["RAY_ADDRESS"] = env_address
+
+
+def run_ray(work: Path, quick: bool) -> tuple[list[Run], list[str]]:
+    """``--suite ray``: the local and the Ray route on the scale suite's middle-sized
+    folder (200,000 images; 2,000 with ``quick``), each from scratch."""
+    n = 2_000 if quick else 200_000
+    work.mkdir(parents=True, exist_ok=True)
+    onnx = model(work)
+    images = write_images(work / f"images-{n}", n)
+    out = work / f"run-{n}" / "report.html"
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return [audit(onnx, images, out, out.with_name("report.features")), ray_audit(onnx, images, work)], []
+
+
+def ray_lines(runs: list[Run]) -> list[str]:
+    """The Ray route against the local one at the same size: throughput and overhead."""
+    out = []
+    for ray in (r for r in runs if r.engine is not None):
+        local = next((r for r in runs if r.n == ray.n and r.engine is None and not r.from_cache), None)
+        if local is None:
+            continue
+        fast, slow = ray.n / local.phases["extract"], ray.n / ray.phases["extract"]
+        overhead = ray.phases["extract"] / local.phases["extract"] - 1
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in ray.engine["seconds"].items())
+        out.append(
+            f"- goal, Ray on one machine, {ray.n:,} images: extraction {slow:,.0f} img/s against {fast:,.0f} img/s "
+            f"locally, overhead {overhead:+.0%} (<= 20%: {'met' if overhead <= 0.20 else '**not met**'}); "
+            f"whole report {ray.wall:.0f} s against {local.wall:.0f} s; Ray's phases: {phases} (worker compute: "
+            "the workers' seconds per shard, summed; a worker runs two shards at once)"
+        )
+    return out
+
+
 def markdown(runs: list[Run], baseline: dict[int, float], notes: list[str]) -> list[str]:
     """The results: one row per run, the goals, and the growth exponents."""
     phases = ["discover", "extract", "knn", "suspects", "tsne", "explorer", "cam", "figures"]
@@ -188,14 +253,14 @@ def markdown(runs: list[Run], baseline: dict[int, float], notes: list[str]) -> l
     for r in runs:
         recall = f"{min(r.recall.values()):.3f}-{max(r.recall.values()):.3f}" if r.recall else "exact"
         out.append(
-            f"| {r.n:,} | {'cache' if r.from_cache else 'extracted'} | {r.wall:.0f} s | "
+            f"| {r.n:,} | {r.label} | {r.wall:.0f} s | "
             + " | ".join(f"{r.phases.get(p, 0):.0f}" for p in phases)
             + f" | {r.peak_rss / 1e9:.2f} GB | {r.html / 1e6:.1f} MB | {r.json / 1e6:.1f} MB | "
             f"{r.csv / 1e6:.1f} MB | {recall} |"
         )
     out += ["", "Phases in seconds (`timings` of each report's JSON); wall includes loading and writing.", ""]
     cached = [r for r in runs if r.from_cache]
-    scratch = [r for r in runs if not r.from_cache]
+    scratch = [r for r in runs if not r.from_cache and r.engine is None]
     if cached:
         r = cached[-1]
         worst = min(r.recall.values()) if r.recall else 1.0
@@ -213,10 +278,13 @@ def markdown(runs: list[Run], baseline: dict[int, float], notes: list[str]) -> l
                 f"- goal, {n:,} images from scratch: whole report {match[-1].wall:.0f} s = {ratio:.2f} x decode + "
                 f"forward ({base:.0f} s, onnxruntime, batch 256) (<= 4: {'met' if ratio <= 4 else '**not met**'})"
             )
-    analysis = sorted({r.n: r.wall - r.phases.get("extract", 0.0) for r in runs}.items())
-    knn = sorted({r.n: r.phases.get("knn", 0.0) for r in runs}.items())
+    out += ray_lines(runs)
+    local = [r for r in runs if r.engine is None]
+    analysis = sorted({r.n: r.wall - r.phases.get("extract", 0.0) for r in local}.items())
+    knn = sorted({r.n: r.phases.get("knn", 0.0) for r in local}.items())
     for label, points in (("whole report less extraction", analysis), ("kNN (all layers)", knn)):
         steps = [f"{a[0]:,} -> {b[0]:,}: N^{exponent(a, b):.2f}" for a, b in itertools.pairwise(points) if a[1] > 0]
-        out.append(f"- growth, {label}: " + "; ".join(steps))
+        if steps:
+            out.append(f"- growth, {label}: " + "; ".join(steps))
     out += [f"- {n}" for n in notes]
     return out

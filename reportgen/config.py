@@ -12,7 +12,7 @@ from typing import Any
 from reportgen.data import MAX_IMAGE_BYTES
 from reportgen.errors import UserError
 from reportgen.models import POOL_VALUES
-from reportgen.options import AUDIT_OPTIONS
+from reportgen.options import AUDIT_OPTIONS, SHARD_IMAGES
 
 
 def source_date_epoch() -> int | None:
@@ -71,6 +71,11 @@ class AuditConfig:
     # a script that calls the pipeline must then guard its main module, as every program
     # that starts Python worker processes must (``if __name__ == "__main__":``).
     decode_processes: bool = False
+    # where extraction runs (``ray_engine``): how, not what; the same features either way
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_workers: int | None = None
+    shard_images: int = SHARD_IMAGES
     # kNN and t-SNE
     k: int = 10
     metric: str = "euclidean"
@@ -157,5 +162,6 @@ class AuditConfig:
             out[key] = value
         # How the run went about it, not what it computed: the same report either way.
         out.pop("quiet", None)
-        out.pop("decode_processes", None)
+        for how in ("decode_processes", "engine", "ray_address", "ray_workers", "shard_images"):
+            out.pop(how, None)
         return out

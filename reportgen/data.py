@@ -15,6 +15,7 @@ files and folders.  Anything that looks like an image but cannot be decoded beco
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import multiprocessing
@@ -647,6 +648,7 @@ def iter_batches(
     indices: Iterable[int] | None = None,
     prefetch: int = 2,
     processes: bool = False,
+    pool: Executor | None = None,
 ) -> Iterator[Batch]:
     """Decode the dataset in order, in batches, each split over a pool of workers.
 
@@ -660,12 +662,14 @@ def iter_batches(
     The workers are threads, or with ``processes`` worker processes: decoding a small
     image is mostly Pillow's Python (file parsing, plugin checks) under the GIL, so
     threads decode such images no faster than one core (see :data:`PROCESS_DECODE_MIN`).
+    A ``pool`` of the caller's (:func:`decode_pool`, ``workers`` wide) is used instead of
+    one of its own and left open, for a caller that decodes many sets (a Ray worker's shards).
     """
     order = list(range(len(dataset.records))) if indices is None else list(indices)
     workers = workers or max(1, min(8, os.cpu_count() or 1))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     records = dataset.records
-    with _decode_pool(workers, processes) as pool:
+    with decode_pool(workers, processes) if pool is None else contextlib.nullcontext(pool) as pool:
         pending: list[list[Future[Batch]]] = []
         next_chunk = 0
 
@@ -701,7 +705,8 @@ def _ignore_interrupt() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_pool(workers: int, processes: bool) -> Executor:
+def decode_pool(workers: int, processes: bool) -> Executor:
+    """``workers`` decoding threads, or processes (see :func:`iter_batches`)."""
     if not processes:
         return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     # forkserver, not fork: the caller's runtime threads (onnxruntime, torch) may hold

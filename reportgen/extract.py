@@ -42,6 +42,8 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from reportgen import __version__, interrupts
-from reportgen.data import PROCESS_DECODE_MIN, ImageDataset, Preprocess, Skipped, iter_batches
+from reportgen.data import PROCESS_DECODE_MIN, Batch, ImageDataset, Preprocess, Skipped, iter_batches
 from reportgen.errors import UserError, one_line
 from reportgen.image_stats import PROPERTIES
 from reportgen.models import INPUT_LAYER, LOGITS_LAYER, LayerInfo, ModelAdapter, downsample_pixels
@@ -79,7 +81,7 @@ def feature_dtype(precision: str, n_images: int, dims: int) -> np.dtype:
     return np.dtype(np.float16 if precision == "float16" else np.float32)
 
 
-def _beyond_float16(values: np.ndarray) -> bool:
+def beyond_float16(values: np.ndarray) -> bool:
     """Whether a finite value is too large for float16 (infinities and NaN are kept as they are)."""
     if not values.size:
         return False
@@ -110,7 +112,7 @@ class FeatureStore:
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
         target = self.arrays[name]
-        if target.dtype == np.float16 and _beyond_float16(values):
+        if target.dtype == np.float16 and beyond_float16(values):
             wide = self._open(self.files[name] + ".wide", target.shape, np.dtype(np.float32))
             wide[:start] = target[:start]
             os.replace(self.folder / (self.files[name] + ".wide"), self.folder / self.files[name])
@@ -132,7 +134,7 @@ class FeatureStore:
             else:
                 array.flush()
             del array
-            out[name] = _open_rows(path)
+            out[name] = open_rows(path)
         self.arrays = {}
         return out
 
@@ -157,6 +159,7 @@ class Features:
     from_cache: bool = False
     folder: Path | None = None  # where the layer arrays live on disk (memory-mapped)
     image_stats: np.ndarray | None = None  # (N, len(image_stats.PROPERTIES)) float32; None from an older cache
+    engine: dict[str, Any] | None = None  # how a distributed extraction went (``ray_engine.EngineRun``)
 
     @property
     def n(self) -> int:
@@ -180,6 +183,92 @@ class Features:
         )
 
 
+@dataclass(frozen=True)
+class TapPlan:
+    """What one forward pass taps and where each result goes (see :func:`tap_plan`)."""
+
+    tapped: list[str]  # audited layers tapped inside the runtime
+    taps: list[str]  # those, plus the logits tap of a softmax-ended model
+    cells: dict[str, tuple[int, int]]  # the grid each spatial layer is pooled to
+    dims: dict[str, int]  # stored layers (the pixel layer included) -> values per image
+    score: str | None  # the tap before the output's softmax, if the model has one
+
+
+def tap_plan(adapter: ModelAdapter, layers: list[LayerInfo]) -> TapPlan:
+    """The taps that compute ``layers`` (pseudo-layers included) in one pass of ``adapter``."""
+    tapped = [layer.name for layer in layers if layer.name not in (INPUT_LAYER, LOGITS_LAYER)]
+    score = adapter.score_layer
+    # The logits of a softmax-ended model ride along as one more tap.
+    taps = [*tapped, score] if score and score not in tapped else tapped
+    cells = {layer.name: layer.cells for layer in layers if layer.cells is not None and layer.name in tapped}
+    dims = {layer.name: layer.dim for layer in layers if layer.name != LOGITS_LAYER}
+    return TapPlan(tapped, taps, cells, dims, score)
+
+
+@dataclass
+class BatchFeatures:
+    """One decoded batch through the model: the rows :func:`extract` stores."""
+
+    batch: Batch  # the decoded images (their record positions, digests, properties, failures)
+    outputs: np.ndarray  # (n, K) raw outputs
+    logits: np.ndarray | None  # (n, K) scores before the output's softmax, if it has one
+    layers: dict[str, np.ndarray]  # every stored layer of the plan, (n, D) float32
+
+
+def run_batches(
+    dataset: ImageDataset,
+    adapter: ModelAdapter,
+    plan: TapPlan,
+    pre: Preprocess,
+    *,
+    batch_size: int,
+    indices: range | None = None,
+    decode_processes: bool = False,
+    pool: tuple[Executor, int] | None = None,
+) -> Iterator[BatchFeatures]:
+    """Decode ``dataset`` (the records at ``indices``, default all) in order, in batches of
+    ``batch_size``, and run each decoded batch through ``adapter``.  Batches follow the
+    record positions, so a range that starts at a multiple of ``batch_size`` is cut into
+    the very batches a pass over all records makes (a shard of ``ray_engine`` computes
+    what the local pass computes, value for value).
+
+    With ``decode_processes``, a set of at least :data:`~reportgen.data.PROCESS_DECODE_MIN`
+    images (:data:`GPU_PROCESS_DECODE_MIN` when the model runs on an accelerator, then on
+    every core) is decoded in worker processes (the caller's main module must be guarded).
+    A ``pool`` (a process pool of ``data.decode_pool`` and its width) is used for every
+    set, whatever its size, and left open: a caller decoding many sets starts it once."""
+    total = len(dataset.records) if indices is None else len(indices)
+    # On the CPU, threads decoding between forward passes beat threads decoding beside
+    # them (the runtime's threads already use every core), while worker processes one
+    # batch ahead beat both (2 cores, batches of 256: 50,000 digit PNGs through their
+    # CNN in 10.5 s against 12.6-14.9 s decoded between passes; 6,000 JPEGs through
+    # ResNet-18 at 112 px, 31.4 s against 34.3 s).  A GPU leaves the CPU free to work ahead.
+    # With the model on a GPU, decoding is the CPU's whole job and the pace of the run:
+    # every core decodes, in processes from a few hundred images on (on an H200
+    # machine 2,000 JPEGs went through 8 decoding threads at 445 img/s, 1.5x one
+    # thread: Pillow's Python and the per-image numpy hold the GIL).
+    cores = os.cpu_count() or 1
+    on_accelerator = adapter.info.device != "cpu"
+    enough = total >= (GPU_PROCESS_DECODE_MIN if on_accelerator else PROCESS_DECODE_MIN)
+    processes = decode_processes and enough and cores > 1
+    workers = min(cores, MAX_DECODE_PROCESSES) if processes and on_accelerator else None
+    ahead = 2 if on_accelerator else 1 if processes else 0
+    if pool is not None:
+        processes, workers, ahead = True, pool[1], 2 if on_accelerator else 1
+    batches = iter_batches(
+        dataset, pre, batch_size, workers, indices, prefetch=ahead, processes=processes, pool=pool[0] if pool else None
+    )
+    for batch in batches:
+        if not batch.indices:
+            yield BatchFeatures(batch, np.empty((0, adapter.num_outputs), np.float32), None, {})
+            continue
+        scores, feats = adapter.extract(batch.pixels, plan.taps, plan.cells)
+        layers = {name: feats[name] for name in plan.tapped}
+        if INPUT_LAYER in plan.dims:
+            layers[INPUT_LAYER] = downsample_pixels(batch.pixels, pre.channels_last)
+        yield BatchFeatures(batch, scores, feats[plan.score] if plan.score else None, layers)
+
+
 def extract(
     dataset: ImageDataset,
     adapter: ModelAdapter,
@@ -196,22 +285,14 @@ def extract(
     into ``folder`` (an empty directory; see :class:`FeatureStore`).
 
     ``layers`` may include the pseudo-layers :data:`INPUT_LAYER` and
-    :data:`LOGITS_LAYER`; every other name is tapped inside the runtime.  With
-    ``decode_processes``, a set of at least :data:`~reportgen.data.PROCESS_DECODE_MIN`
-    images (:data:`GPU_PROCESS_DECODE_MIN` when the model runs on an accelerator, then on
-    every core) is decoded in worker processes (the caller's main module must be guarded).
-    """
+    :data:`LOGITS_LAYER`; every other name is tapped inside the runtime.  Decoding runs
+    as :func:`run_batches` says (``decode_processes``)."""
     records = dataset.records
     total = len(records)
-    tapped = [layer.name for layer in layers if layer.name not in (INPUT_LAYER, LOGITS_LAYER)]
-    score = adapter.score_layer
-    # The logits of a softmax-ended model ride along as one more tap.
-    taps = [*tapped, score] if score and score not in tapped else tapped
-    cells = {layer.name: layer.cells for layer in layers if layer.cells is not None and layer.name in tapped}
-    dims = {layer.name: layer.dim for layer in layers if layer.name != LOGITS_LAYER}
-    store = FeatureStore(folder, total, dims, feature_dtype(precision, total, sum(dims.values())))
+    plan = tap_plan(adapter, layers)
+    store = FeatureStore(folder, total, plan.dims, feature_dtype(precision, total, sum(plan.dims.values())))
     outputs = np.empty((total, adapter.num_outputs), np.float32)
-    logits = np.empty((total, adapter.num_outputs), np.float32) if score else None
+    logits = np.empty((total, adapter.num_outputs), np.float32) if plan.score else None
     stats = np.empty((total, len(PROPERTIES)), np.float32)
     rows: list[int] = []
     digests: list[str] = []
@@ -220,36 +301,19 @@ def extract(
     start = time.perf_counter()
     bar = progress(total=total, desc="extract", unit="img", enabled=show_progress)
     try:
-        # On the CPU, threads decoding between forward passes beat threads decoding beside
-        # them (the runtime's threads already use every core), while worker processes one
-        # batch ahead beat both (2 cores, batches of 256: 50,000 digit PNGs through their
-        # CNN in 10.5 s against 12.6-14.9 s decoded between passes; 6,000 JPEGs through
-        # ResNet-18 at 112 px, 31.4 s against 34.3 s).  A GPU leaves the CPU free to work ahead.
-        # With the model on a GPU, decoding is the CPU's whole job and the pace of the run:
-        # every core decodes, in processes from a few hundred images on (on an H200
-        # machine 2,000 JPEGs went through 8 decoding threads at 445 img/s, 1.5x one
-        # thread: Pillow's Python and the per-image numpy hold the GIL).
-        cores = os.cpu_count() or 1
-        on_accelerator = adapter.info.device != "cpu"
-        enough = total >= (GPU_PROCESS_DECODE_MIN if on_accelerator else PROCESS_DECODE_MIN)
-        processes = decode_processes and enough and cores > 1
-        workers = min(cores, MAX_DECODE_PROCESSES) if processes and on_accelerator else None
-        ahead = 2 if on_accelerator else 1 if processes else 0
-        for batch in iter_batches(dataset, pre, batch_size, workers, prefetch=ahead, processes=processes):
+        for done in run_batches(dataset, adapter, plan, pre, batch_size=batch_size, decode_processes=decode_processes):
+            batch = done.batch
             for i, reason in batch.failures:
                 skipped.append(Skipped(records[i].file, reason))
             n = len(batch.indices)
             if n:
-                scores, feats = adapter.extract(batch.pixels, taps, cells)
                 end = filled + n
-                outputs[filled:end] = scores
+                outputs[filled:end] = done.outputs
                 stats[filled:end] = batch.stats
                 if logits is not None:
-                    logits[filled:end] = feats[score]
-                for name in tapped:
-                    store.write(name, filled, feats[name])
-                if INPUT_LAYER in dims:
-                    store.write(INPUT_LAYER, filled, downsample_pixels(batch.pixels, pre.channels_last))
+                    logits[filled:end] = done.logits
+                for name, values in done.layers.items():
+                    store.write(name, filled, values)
                 filled = end
                 rows.extend(batch.indices)
                 digests.extend(batch.sha256)
@@ -278,7 +342,7 @@ def extract(
     )
 
 
-def _open_rows(path: Path) -> np.ndarray:
+def open_rows(path: Path) -> np.ndarray:
     """A stored array, memory-mapped read-only (an empty one in memory: nothing to map)."""
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     return np.asarray(array) if array.size == 0 else array
@@ -490,7 +554,7 @@ def load_cache(path: Path, key: dict[str, Any] | None) -> CachedRun | CacheMiss 
                 continue
             if not isinstance(d.get("file"), str) or "/" in d["file"] or d["file"].startswith("."):
                 raise ValueError(f"layer {layer.name!r} names no file")
-            array = _open_rows(path / d["file"])
+            array = open_rows(path / d["file"])
             if array.shape != (n, layer.dim):
                 raise ValueError(f"{d['file']} holds {array.shape}, expected {(n, layer.dim)}")
             arrays[layer.name] = array

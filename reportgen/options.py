@@ -23,6 +23,8 @@ RESIZES = ("stretch", "crop")
 KNN_METRICS = ("euclidean", "cosine")
 KNN_SEARCH = ("auto", "exact", "approximate")
 PRECISIONS = ("auto", "float32", "float16")  # of the stored layer features (extract.feature_dtype)
+ENGINES = ("local", "ray")  # where extraction runs (ray: ``ray_engine``)
+SHARD_IMAGES = 2048  # images per Ray shard by default (rounded up to whole batches)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -209,6 +211,25 @@ AUDIT_GROUPS: list[tuple[str, list[Option]]] = [
                    "how the layer features are stored: float16 halves disk and memory at a relative rounding of "
                    "at most 0.05%% per value; auto (default) uses it once float32 features would pass 2 GiB "
                    "(about 100,000 images at 5,000 values each)", default="auto", choices=PRECISIONS),
+        ],
+    ),
+    (
+        "extraction engine",
+        [
+            Option(("--engine",), "engine",
+                   "local (default): extract on this machine; ray: on a Ray cluster, shard by shard, into the same "
+                   "features cache (resumable; needs pip install 'reportgen[ray]')", default="local",
+                   choices=ENGINES),
+            Option(("--ray-address",), "ray_address",
+                   "the Ray cluster to join, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else a Ray started on this "
+                   "machine for the run)", metavar="ADDR"),
+            Option(("--ray-workers",), "ray_workers",
+                   "model workers on the cluster (default: one per GPU, else one per 4 CPUs)", type=int,
+                   metavar="N", check=_positive, must="be at least 1"),
+            Option(("--shard-images",), "shard_images",
+                   f"images per shard, rounded up to whole batches: the unit a worker runs, retries and a rerun "
+                   f"reuses (default: {SHARD_IMAGES})", default=SHARD_IMAGES, type=int, metavar="N",
+                   check=_positive, must="be at least 1"),
         ],
     ),
     (

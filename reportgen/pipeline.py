@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reportgen import __version__
+from reportgen import __version__, ray_engine
 from reportgen.analyses.metrics import (
     class_balance,
     classification_metrics,
@@ -290,7 +290,7 @@ def _extract_or_load(
         layers = resolve_layers(cfg.layers, adapter, pre.channels, pre.size, cfg.pool_values)
     meta = _model_meta(adapter, pre)
     with clock("extract"):
-        features = _extract_to(cfg.cache_path, "--features", cfg, dataset, adapter, layers, pre, key, meta)
+        features = _extract_to(cfg.cache_path, "--features", cfg, dataset, handle, model_sha, layers, pre, key, meta)
     return features, meta, pre
 
 
@@ -299,7 +299,8 @@ def _extract_to(
     what: str,
     cfg: AuditConfig,
     dataset: ImageDataset,
-    adapter: ModelAdapter,
+    handle: ModelHandle,
+    model_sha: str,
     layers: list[LayerInfo],
     pre: Preprocess,
     key: dict,
@@ -308,28 +309,58 @@ def _extract_to(
     """Extract into a scratch directory beside ``cache``, which then becomes the cache
     (``what`` names it in messages); without a cache, or with no image left, the scratch
     directory goes at once (the arrays stay mapped for this run).  Whatever stops it,
-    no scratch directory is left behind."""
+    no scratch directory is left behind.  With ``--engine ray`` the shards are kept
+    beside the cache until it is complete (a rerun reuses them), or without a cache in a
+    scratch directory of their own."""
     folder = scratch_folder(cache)
+    shards = None
     try:
-        features = extract(
-            dataset,
-            adapter,
-            layers,
-            pre,
-            folder,
-            batch_size=cfg.batch_size,
-            precision=cfg.feature_precision,
-            show_progress=not cfg.quiet,
-            decode_processes=cfg.decode_processes,
-        )
+        if cfg.engine == "ray":
+            shards = ray_engine.shards_folder(cache) if cfg.use_cache else scratch_folder(cache) / "shards"
+            features = ray_engine.extract_on_ray(
+                dataset,
+                handle.path,
+                handle.options,
+                model_sha,
+                layers,
+                pre,
+                folder,
+                shards,
+                key,
+                batch_size=cfg.batch_size,
+                precision=cfg.feature_precision,
+                address=cfg.ray_address,
+                workers=cfg.ray_workers,
+                shard_images=cfg.shard_images,
+                show_progress=not cfg.quiet,
+                what=what,
+            )
+        else:
+            features = extract(
+                dataset,
+                handle.prepared(pre.size),
+                layers,
+                pre,
+                folder,
+                batch_size=cfg.batch_size,
+                precision=cfg.feature_precision,
+                show_progress=not cfg.quiet,
+                decode_processes=cfg.decode_processes,
+            )
         if cfg.use_cache and features.n:
             save_cache(cache, features, key, {"model": meta}, what=what)
         else:
             discard(folder)
             features.folder = None
+        if shards is not None:
+            ray_engine.remove_shards_folder(shards)
+            if not cfg.use_cache:
+                discard(shards.parent)
         return features
     except BaseException:
         discard(folder)
+        if shards is not None and not cfg.use_cache:
+            discard(shards.parent)
         raise
 
 
@@ -480,6 +511,7 @@ def audit(cfg: AuditConfig) -> tuple[AuditResult, Figures]:
         result.timings = {k: round(v, 3) for k, v in clock.seconds.items()}
         if not features.from_cache and features.seconds > 0:
             result.throughput = {"extraction_images_per_s": features.n / features.seconds}
+        result.engine = features.engine
     return result, figures
 
 
@@ -570,6 +602,6 @@ def reference_features(
         return drop_nonfinite(cached.features)[0], ref.folder_classes
     adapter = handle.prepared(pre.size)
     features = _extract_to(
-        path, "the reference features cache", cfg, ref, adapter, layers, pre, key, _model_meta(adapter, pre)
+        path, "the reference features cache", cfg, ref, handle, model_sha, layers, pre, key, _model_meta(adapter, pre)
     )
     return drop_nonfinite(features)[0], ref.folder_classes

@@ -151,6 +151,7 @@ class AuditResult:
     warnings: list[str]
     timings: dict[str, float] | None = None
     throughput: dict[str, float] | None = None
+    engine: dict[str, Any] | None = None  # a distributed extraction's workers, shards and phases (ray_engine.EngineRun)
     features_from_cache: bool | None = False  # None when SOURCE_DATE_EPOCH asks for reproducible output
     sections: list[Built] = field(default_factory=list)
 
@@ -229,6 +230,7 @@ def to_json(result: AuditResult) -> dict[str, Any]:
             "features_from_cache": result.features_from_cache,
             "timings": result.timings,
             "throughput": result.throughput,
+            "engine": result.engine,
         }
     )
     return round_floats(out)

@@ -105,7 +105,7 @@ def test_cuda_decoding_worker_processes_match_threads(tmp_path: Path, monkeypatc
     from reportgen import cli, data, extract
 
     used: list[bool] = []
-    real = data._decode_pool
+    real = data.decode_pool
 
     def watched(workers: int, processes: bool) -> object:
         used.append(processes)
@@ -115,7 +115,7 @@ def test_cuda_decoding_worker_processes_match_threads(tmp_path: Path, monkeypatc
     for name, smallest in (("threads", 10**9), ("processes", 0)):
         monkeypatch.setattr(extract, "PROCESS_DECODE_MIN", smallest)
         monkeypatch.setattr(extract, "GPU_PROCESS_DECODE_MIN", smallest)  # the model is on the GPU here
-        monkeypatch.setattr(data, "_decode_pool", watched)
+        monkeypatch.setattr(data, "decode_pool", watched)
         out, cache = tmp_path / name / "report.html", tmp_path / name / "features"
         args = ["audit", str(SAMPLE / "model.ts"), str(SAMPLE / "images"), "-o", str(out), "-q"]
         assert cli.main([*args, "--no-tsne", "--device", "cuda", "--batch-size", "8", "--features", str(cache)]) == 0

@@ -74,14 +74,14 @@ def test_decoding_worker_processes_store_the_same_features(
     """The CLI decodes large sets in worker processes: what they decode (pixels, hashes,
     order, skipped files) must be what the threads decoded for the sample's audit."""
     used: list[bool] = []
-    real = data._decode_pool
+    real = data.decode_pool
 
     def watched(workers: int, processes: bool) -> object:
         used.append(processes)
         return real(workers, processes)
 
     monkeypatch.setattr(extract, "PROCESS_DECODE_MIN", 0)
-    monkeypatch.setattr(data, "_decode_pool", watched)
+    monkeypatch.setattr(data, "decode_pool", watched)
     out, cache = tmp_path / "report.html", tmp_path / "features"
     args = ["audit", str(SAMPLE / "model.onnx"), str(SAMPLE / "images"), "-o", str(out), "--features", str(cache)]
     assert cli.main([*args, *FAST]) == 0
@@ -103,13 +103,13 @@ def test_a_model_on_an_accelerator_is_fed_by_processes_on_every_core(
     from reportgen.models import load_model, resolve_layers
 
     pools: list[tuple[int, bool]] = []
-    real = data._decode_pool
+    real = data.decode_pool
 
     def watched(workers: int, processes: bool) -> object:
         pools.append((workers, processes))
         return real(workers, processes)
 
-    monkeypatch.setattr(data, "_decode_pool", watched)
+    monkeypatch.setattr(data, "decode_pool", watched)
     monkeypatch.setattr(extract, "GPU_PROCESS_DECODE_MIN", 10)
     monkeypatch.setattr("os.cpu_count", lambda: 3)
     dataset = data.discover(SAMPLE / "images")
