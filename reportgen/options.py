@@ -221,8 +221,8 @@ AUDIT_GROUPS: list[tuple[str, list[Option]]] = [
                    "features cache (resumable; needs pip install 'reportgen[ray]')", default="local",
                    choices=ENGINES),
             Option(("--ray-address",), "ray_address",
-                   "the Ray cluster to join, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else a Ray started on this "
-                   "machine for the run)", metavar="ADDR"),
+                   "the Ray cluster to join, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else the Ray running on "
+                   "this machine, else one started for the run)", metavar="ADDR"),
             Option(("--ray-workers",), "ray_workers",
                    "model workers on the cluster (default: one per GPU, else one per 4 CPUs)", type=int,
                    metavar="N", check=_positive, must="be at least 1"),

@@ -284,22 +284,61 @@ def remove_shards_folder(root: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def finished_shards(root: Path, digest: str, ranges: list[tuple[int, int]]) -> set[tuple[int, int]]:
-    """The shards of this run already on disk; everything else in ``root`` (a partial
-    write, another key's or another size's shard) is removed."""
+def finished_shards(
+    root: Path, digest: str, ranges: list[tuple[int, int]], files: dict[str, str], dims: dict[str, int]
+) -> set[tuple[int, int]]:
+    """The shards of this run already on disk and whole; everything else in ``root`` (a
+    partial write, another key's or another size's shard, one whose files do not hold
+    what its ``shard.json`` says) is removed, to be extracted again."""
     wanted = set(ranges)
     done: set[tuple[int, int]] = set()
     for name in sorted(os.listdir(root)):
         if name == _ROOT_MARK:
             continue
         match = _RANGE.fullmatch(name)
-        mark = _read_mark(root / name / _SHARD_MARK) if match else None
         span = (int(match[1]), int(match[2])) if match else None
-        if mark is not None and mark.get("key") == digest and span in wanted:
-            done.add(span)  # type: ignore[arg-type]
+        mark = _read_mark(root / name / _SHARD_MARK) if span in wanted else None
+        if (
+            span is not None
+            and mark is not None
+            and mark.get("key") == digest
+            and _whole(root / name, span, mark, files, dims)
+        ):
+            done.add(span)
         else:
             shutil.rmtree(root / name, ignore_errors=True)
     return done
+
+
+def _whole(
+    shard: Path, span: tuple[int, int], mark: dict[str, Any], files: dict[str, str], dims: dict[str, int]
+) -> bool:
+    """Whether a shard's files hold what its ``shard.json`` says (shapes and positions,
+    from the arrays' headers): the head reads nothing it did not check."""
+    try:
+        n = mark["n"]
+        failures = mark["failures"]
+        if not isinstance(n, int) or not isinstance(failures, list):
+            return False
+        if not all(
+            isinstance(f, list) and len(f) == 2 and isinstance(f[0], int) and isinstance(f[1], str) for f in failures
+        ):
+            return False
+        rows = np.load(shard / "rows.npy", allow_pickle=False)
+        inside = [i for i in rows.tolist() + [f[0] for f in failures] if span[0] <= i < span[1]]
+        if rows.shape != (n,) or len(inside) != n + len(failures):
+            return False
+        shapes = {name: (n, dim) for name, dim in dims.items()}
+        for name, shape in shapes.items():
+            array = np.load(shard / files[name], mmap_mode="r", allow_pickle=False)
+            if array.shape != shape or array.dtype != np.float32:
+                return False
+        heads = [np.load(shard / f, mmap_mode="r", allow_pickle=False) for f in ("outputs.npy", "image_stats.npy")]
+        if any(len(h) != n for h in heads) or len(np.load(shard / "sha256.npy", allow_pickle=False)) != n:
+            return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def _save_shard(root: Path, span: tuple[int, int], result: dict[str, Any], digest: str, files: dict[str, str]) -> None:
@@ -441,7 +480,7 @@ def extract_on_ray(
     actors: list[Any] = []
     try:
         open_shards_folder(shards, what)
-        done = finished_shards(shards, digest, ranges)
+        done = finished_shards(shards, digest, ranges, files, dims)
         todo = deque(span for span in ranges if span not in done)
         assembly = Assembly(dataset, shards, ranges, layers, files, folder, precision)
         assembly.advance(done)
@@ -533,7 +572,10 @@ def _run_shards(
             ready, _ = ray.wait(list(pending), num_returns=1)
             actor, span = pending.pop(ready[0])
             result = ray.get(ready[0])
-            _save_shard(assembly.root, span, result, digest, files)
+            try:
+                _save_shard(assembly.root, span, result, digest, files)
+            except OSError as exc:
+                raise UserError(f"cannot write a shard under {assembly.root}: {exc.strerror or exc}") from None
             finished.add(span)
             assembly.advance(finished)
             pids.add(result["pid"])
