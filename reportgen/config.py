@@ -12,7 +12,8 @@ from typing import Any
 from reportgen.data import MAX_IMAGE_BYTES
 from reportgen.errors import UserError
 from reportgen.models import POOL_VALUES
-from reportgen.options import AUDIT_OPTIONS, SHARD_IMAGES
+from reportgen.options import AUDIT_OPTIONS
+from reportgen.ray_engine import SHARD_IMAGES
 
 
 def source_date_epoch() -> int | None:

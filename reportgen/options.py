@@ -16,6 +16,7 @@ from reportgen.analyses.cam import CAM_METHODS
 from reportgen.data import MAX_IMAGE_BYTES
 from reportgen.errors import UserError
 from reportgen.models import POOL_VALUES
+from reportgen.ray_engine import SHARD_IMAGES
 
 MAX_SIDE = 8192  # the largest input side --size accepts
 DEVICES = ("auto", "cpu", "cuda")
@@ -24,7 +25,6 @@ KNN_METRICS = ("euclidean", "cosine")
 KNN_SEARCH = ("auto", "exact", "approximate")
 PRECISIONS = ("auto", "float32", "float16")  # of the stored layer features (extract.feature_dtype)
 ENGINES = ("local", "ray")  # where extraction runs (ray: ``ray_engine``)
-SHARD_IMAGES = 2048  # images per Ray shard by default (rounded up to whole batches)
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -59,11 +59,11 @@ from reportgen.extract import (
 )
 from reportgen.image_stats import PROPERTIES
 from reportgen.models import LOGITS_LAYER, LayerInfo, ModelAdapter, load_model
-from reportgen.options import SHARD_IMAGES
 from reportgen.progress import progress
 from reportgen.util import file_sha256
 
 SHARD_FORMAT = 1
+SHARD_IMAGES = 2048  # images per shard by default (rounded up to whole batches)
 CPUS_PER_WORKER = 4  # a CPU worker's share of cores when --ray-workers is not given
 IN_FLIGHT = 2  # shards queued per worker: the next is ready when one returns
 MAX_RESTARTS = 3  # a worker process that dies is restarted (and its shards rerun) this often

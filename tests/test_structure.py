@@ -20,7 +20,7 @@ RANKS: list[tuple[int, list[str]]] = [
         2,
         ["reportgen.data", "reportgen.labels", "reportgen.manifest", "reportgen.hf_dataset"],
     ),  # load: images, lists, labels
-    (3, ["reportgen.extract", "reportgen.map_model"]),  # extract; a model opened for maps
+    (3, ["reportgen.extract", "reportgen.map_model", "reportgen.ray_engine"]),  # extract (here or on Ray); maps
     (4, ["reportgen.analyses"]),  # analyses: arrays in, dataclasses of numbers out
     (5, ["reportgen.options", "reportgen.config"]),  # the command line's options, the audit's configuration
     (6, ["reportgen.report", "reportgen.thumbs", "reportgen.figures", "reportgen.overlay"]),  # the report's shape
