@@ -474,8 +474,10 @@ def extract_on_ray(
     dims = {layer.name: layer.dim for layer in layers if layer.name != LOGITS_LAYER}
     files = {name: f"layer_{i}.npy" for i, name in enumerate(dims)}
     digest = _digest(key, batch_size, layers)
-    seconds: dict[str, float] = {}
+    if os.path.lexists(shards) and not is_shards_folder(shards):
+        open_shards_folder(shards, what)  # says why, before a cluster is joined for nothing
     started = _connect(ray, address)
+    seconds = {"connect": time.perf_counter() - began}
     pids: set[int] = set()
     actors: list[Any] = []
     try:
@@ -500,7 +502,6 @@ def extract_on_ray(
             shard_images=ranges[0][1] - ranges[0][0] if ranges else 0,
             workers_restarted=0,
         )
-        seconds["connect"] = time.perf_counter() - began
         mark = time.perf_counter()
         if todo:
             options = {**model_options, "device": "cpu" if kind == "CPU" else model_options.get("device", "auto")}
