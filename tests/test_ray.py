@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,20 @@ def test_a_float16_layer_widens_where_the_local_pass_widens_it(tmp_path: Path) -
     assert features.arrays["a"].dtype == np.float32
     np.testing.assert_array_equal(features.arrays["a"], expected)
     assert features.files == [r.file for r in records]
+
+
+def test_an_address_where_nothing_answers_is_one_line_within_seconds(tmp_path: Path) -> None:
+    """Ray itself retries such an address for minutes, printing as it goes."""
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        out = tmp_path / "report.html"
+        args = ["audit", MODEL, IMAGES, "-o", out, "-q", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"]
+        done = run_cli(*args, timeout=120)
+    assert done.code == 2, done.err
+    assert done.err.strip().count("\n") == 0 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in done.err
+    assert not list(tmp_path.iterdir())  # nothing written, no shards folder
+    assert ray_engine._unreachable("just-a-name") is not None and ray_engine._unreachable("auto") is None
 
 
 def test_without_ray_installed_the_message_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
