@@ -144,7 +144,6 @@ class ShardWorker:
         max_bytes: int,
         batch_size: int,
     ) -> None:
-        began = time.perf_counter()
         # A refusal is kept for the first shard to raise: Ray hands a task's own error
         # back to the head, where an actor that fails to start is a wall of traceback.
         self.refused: UserError | None = None
@@ -167,7 +166,6 @@ class ShardWorker:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.batch_size = batch_size
-        self.load_seconds = time.perf_counter() - began
 
     def run(self, start: int, records: list[ImageRecord]) -> dict[str, Any]:
         """Decode and run ``records`` (positions ``start`` onwards); every array of the shard."""
@@ -214,7 +212,6 @@ class ShardWorker:
             "pid": os.getpid(),
             "node": socket.gethostname(),
             "seconds": time.perf_counter() - began,
-            "load_seconds": self.load_seconds,
         }
 
 
@@ -407,24 +404,17 @@ def _unreachable(address: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def _why(exc: BaseException) -> str:
-    """The worker's own error, without Ray's wrapping."""
+def _worker_error(ray: Any, exc: BaseException) -> UserError:
+    """A worker's failure in one line: its own error, without Ray's wrapping."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, UserError):
-        return str(cause)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {one_line(cause, 200)}"
-    return one_line(exc, 300)
-
-
-def _worker_error(ray: Any, exc: BaseException) -> UserError:
-    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), UserError):
-        return UserError(str(exc.cause))
+        return UserError(str(cause))
     if isinstance(exc, ray.exceptions.RayActorError):
         # Ray's message ends with the worker's own last words (its exception's line).
         last = next((line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), "")
         return UserError(f"a Ray worker died {MAX_RESTARTS + 1} times or could not start: {one_line(last, 300)}")
-    return UserError(f"a Ray worker failed: {_why(exc)}")
+    why = f"{type(cause).__name__}: {one_line(cause, 200)}" if isinstance(cause, BaseException) else one_line(exc, 300)
+    return UserError(f"a Ray worker failed: {why}")
 
 
 def _worker_resources(ray: Any, workers: int | None, use_gpus: bool) -> tuple[int, str, dict[str, float]]:
